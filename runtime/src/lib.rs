@@ -5,5 +5,7 @@
 //! re-exported here.
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod auth;
 pub mod config;
 pub mod template;
+pub mod testing;
