@@ -7,5 +7,6 @@
 
 pub mod auth;
 pub mod config;
+pub mod json;
 pub mod template;
 pub mod testing;
