@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod ddl;
+pub mod diff;
 pub mod model;
 pub mod object;
 pub mod pgtext;
