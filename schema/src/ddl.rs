@@ -237,7 +237,7 @@ fn realm_default(scalar: ScalarType) -> &'static str {
         ScalarType::Bool => "false",
         ScalarType::Int(_) | ScalarType::Float | ScalarType::Double | ScalarType::Decimal => "0",
         ScalarType::String => "''",
-        ScalarType::Data => "'\\x'::bytea",
+        ScalarType::Data => "''::bytea",
         ScalarType::Date => "'1970-01-01 00:00:00+00'",
         ScalarType::Uuid => "'00000000-0000-0000-0000-000000000000'",
     }

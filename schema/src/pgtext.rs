@@ -15,7 +15,7 @@
 //! - a `real` column read into an `f64` property is widened from the `f32` it holds, as the
 //!   binary protocol would, rather than re-parsed as a (different) `f64`.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -295,8 +295,15 @@ fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, String> {
     // Year 1 BC is year 0 of the proleptic Gregorian calendar chrono counts in.
     let year = i32::try_from(year).map_err(|_| "year out of range".to_string())?;
     let year = if bc { 1 - year } else { year };
+    if year < NaiveDate::MIN.year() || year > NaiveDate::MAX.year() {
+        return Err(format!(
+            "the year is outside the range a realm date holds ({} BC to {} AD)",
+            1 - NaiveDate::MIN.year(),
+            NaiveDate::MAX.year()
+        ));
+    }
     let date = NaiveDate::from_ymd_opt(year, month, day)
-        .ok_or_else(|| format!("not a date a realm date can hold ({ISO_HINT})"))?;
+        .ok_or_else(|| format!("not a valid date ({ISO_HINT})"))?;
 
     let (clock, offset) = match time {
         None => (NaiveTime::MIN, 0),
@@ -365,7 +372,7 @@ fn parse_offset(offset: &str) -> Result<i32, String> {
 mod tests {
     use super::*;
     use crate::types::IntWidth;
-    use chrono::{Datelike, Timelike};
+    use chrono::Timelike;
     use proptest::prelude::*;
 
     fn parse(ty: ScalarType, pg: &str, text: &str) -> Result<Value, ValueError> {
@@ -481,6 +488,7 @@ mod tests {
         assert!(dec("1e5").is_err());
         assert!(dec(".").is_err());
         assert_eq!(dec(".5"), Ok(d("0.5")));
+        assert_eq!(dec("0.0"), Ok(d("0.0")));
     }
 
     #[test]
@@ -504,6 +512,11 @@ mod tests {
         assert_eq!(
             parse(ScalarType::Data, "bytea", "\\x"),
             Ok(Value::Data(vec![]))
+        );
+        // bytea_output = 'escape', as PostgreSQL 15 prints '\x0a5cff41'.
+        assert_eq!(
+            parse(ScalarType::Data, "bytea", "\\012\\\\\\377A"),
+            Ok(Value::Data(vec![10, b'\\', 255, b'A']))
         );
         assert_eq!(
             parse(ScalarType::Data, "bytea", "a\\\\b\\000\\377"),
@@ -538,6 +551,17 @@ mod tests {
         assert_eq!((caesar.year(), caesar.month(), caesar.day()), (-43, 3, 15));
         assert_eq!(date("1969-12-31 23:59:59.999999+00").timestamp_micros(), -1);
         assert_eq!(date("12345-06-07 00:00:00+00").year(), 12345);
+        // Printed by PostgreSQL 15 with TimeZone = 'Asia/Kolkata' (local mean time before 1854).
+        assert_eq!(
+            date("0044-03-15 17:53:28+05:53:28 BC"),
+            date("0044-03-15 12:00:00+00 BC")
+        );
+        assert!(reason(parse(
+            ScalarType::Date,
+            "timestamptz",
+            "294276-12-31 23:59:59.999999+00"
+        ))
+        .contains("outside the range a realm date holds (262144 BC to 262142 AD)"));
         assert!(reason(parse(ScalarType::Date, "timestamptz", "infinity")).contains("infinity"));
         assert!(reason(parse(ScalarType::Date, "timestamptz", "-infinity")).contains("infinity"));
         assert!(reason(parse(
