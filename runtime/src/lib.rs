@@ -8,5 +8,6 @@
 pub mod auth;
 pub mod config;
 pub mod json;
+pub mod pg;
 pub mod template;
 pub mod testing;
