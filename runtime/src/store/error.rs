@@ -1,0 +1,123 @@
+//! The store's error type. Every message says what went wrong and what to do next.
+
+use std::path::PathBuf;
+
+use pgrealm_schema::ValueError;
+
+use super::codec::CodecError;
+use super::path::{PathError, RealmPath};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A string that is not a realm path.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// Another process holds the store file.
+    #[error(
+        "the realm store {path} is open in another process (is another pgrealm running with the \
+         same data_dir?); stop it, or give this one its own data_dir"
+    )]
+    Locked {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The file was written by a newer pgrealm.
+    #[error(
+        "the realm store {path} has format version {found}, but this pgrealm reads format \
+         {supported} at most; run a pgrealm at least as new as the one that wrote it"
+    )]
+    NewerFormat {
+        /// The store file.
+        path: PathBuf,
+        /// The version stamped in the file.
+        found: u64,
+        /// The newest version this build reads.
+        supported: u64,
+    },
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// redb refused to open the file.
+    #[error("cannot open the realm store {path}: {source}")]
+    Open {
+        /// The store file.
+        path: PathBuf,
+        /// What redb said.
+        source: redb::DatabaseError,
+    },
+    /// A read or write of the store file failed.
+    #[error("realm store I/O failed: {0}; check the disk and the data directory's permissions")]
+    Storage(#[from] redb::Error),
+    /// A class the compiled schema does not have.
+    #[error("the schema has no class `{class}` (classes: {known}); add it to the schema! block")]
+    UnknownClass {
+        /// The class asked for.
+        class: String,
+        /// The classes the schema has.
+        known: String,
+    },
+    /// A table the compiled schema does not map.
+    #[error("no class of the schema maps to table `{table}` (tables: {known})")]
+    UnknownTable {
+        /// The table asked for.
+        table: String,
+        /// The tables the schema maps.
+        known: String,
+    },
+    /// A value that does not fit its property.
+    #[error("realm {realm}: {class} {key}: {source}")]
+    Value {
+        /// The realm.
+        realm: RealmPath,
+        /// The class.
+        class: String,
+        /// The object's key, as far as it is known.
+        key: String,
+        /// What is wrong with the value (boxed: it is large and rare).
+        source: Box<ValueError>,
+    },
+    /// A changeset that log retention has already dropped.
+    #[error(
+        "realm {realm} keeps changesets from version {oldest} on (log retention) and version \
+         {asked} is gone; resynchronize the realm from a snapshot and resume from its current \
+         version"
+    )]
+    Pruned {
+        /// The realm.
+        realm: RealmPath,
+        /// The first version asked for.
+        asked: u64,
+        /// The oldest version kept.
+        oldest: u64,
+    },
+    /// A record that does not decode.
+    #[error("{0}; the store file is damaged: restore it from a backup or resync from PostgreSQL")]
+    Corrupt(#[from] CodecError),
+    /// A blocking store task of the change feed panicked or was cancelled.
+    #[error("a change feed read was cancelled: {0}")]
+    FeedTask(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(e.into())
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);

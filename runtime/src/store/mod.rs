@@ -1,0 +1,338 @@
+//! The realm store: the storage of the object server, embedded by default.
+//!
+//! It owns realms (objects of the schema's classes keyed by primary key, addressed by
+//! [`RealmPath`]), their versions and changeset log, the change feed, the locator (which realm
+//! holds an object) and the per-key commit metadata the sync engine keeps its LSNs in. All of it
+//! lives in one redb file, `<data_dir>/realms.redb`, stamped with [`FORMAT_VERSION`].
+//!
+//! The core is synchronous and cheap to call from `spawn_blocking`: a [`WriteTx`] collects
+//! operations without touching the file and applies them in one redb write transaction when it
+//! commits; a [`Snapshot`] is a redb read transaction, so readers see one consistent state while
+//! writes go on. Only the [`ChangeFeed`] is async.
+//!
+//! This module never talks to PostgreSQL or the network and never decides conflicts: it stores
+//! what it is told, validated against the compiled schema.
+
+mod changeset;
+mod codec;
+mod error;
+mod feed;
+mod path;
+mod read;
+mod write;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pgrealm_schema::{Class, CompiledSchema, PrimaryKey, Schema};
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, TableDefinition};
+use tokio::sync::broadcast;
+
+pub use changeset::{apply, Changeset, Instruction, RealmObjects};
+pub use codec::CodecError;
+pub use error::StoreError;
+pub use feed::{ChangeFeed, Subscription};
+pub use path::{PathError, RealmPath, MAX_PATH_LEN, MAX_SEGMENT_LEN};
+pub use read::{RealmInfo, RealmView, Snapshot};
+pub use write::{CommitInfo, RealmWriter, WriteTx};
+
+/// The on-disk format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// The store file's name inside the data directory.
+pub const STORE_FILE: &str = "realms.redb";
+
+// Tables. Realms are numbered so object and log keys stay short; the number never leaves the
+// store.
+/// `format_version`, `next_realm_id`.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// path → (realm id, current version, oldest version kept in the log).
+const REALMS: TableDefinition<&str, (u64, u64, u64)> = TableDefinition::new("realms");
+/// realm id → path.
+const REALM_PATHS: TableDefinition<u64, &str> = TableDefinition::new("realm_paths");
+/// (realm id, class) → the class as this realm has it (JSON).
+const REALM_CLASSES: TableDefinition<(u64, &str), &str> = TableDefinition::new("realm_classes");
+/// realm id (8 bytes BE) ‖ class ‖ 0 ‖ key → object record.
+const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
+/// (realm id, version) → changeset record.
+const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
+/// class ‖ 0 ‖ key → ids of the realms holding such an object.
+const LOCATOR: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new("locator");
+/// commit metadata key → latest value.
+const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
+
+/// Tunables of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// How many changesets each realm keeps in its log (the newest ones). A subscriber further
+    /// behind than this gets [`StoreError::Pruned`].
+    pub log_retention: u64,
+    /// How many commit notifications a slow subscriber may fall behind before it re-reads the
+    /// realm list (it never loses changesets, it only does more work).
+    pub feed_buffer: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            log_retention: 100_000,
+            feed_buffer: 4096,
+        }
+    }
+}
+
+/// The realm store. Cheap to clone: clones share one open file.
+///
+/// ```
+/// use pgrealm_runtime::{RealmPath, Store, StoreOptions};
+/// use pgrealm_schema::{Class, IntWidth, Object, Property, PropertyType, ScalarType, Schema, Value};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::new(vec![Class::new("Bus")
+///     .property(Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64))).primary_key())
+///     .property(Property::new("name", PropertyType::Scalar(ScalarType::String)))]);
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), schema, StoreOptions::default())?;
+///
+/// let realm = RealmPath::parse("/transit")?;
+/// let mut tx = store.begin_write("app");
+/// tx.put_object(&realm, Object::new("Bus").with("id", Value::Int(5)).with("name", Value::String("5A".into())))?;
+/// tx.set_metadata("note", b"hello".to_vec());
+/// let commit = tx.commit()?;
+/// assert_eq!(commit.version_of(&realm), Some(1));
+///
+/// let view = store.snapshot()?.realm(&realm)?.expect("the realm exists after a commit");
+/// let bus = view.object("Bus", &5.into())?.unwrap();
+/// assert_eq!(bus.get("name"), Some(&Value::String("5A".into())));
+/// assert_eq!(store.metadata("note")?, Some(b"hello".to_vec()));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    file: PathBuf,
+    schema: Schema,
+    classes: HashMap<String, usize>,
+    options: StoreOptions,
+    feed: broadcast::Sender<Committed>,
+}
+
+/// A commit notification: realm `path` reached `version`.
+#[derive(Debug, Clone)]
+struct Committed {
+    path: RealmPath,
+    version: u64,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("file", &self.inner.file)
+            .field("classes", &self.inner.schema.classes.len())
+            .field("options", &self.inner.options)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `data_dir`, for the classes of `schema`.
+    pub fn open(
+        data_dir: impl AsRef<Path>,
+        schema: Schema,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let dir = data_dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let file = dir.join(STORE_FILE);
+        let db = Database::builder()
+            .create(&file)
+            .map_err(|source| match source {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::Locked { path: file.clone() }
+                }
+                source => StoreError::Open {
+                    path: file.clone(),
+                    source,
+                },
+            })?;
+        stamp_format(&db, &file)?;
+        let classes = schema
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let (feed, _) = broadcast::channel(options.feed_buffer.max(1));
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                file,
+                schema,
+                classes,
+                options,
+                feed,
+            }),
+        })
+    }
+
+    /// Open the store for a schema compiled by `schema!`.
+    pub fn open_compiled<S: CompiledSchema>(
+        data_dir: impl AsRef<Path>,
+        options: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        Store::open(data_dir, S::schema().clone(), options)
+    }
+
+    /// The compiled schema: every class a realm may hold.
+    pub fn schema(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    /// The store file.
+    pub fn file(&self) -> &Path {
+        &self.inner.file
+    }
+
+    /// The options the store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
+    /// Start a write transaction. Nothing touches the file until [`WriteTx::commit`].
+    pub fn begin_write(&self, origin: impl Into<String>) -> WriteTx {
+        WriteTx::new(self.clone(), origin.into())
+    }
+
+    /// A consistent read-only view of every realm as of now.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        Snapshot::new(self.clone())
+    }
+
+    /// A realm as of now, if it has any commit.
+    pub fn realm(&self, path: &RealmPath) -> Result<Option<RealmView>, StoreError> {
+        self.snapshot()?.realm(path)
+    }
+
+    /// The latest metadata a commit stored under `key`.
+    pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.snapshot()?.metadata(key)
+    }
+
+    /// The realms holding an object of `class` with this key.
+    pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
+        self.snapshot()?.locate(class, key)
+    }
+
+    /// The changesets of a realm after version `after`, oldest first, at most `limit`.
+    pub fn changes(
+        &self,
+        realm: &RealmPath,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changeset>, StoreError> {
+        self.snapshot()?.changes(realm, after, limit)
+    }
+
+    /// Follow the changesets of every realm the subscription matches.
+    pub fn subscribe(&self, subscription: Subscription) -> ChangeFeed {
+        ChangeFeed::new(self.clone(), subscription)
+    }
+
+    fn class(&self, name: &str) -> Result<&Class, StoreError> {
+        self.inner
+            .classes
+            .get(name)
+            .map(|i| &self.inner.schema.classes[*i])
+            .ok_or_else(|| StoreError::UnknownClass {
+                class: name.to_owned(),
+                known: self.known_classes(),
+            })
+    }
+
+    fn known_classes(&self) -> String {
+        let names: Vec<_> = self
+            .inner
+            .schema
+            .classes
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+/// Stamp a new file with the format version (creating every table, so readers never meet a
+/// missing one), or refuse a file from a newer pgrealm.
+fn stamp_format(db: &Database, file: &Path) -> Result<(), StoreError> {
+    {
+        let read = db.begin_read()?;
+        match read.open_table(META) {
+            Ok(meta) => {
+                if let Some(found) = meta.get("format_version")?.map(|v| v.value()) {
+                    if found > FORMAT_VERSION {
+                        return Err(StoreError::NewerFormat {
+                            path: file.to_owned(),
+                            found,
+                            supported: FORMAT_VERSION,
+                        });
+                    }
+                    return Ok(());
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let tx = db.begin_write()?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.insert("format_version", FORMAT_VERSION)?;
+        meta.insert("next_realm_id", 1)?;
+        tx.open_table(REALMS)?;
+        tx.open_table(REALM_PATHS)?;
+        tx.open_table(REALM_CLASSES)?;
+        tx.open_table(OBJECTS)?;
+        tx.open_table(LOG)?;
+        tx.open_multimap_table(LOCATOR)?;
+        tx.open_table(METADATA)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The key of an object in [`OBJECTS`]; `object_prefix` alone is the prefix of its class.
+fn object_key(realm_id: u64, class: &str, key: &PrimaryKey) -> Vec<u8> {
+    let mut out = object_prefix(realm_id, class);
+    codec::key_into(key, &mut out);
+    out
+}
+
+fn object_prefix(realm_id: u64, class: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + class.len() + 24);
+    out.extend_from_slice(&realm_id.to_be_bytes());
+    out.extend_from_slice(class.as_bytes());
+    out.push(0);
+    out
+}
+
+/// The key of an object in [`LOCATOR`].
+fn locator_key(class: &str, key: &PrimaryKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(class.len() + 24);
+    out.extend_from_slice(class.as_bytes());
+    out.push(0);
+    codec::key_into(key, &mut out);
+    out
+}

@@ -1,0 +1,312 @@
+//! Reads: a [`Snapshot`] is one redb read transaction, so everything read through it (and the
+//! [`RealmView`]s it hands out) is one consistent state, whatever commits meanwhile.
+
+use std::sync::Arc;
+
+use pgrealm_schema::{Class, KeyType, Object, PrimaryKey, RealmObject, Schema, Value};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+
+use super::changeset::Changeset;
+use super::codec::{decode_log, decode_object};
+use super::error::StoreError;
+use super::path::RealmPath;
+use super::{
+    locator_key, object_key, object_prefix, Store, LOCATOR, LOG, METADATA, OBJECTS, REALMS,
+    REALM_CLASSES, REALM_PATHS,
+};
+
+/// A consistent read-only view of the whole store.
+#[derive(Clone)]
+pub struct Snapshot {
+    store: Store,
+    txn: Arc<ReadTransaction>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+/// A realm's name and position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RealmInfo {
+    /// The realm.
+    pub path: RealmPath,
+    /// Its current version (the number of commits that changed it).
+    pub version: u64,
+    /// The oldest version whose changeset is still in the log.
+    pub oldest: u64,
+}
+
+impl Snapshot {
+    pub(super) fn new(store: Store) -> Result<Snapshot, StoreError> {
+        let txn = store.inner.db.begin_read()?;
+        Ok(Snapshot {
+            store,
+            txn: Arc::new(txn),
+        })
+    }
+
+    fn info(&self, path: &RealmPath) -> Result<Option<(u64, RealmInfo)>, StoreError> {
+        let realms = self.txn.open_table(REALMS)?;
+        let found = realms.get(path.as_str())?.map(|g| g.value());
+        Ok(found.map(|(id, version, oldest)| {
+            (
+                id,
+                RealmInfo {
+                    path: path.clone(),
+                    version,
+                    oldest,
+                },
+            )
+        }))
+    }
+
+    /// A realm, if it has any commit.
+    pub fn realm(&self, path: &RealmPath) -> Result<Option<RealmView>, StoreError> {
+        Ok(self.info(path)?.map(|(id, info)| RealmView {
+            snapshot: self.clone(),
+            id,
+            info,
+        }))
+    }
+
+    /// Every realm, in path order.
+    pub fn realms(&self) -> Result<Vec<RealmInfo>, StoreError> {
+        let realms = self.txn.open_table(REALMS)?;
+        let mut out = Vec::new();
+        for row in realms.iter()? {
+            let (path, value) = row?;
+            let (_, version, oldest) = value.value();
+            out.push(RealmInfo {
+                path: RealmPath::parse(path.value())?,
+                version,
+                oldest,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The latest metadata a commit stored under `key`.
+    pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.txn.open_table(METADATA)?;
+        Ok(table.get(key)?.map(|g| g.value().to_vec()))
+    }
+
+    /// The realms holding an object of `class` with this key (usually one).
+    pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
+        self.store.class(class)?;
+        let locator = self.txn.open_multimap_table(LOCATOR)?;
+        let paths = self.txn.open_table(REALM_PATHS)?;
+        let mut out = Vec::new();
+        for id in locator.get(locator_key(class, key).as_slice())? {
+            let id = id?.value();
+            if let Some(path) = paths.get(id)? {
+                out.push(RealmPath::parse(path.value())?);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The realms holding the object a row of `table` (a class's table) with this key maps to.
+    pub fn locate_table(
+        &self,
+        table: &str,
+        key: &PrimaryKey,
+    ) -> Result<Vec<RealmPath>, StoreError> {
+        let schema = self.store.schema();
+        let class = schema
+            .class_by_table(table)
+            .ok_or_else(|| StoreError::UnknownTable {
+                table: table.to_owned(),
+                known: schema
+                    .classes
+                    .iter()
+                    .map(|c| c.table.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        self.locate(&class.name, key)
+    }
+
+    /// The changesets of `realm` after version `after`, oldest first, at most `limit`.
+    ///
+    /// An unknown realm or `after` at or past the current version gives none; `after` older than
+    /// the log keeps is [`StoreError::Pruned`].
+    pub fn changes(
+        &self,
+        realm: &RealmPath,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Changeset>, StoreError> {
+        let Some((id, info)) = self.info(realm)? else {
+            return Ok(Vec::new());
+        };
+        if after >= info.version {
+            return Ok(Vec::new());
+        }
+        if after + 1 < info.oldest {
+            return Err(StoreError::Pruned {
+                realm: realm.clone(),
+                asked: after + 1,
+                oldest: info.oldest,
+            });
+        }
+        let log = self.txn.open_table(LOG)?;
+        let mut out = Vec::new();
+        for row in log.range((id, after + 1)..=(id, info.version))?.take(limit) {
+            let (k, v) = row?;
+            let (committed_at, origin, instructions) = decode_log(v.value())?;
+            out.push(Changeset {
+                realm: realm.clone(),
+                version: k.value().1,
+                origin,
+                committed_at,
+                instructions,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One realm inside a [`Snapshot`].
+#[derive(Debug, Clone)]
+pub struct RealmView {
+    snapshot: Snapshot,
+    id: u64,
+    info: RealmInfo,
+}
+
+impl RealmView {
+    /// The realm's path.
+    pub fn path(&self) -> &RealmPath {
+        &self.info.path
+    }
+
+    /// The realm's version in this snapshot.
+    pub fn version(&self) -> u64 {
+        self.info.version
+    }
+
+    /// The oldest version whose changeset the log still keeps.
+    pub fn oldest_version(&self) -> u64 {
+        self.info.oldest
+    }
+
+    /// The realm's own schema: the classes (and properties) it has been given so far.
+    pub fn schema(&self) -> Result<Schema, StoreError> {
+        let table = self.snapshot.txn.open_table(REALM_CLASSES)?;
+        let mut classes = Vec::new();
+        for row in table.range((self.id, "")..(self.id + 1, ""))? {
+            let (_, def) = row?;
+            let class: Class =
+                serde_json::from_str(def.value()).map_err(|e| super::codec::CodecError {
+                    what: "realm class",
+                    reason: e.to_string(),
+                })?;
+            classes.push(class);
+        }
+        Ok(Schema::new(classes))
+    }
+
+    /// An object by class name and key. Every property of the compiled class is present.
+    pub fn object(&self, class: &str, key: &PrimaryKey) -> Result<Option<Object>, StoreError> {
+        let def = self.snapshot.store.class(class)?;
+        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        let found = objects.get(object_key(self.id, class, key).as_slice())?;
+        match found {
+            Some(g) => Ok(Some(complete(def, decode_object(class, g.value())?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object of a class, in key order.
+    pub fn objects(&self, class: &str) -> Result<Vec<Object>, StoreError> {
+        let def = self.snapshot.store.class(class)?;
+        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        let prefix = object_prefix(self.id, class);
+        let mut end = prefix.clone();
+        *end.last_mut().expect("the prefix ends with a separator") += 1;
+        let mut out = Vec::new();
+        for row in objects.range(prefix.as_slice()..end.as_slice())? {
+            let (_, v) = row?;
+            out.push(complete(def, decode_object(class, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// How many objects of a class the realm holds.
+    pub fn count(&self, class: &str) -> Result<usize, StoreError> {
+        self.snapshot.store.class(class)?;
+        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        let prefix = object_prefix(self.id, class);
+        let mut end = prefix.clone();
+        *end.last_mut().expect("the prefix ends with a separator") += 1;
+        let mut n = 0;
+        for row in objects.range(prefix.as_slice()..end.as_slice())? {
+            row?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// A typed object by key: `realm.get::<Bus>(5)`.
+    pub fn get<T: RealmObject>(&self, key: impl Into<T::Key>) -> Result<Option<T>, StoreError> {
+        let key = key.into().to_key();
+        match self.object(T::CLASS, &key)? {
+            Some(o) => Ok(Some(self.typed(&o, &key)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every object of class `T`, in key order.
+    pub fn all<T: RealmObject>(&self) -> Result<Vec<T>, StoreError> {
+        let schema = self.snapshot.store.schema();
+        self.objects(T::CLASS)?
+            .iter()
+            .map(|o| {
+                let key = o
+                    .primary_key(schema)
+                    .map_err(|source| self.value_error(T::CLASS, "(no key)".into(), source))?;
+                self.typed(o, &key)
+            })
+            .collect()
+    }
+
+    fn typed<T: RealmObject>(&self, o: &Object, key: &PrimaryKey) -> Result<T, StoreError> {
+        T::from_object(o).map_err(|source| self.value_error(T::CLASS, key.to_string(), source))
+    }
+
+    fn value_error(
+        &self,
+        class: &str,
+        key: String,
+        source: pgrealm_schema::ValueError,
+    ) -> StoreError {
+        StoreError::Value {
+            realm: self.info.path.clone(),
+            class: class.to_owned(),
+            key,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// Fill properties an object predates (added to its class later) with NULL or the empty list.
+fn complete(class: &Class, mut object: Object) -> Object {
+    for property in &class.properties {
+        if !object.values.contains_key(&property.name) {
+            let empty = if property.ty.is_list() {
+                Value::List(Vec::new())
+            } else {
+                Value::Null
+            };
+            object.values.insert(property.name.clone(), empty);
+        }
+    }
+    object
+}
