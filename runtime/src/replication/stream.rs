@@ -1,0 +1,527 @@
+//! The change stream: one logical replication session on a slot, read as transactions.
+//!
+//! Owns the session's state machine — Begin, its Origin, the changes, Commit — and the position
+//! reported to the server. It streams: a transaction's changes are handed out one at a time as
+//! they arrive, so a 1,000,000-row transaction takes the memory of the replication client's
+//! bounded event buffer, not of the transaction. It never reports a position the consumer has
+//! not confirmed as durable, except a keepalive's position while nothing is in flight and
+//! everything delivered is confirmed (what PostgreSQL's own subscriber does), so an idle slot
+//! does not hold WAL.
+//!
+//! Exactly-once is the consumer's: the server resumes at the slot's `confirmed_flush_lsn`, which
+//! may be before what the consumer holds; transactions that committed before
+//! [`StreamOptions::resume_after`] are skipped here by comparing LSNs.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
+
+use super::connect::PgConnectOptions;
+use super::error::ReplicationError;
+use super::pgoutput::{
+    self, LogicalMessage, OldTuple, Origin, PgOutputMessage, PgTimestamp, Relation, TupleData,
+};
+use super::relations::RelationCache;
+use super::slot::check_slot_name;
+use super::Lsn;
+
+/// How to open a [`ChangeStream`].
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// The logical slot (pgoutput) to read.
+    pub slot: String,
+    /// The publication whose tables are streamed.
+    pub publication: String,
+    /// The end LSN of the last transaction the consumer holds durably (`Lsn::ZERO` when it
+    /// holds none): transactions committed before it are skipped, and the server is told it.
+    pub resume_after: Lsn,
+    /// How often the replication client reports its position. pgwire-replication's default of
+    /// 10 s would keep the slot's `confirmed_flush_lsn` seconds behind; tens of milliseconds
+    /// keep it within the issue's 100 ms of the last applied commit.
+    pub status_interval: Duration,
+    /// How many raw events the replication client buffers ahead of the consumer; with one row
+    /// per event, this bounds the memory of a transaction of any size.
+    pub buffer_events: usize,
+}
+
+impl StreamOptions {
+    /// Options for `slot` and `publication`, from the beginning of the slot.
+    pub fn new(slot: impl Into<String>, publication: impl Into<String>) -> Self {
+        StreamOptions {
+            slot: slot.into(),
+            publication: publication.into(),
+            resume_after: Lsn::ZERO,
+            status_interval: Duration::from_millis(20),
+            buffer_events: 4096,
+        }
+    }
+
+    /// Resume after the transaction whose commit ended at `lsn`.
+    pub fn resume_after(mut self, lsn: Lsn) -> Self {
+        self.resume_after = lsn;
+        self
+    }
+}
+
+/// The start of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionBegin {
+    /// The LSN of its commit record (known up front: pgoutput v1 sends committed transactions).
+    pub final_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    pub commit_time: PgTimestamp,
+    /// Transaction id.
+    pub xid: u32,
+    /// The replication origin it was written under, if any (how pgrealm recognises its own
+    /// writes).
+    pub origin: Option<Origin>,
+}
+
+/// The end of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionCommit {
+    /// The LSN of the commit record.
+    pub commit_lsn: Lsn,
+    /// The end of the commit record: store it with the applied transaction, pass it to
+    /// [`ChangeStream::confirm`] once that is durable, and as
+    /// [`StreamOptions::resume_after`] on restart.
+    pub end_lsn: Lsn,
+    /// Commit time, microseconds since 2000-01-01 UTC.
+    pub commit_time: PgTimestamp,
+}
+
+/// One row change (or a truncate) inside a transaction, with its table's shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A row inserted.
+    Insert {
+        /// The table.
+        relation: Arc<Relation>,
+        /// The new row, one value per column of `relation`.
+        new: TupleData,
+    },
+    /// A row updated.
+    Update {
+        /// The table.
+        relation: Arc<Relation>,
+        /// The old key when the key changed (or the old row with REPLICA IDENTITY FULL).
+        old: Option<OldTuple>,
+        /// The new row; TOASTed values that did not change are `UnchangedToast`.
+        new: TupleData,
+    },
+    /// A row deleted.
+    Delete {
+        /// The table.
+        relation: Arc<Relation>,
+        /// The old key (or row).
+        old: OldTuple,
+    },
+    /// Tables emptied.
+    Truncate {
+        /// The tables.
+        relations: Vec<Arc<Relation>>,
+        /// `CASCADE` was given.
+        cascade: bool,
+        /// `RESTART IDENTITY` was given.
+        restart_identity: bool,
+    },
+}
+
+/// What [`ChangeStream::next_event`] yields: transactions as Begin, Change…, Commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// A transaction starts.
+    Begin(TransactionBegin),
+    /// A change of the current transaction.
+    Change(Change),
+    /// A `pg_logical_emit_message` message: inside the current transaction when
+    /// `transactional`, otherwise between transactions.
+    Message(LogicalMessage),
+    /// The current transaction ends.
+    Commit(TransactionCommit),
+}
+
+/// A logical replication session on one slot, yielding whole transactions in commit order.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), pgrealm_runtime::replication::ReplicationError> {
+/// use pgrealm_runtime::replication::{ChangeStream, PgConnectOptions, StreamEvent, StreamOptions};
+/// let pg = PgConnectOptions::from_url("postgres://sync:secret@db:5432/app?sslmode=require")?;
+/// let mut stream = ChangeStream::connect(&pg, &StreamOptions::new("pgrealm", "pgrealm")).await?;
+/// while let Some(event) = stream.next_event().await? {
+///     match event {
+///         StreamEvent::Begin(_) | StreamEvent::Message(_) => {}
+///         StreamEvent::Change(change) => { /* apply into the open store write */ }
+///         StreamEvent::Commit(commit) => {
+///             /* commit the store write with commit.end_lsn, wait until durable, then: */
+///             stream.confirm(commit.end_lsn);
+///         }
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ChangeStream {
+    client: ReplicationClient,
+    relations: RelationCache,
+    resume_after: Lsn,
+    /// Between a Begin and its Commit on the wire.
+    in_transaction: bool,
+    /// The current transaction is one the consumer already holds.
+    skipping: bool,
+    /// A Begin held back until the next message says whether an Origin belongs to it.
+    pending_begin: Option<TransactionBegin>,
+    ready: VecDeque<StreamEvent>,
+    /// End LSN of the last Commit handed out.
+    delivered_end: Lsn,
+    /// The position told to the replication client (monotonic).
+    confirmed: Lsn,
+    /// A keepalive position seen while idle, waiting for the consumer to confirm what it has.
+    idle_wal_end: Option<Lsn>,
+    /// The last WAL position seen on the wire, for error messages.
+    last_seen: Lsn,
+}
+
+impl std::fmt::Debug for ChangeStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeStream")
+            .field("resume_after", &self.resume_after)
+            .field("in_transaction", &self.in_transaction)
+            .field("delivered_end", &self.delivered_end)
+            .field("confirmed", &self.confirmed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChangeStream {
+    /// Open a session on an existing slot and start streaming after
+    /// [`StreamOptions::resume_after`] (or the slot's confirmed position, if later).
+    pub async fn connect(
+        pg: &PgConnectOptions,
+        options: &StreamOptions,
+    ) -> Result<Self, ReplicationError> {
+        check_slot_name(&options.slot)?;
+        let mut client = ReplicationClient::connect_gated(replication_config(pg, options))
+            .await
+            .map_err(ReplicationError::stream(format!(
+                "cannot open a replication connection to {}",
+                pg.target()
+            )))?;
+        let rows = client
+            .simple_query(&format!(
+                "SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots \
+                 WHERE slot_name = '{}'",
+                options.slot
+            ))
+            .await
+            .map_err(ReplicationError::stream(format!(
+                "cannot open a replication connection to {} (the role needs REPLICATION)",
+                pg.target()
+            )))?;
+        let slot_position = match rows.first() {
+            None => return Err(ReplicationError::SlotMissing(options.slot.clone())),
+            Some(row) => row
+                .first()
+                .cloned()
+                .flatten()
+                .and_then(|text| Lsn::parse(&String::from_utf8_lossy(&text)).ok())
+                .unwrap_or(Lsn::ZERO),
+        };
+        let confirmed = slot_position.max(options.resume_after);
+        // Reported from the first status update on: never less than the slot already has.
+        client.update_applied_lsn(confirmed);
+        Self::start(client, options.resume_after, confirmed).await
+    }
+
+    /// Send START_REPLICATION on a gated client and wait until the server accepted it.
+    pub(crate) async fn start(
+        mut client: ReplicationClient,
+        resume_after: Lsn,
+        confirmed: Lsn,
+    ) -> Result<Self, ReplicationError> {
+        let context = "the server refused START_REPLICATION (does the publication exist?)";
+        client
+            .start()
+            .await
+            .map_err(ReplicationError::stream(context))?;
+        client
+            .wait_started()
+            .await
+            .map_err(ReplicationError::stream(context))?;
+        Ok(ChangeStream {
+            client,
+            relations: RelationCache::new(),
+            resume_after,
+            in_transaction: false,
+            skipping: false,
+            pending_begin: None,
+            ready: VecDeque::new(),
+            delivered_end: Lsn::ZERO,
+            confirmed,
+            idle_wal_end: None,
+            last_seen: confirmed,
+        })
+    }
+
+    /// The next event, in commit order; `None` once the stream was stopped.
+    ///
+    /// Cancellation-safe: dropping the future loses nothing.
+    pub async fn next_event(&mut self) -> Result<Option<StreamEvent>, ReplicationError> {
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Ok(Some(event));
+            }
+            let received = self
+                .client
+                .recv()
+                .await
+                .map_err(ReplicationError::stream("the replication stream failed"))?;
+            match received {
+                None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
+                Some(event) => self.handle(event)?,
+            }
+        }
+    }
+
+    /// Tell the server everything up to `lsn` (a [`TransactionCommit::end_lsn`]) is durable in
+    /// the consumer; call it only after the apply of that transaction is durable. Cheap and
+    /// monotonic; the report reaches the server within [`StreamOptions::status_interval`].
+    pub fn confirm(&mut self, lsn: Lsn) {
+        self.report(lsn);
+        if !self.in_transaction && self.confirmed >= self.delivered_end {
+            if let Some(wal_end) = self.idle_wal_end.take() {
+                self.report(wal_end);
+            }
+        }
+    }
+
+    /// The position reported (or about to be reported) to the server.
+    pub fn confirmed(&self) -> Lsn {
+        self.confirmed
+    }
+
+    /// Tables and types announced on this stream so far.
+    pub fn relations(&self) -> &RelationCache {
+        &self.relations
+    }
+
+    /// End the session cleanly (CopyDone), after reporting the last confirmed position.
+    pub async fn shutdown(mut self) -> Result<(), ReplicationError> {
+        self.client
+            .shutdown()
+            .await
+            .map_err(ReplicationError::stream(
+                "closing the replication stream failed",
+            ))
+    }
+
+    fn report(&mut self, lsn: Lsn) {
+        if lsn > self.confirmed {
+            self.confirmed = lsn;
+            self.client.update_applied_lsn(lsn);
+        }
+    }
+
+    fn handle(&mut self, event: ReplicationEvent) -> Result<(), ReplicationError> {
+        match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if !self.in_transaction {
+                    if self.confirmed >= self.delivered_end {
+                        self.report(wal_end);
+                    } else {
+                        self.idle_wal_end = Some(wal_end);
+                    }
+                }
+            }
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                self.last_seen = final_lsn;
+                if self.in_transaction {
+                    return Err(self.violation("Begin inside a transaction"));
+                }
+                self.in_transaction = true;
+                self.idle_wal_end = None;
+                // A transaction whose commit record starts before the consumer's durable end
+                // LSN is one it holds: the commit record of that transaction ends there.
+                self.skipping = final_lsn < self.resume_after;
+                if !self.skipping {
+                    self.pending_begin = Some(TransactionBegin {
+                        final_lsn,
+                        commit_time: commit_time_micros,
+                        xid,
+                        origin: None,
+                    });
+                }
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.last_seen = end_lsn;
+                if !self.in_transaction {
+                    return Err(self.violation("Commit outside a transaction"));
+                }
+                self.in_transaction = false;
+                if std::mem::take(&mut self.skipping) {
+                    return Ok(());
+                }
+                self.flush_begin();
+                self.delivered_end = end_lsn;
+                self.ready.push_back(StreamEvent::Commit(TransactionCommit {
+                    commit_lsn: lsn,
+                    end_lsn,
+                    commit_time: commit_time_micros,
+                }));
+            }
+            ReplicationEvent::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                self.last_seen = lsn;
+                self.message(LogicalMessage {
+                    transactional,
+                    lsn,
+                    prefix,
+                    content,
+                })?;
+            }
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                self.last_seen = wal_start;
+                let message =
+                    pgoutput::decode(&data).map_err(|source| ReplicationError::Decode {
+                        lsn: wal_start,
+                        source,
+                    })?;
+                self.pgoutput(message)?;
+            }
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn pgoutput(&mut self, message: PgOutputMessage) -> Result<(), ReplicationError> {
+        match message {
+            PgOutputMessage::Relation(relation) => {
+                self.relations.insert_relation(relation);
+            }
+            PgOutputMessage::Type(info) => self.relations.insert_type(info),
+            PgOutputMessage::Origin(origin) => {
+                if !self.in_transaction {
+                    return Err(self.violation("Origin outside a transaction"));
+                }
+                if let Some(begin) = &mut self.pending_begin {
+                    begin.origin = Some(origin);
+                }
+            }
+            PgOutputMessage::Message(message) => self.message(message)?,
+            PgOutputMessage::Insert(insert) => {
+                let relation = self.relation(insert.relation_id)?;
+                self.change(Change::Insert {
+                    relation,
+                    new: insert.new,
+                })?;
+            }
+            PgOutputMessage::Update(update) => {
+                let relation = self.relation(update.relation_id)?;
+                self.change(Change::Update {
+                    relation,
+                    old: update.old,
+                    new: update.new,
+                })?;
+            }
+            PgOutputMessage::Delete(delete) => {
+                let relation = self.relation(delete.relation_id)?;
+                self.change(Change::Delete {
+                    relation,
+                    old: delete.old,
+                })?;
+            }
+            PgOutputMessage::Truncate(truncate) => {
+                let relations = truncate
+                    .relation_ids
+                    .iter()
+                    .map(|&id| self.relation(id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.change(Change::Truncate {
+                    relations,
+                    cascade: truncate.cascade,
+                    restart_identity: truncate.restart_identity,
+                })?;
+            }
+            // The replication client turns these into its own events before we see them.
+            PgOutputMessage::Begin(_) | PgOutputMessage::Commit(_) => {
+                return Err(self.violation("a raw Begin or Commit message"));
+            }
+        }
+        Ok(())
+    }
+
+    fn change(&mut self, change: Change) -> Result<(), ReplicationError> {
+        if !self.in_transaction {
+            return Err(self.violation("a row change outside a transaction"));
+        }
+        if !self.skipping {
+            self.flush_begin();
+            self.ready.push_back(StreamEvent::Change(change));
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, message: LogicalMessage) -> Result<(), ReplicationError> {
+        if message.transactional {
+            if !self.in_transaction {
+                return Err(self.violation("a transactional message outside a transaction"));
+            }
+            if self.skipping {
+                return Ok(());
+            }
+            self.flush_begin();
+        }
+        self.ready.push_back(StreamEvent::Message(message));
+        Ok(())
+    }
+
+    fn flush_begin(&mut self) {
+        if let Some(begin) = self.pending_begin.take() {
+            self.ready.push_back(StreamEvent::Begin(begin));
+        }
+    }
+
+    fn relation(&self, id: u32) -> Result<Arc<Relation>, ReplicationError> {
+        self.relations.relation(id).cloned().ok_or_else(|| {
+            self.violation(&format!(
+                "a change of table oid {id} before its Relation message"
+            ))
+        })
+    }
+
+    fn violation(&self, what: &str) -> ReplicationError {
+        ReplicationError::Protocol {
+            lsn: self.last_seen,
+            message: format!("unexpected {what}"),
+        }
+    }
+}
+
+pub(crate) fn replication_config(
+    pg: &PgConnectOptions,
+    options: &StreamOptions,
+) -> pgwire_replication::ReplicationConfig {
+    pg.replication_config(&options.slot, &options.publication)
+        .with_start_lsn(options.resume_after)
+        .with_ack_lsn(options.resume_after)
+        .with_status_interval(options.status_interval)
+        // While idle, answer the server at least this often (it drops a silent client after
+        // wal_sender_timeout, 60 s by default).
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_buffer_size(options.buffer_events.max(1))
+}
