@@ -9,5 +9,12 @@ pub mod auth;
 pub mod config;
 pub mod json;
 pub mod replication;
+mod store;
 pub mod template;
 pub mod testing;
+
+pub use store::{
+    apply, ChangeFeed, Changeset, CodecError, CommitInfo, Instruction, PathError, RealmInfo,
+    RealmObjects, RealmPath, RealmView, RealmWriter, Snapshot, Store, StoreError, StoreOptions,
+    Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN, MAX_SEGMENT_LEN, STORE_FILE,
+};
