@@ -117,6 +117,15 @@ fn a_commit_that_changes_nothing_creates_no_version() {
     assert!(store.realm(&path("/b")).unwrap().is_none());
     assert!(store.begin_write("app").commit().unwrap().is_empty());
 
+    // Changesets hold the net change: a bus created and deleted in one commit is nothing.
+    let mut tx = store.begin_write("app");
+    tx.realm(&realm).put(&bus(2, "y")).unwrap();
+    tx.realm(&realm).delete::<Bus>(2).unwrap();
+    tx.realm(&path("/c")).put(&bus(3, "z")).unwrap();
+    tx.realm(&path("/c")).delete::<Bus>(3).unwrap();
+    assert!(tx.commit().unwrap().is_empty());
+    assert!(store.realm(&path("/c")).unwrap().is_none());
+
     // A partial object changes only what it names.
     let mut tx = store.begin_write("app");
     tx.put_object(

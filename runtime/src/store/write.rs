@@ -5,6 +5,10 @@
 //! Values are checked against the compiled schema when they are put, so a bad value fails at the
 //! call that supplied it; whether a put creates or updates is only known when the commit reads
 //! the current object, so "a new object lacks a required property" fails the commit.
+//!
+//! A changeset is the net change of the commit per object (created, deleted, or the properties
+//! whose value differs from before the commit), so a commit whose operations cancel out creates
+//! no version.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -236,12 +240,31 @@ struct RealmState {
     version: u64,
     oldest: u64,
     is_new: bool,
-    /// The realm's classes loaded so far (`None`: the realm does not have the class yet).
+    /// The realm's classes loaded so far, with this commit's additions (`None`: the realm does
+    /// not have the class).
     classes: HashMap<String, Option<Class>>,
-    instructions: Vec<Instruction>,
+    /// Classes whose definition this commit extends, and the instructions saying so.
+    changed_classes: Vec<String>,
+    schema_changes: Vec<Instruction>,
+    /// The objects this commit touches, first-touched first (indices into `Applier::touched`).
+    objects: Vec<usize>,
+}
+
+/// One object a commit touches: as it was before the commit and as it is now.
+struct Touched {
+    realm: usize,
+    class: usize,
+    key: PrimaryKey,
+    record_key: Vec<u8>,
+    original: Option<BTreeMap<String, Value>>,
+    current: Option<BTreeMap<String, Value>>,
 }
 
 /// The open tables of one commit.
+///
+/// Operations edit the touched objects in memory; [`Applier::finish`] compares each with what it
+/// was before the commit, so a changeset holds the net change (a create then delete in one
+/// commit is nothing, and makes no version) and each object is written once.
 struct Applier<'t> {
     store: &'t Store,
     realms: Table<'t, &'static str, (u64, u64, u64)>,
@@ -253,6 +276,8 @@ struct Applier<'t> {
     meta: Table<'t, &'static str, u64>,
     states: Vec<RealmState>,
     by_path: HashMap<RealmPath, usize>,
+    touched: Vec<Touched>,
+    by_record: HashMap<Vec<u8>, usize>,
     next_id: Option<u64>,
 }
 
@@ -269,6 +294,8 @@ impl<'t> Applier<'t> {
             meta: txn.open_table(META)?,
             states: Vec::new(),
             by_path: HashMap::new(),
+            touched: Vec::new(),
+            by_record: HashMap::new(),
             next_id: None,
         })
     }
@@ -302,7 +329,9 @@ impl<'t> Applier<'t> {
             oldest,
             is_new,
             classes: HashMap::new(),
-            instructions: Vec::new(),
+            changed_classes: Vec::new(),
+            schema_changes: Vec::new(),
+            objects: Vec::new(),
         });
         self.by_path.insert(path.clone(), self.states.len() - 1);
         Ok(Some(self.states.len() - 1))
@@ -315,10 +344,40 @@ impl<'t> Applier<'t> {
                 self.put(i, key, object)
             }
             Op::Delete { realm, class, key } => match self.realm(&realm, false)? {
-                Some(i) => self.delete(i, &class, key),
+                Some(i) => {
+                    let class = self.store.inner.classes[&class];
+                    let t = self.touch(i, class, key)?;
+                    self.touched[t].current = None;
+                    Ok(())
+                }
                 None => Ok(()),
             },
         }
+    }
+
+    /// The touched-object entry of an object, reading it on first touch.
+    fn touch(&mut self, realm: usize, class: usize, key: PrimaryKey) -> Result<usize, StoreError> {
+        let class_name = &self.store.inner.schema.classes[class].name;
+        let record_key = object_key(self.states[realm].id, class_name, &key);
+        if let Some(t) = self.by_record.get(&record_key) {
+            return Ok(*t);
+        }
+        let original = match self.objects.get(record_key.as_slice())? {
+            Some(g) => Some(decode_object(class_name, g.value())?.values),
+            None => None,
+        };
+        self.touched.push(Touched {
+            realm,
+            class,
+            key,
+            record_key: record_key.clone(),
+            current: original.clone(),
+            original,
+        });
+        let t = self.touched.len() - 1;
+        self.by_record.insert(record_key, t);
+        self.states[realm].objects.push(t);
+        Ok(t)
     }
 
     /// Give the realm the compiled definition of `class` (recording what it adds).
@@ -342,19 +401,19 @@ impl<'t> Applier<'t> {
             state.classes.insert(class.name.clone(), stored);
         }
         let known = state.classes.get_mut(&class.name).expect("inserted above");
-        let changed = match known {
+        let mut changed = false;
+        match known {
             None => {
-                state.instructions.push(Instruction::AddClass {
+                state.schema_changes.push(Instruction::AddClass {
                     class: class.clone(),
                 });
                 *known = Some(class.clone());
-                true
+                changed = true;
             }
             Some(have) => {
-                let mut changed = false;
                 for property in &class.properties {
                     if have.property_named(&property.name).is_none() {
-                        state.instructions.push(Instruction::AddProperty {
+                        state.schema_changes.push(Instruction::AddProperty {
                             class: class.name.clone(),
                             property: property.clone(),
                         });
@@ -362,29 +421,23 @@ impl<'t> Applier<'t> {
                         changed = true;
                     }
                 }
-                changed
             }
-        };
-        if changed {
-            let def = serde_json::to_string(known.as_ref().expect("set above"))
-                .expect("a class serializes to JSON");
-            self.realm_classes
-                .insert((state.id, class.name.as_str()), def.as_str())?;
+        }
+        if changed && !state.changed_classes.contains(&class.name) {
+            state.changed_classes.push(class.name.clone());
         }
         Ok(())
     }
 
     fn put(&mut self, i: usize, key: PrimaryKey, object: Object) -> Result<(), StoreError> {
         let store = self.store;
-        let class = store.class(&object.class)?;
+        let class_index = store.inner.classes[&object.class];
+        let class = &store.inner.schema.classes[class_index];
         self.ensure_class(i, class)?;
-        let state = &mut self.states[i];
-        let okey = object_key(state.id, &class.name, &key);
-        let existing = match self.objects.get(okey.as_slice())? {
-            Some(g) => Some(decode_object(&class.name, g.value())?),
-            None => None,
-        };
-        match existing {
+        let t = self.touch(i, class_index, key)?;
+        let touched = &mut self.touched[t];
+        match &mut touched.current {
+            Some(current) => current.extend(object.values),
             None => {
                 let mut given = object.values;
                 let mut values = BTreeMap::new();
@@ -393,71 +446,81 @@ impl<'t> Applier<'t> {
                         Some(v) => v,
                         None => check_value(store.schema(), class, property, Value::Null).map_err(
                             |source| StoreError::Value {
-                                realm: state.path.clone(),
+                                realm: self.states[i].path.clone(),
                                 class: class.name.clone(),
-                                key: key.to_string(),
+                                key: touched.key.to_string(),
                                 source: Box::new(source),
                             },
                         )?,
                     };
                     values.insert(property.name.clone(), value);
                 }
-                self.objects
-                    .insert(okey.as_slice(), encode_object(&values).as_slice())?;
-                self.locator
-                    .insert(locator_key(&class.name, &key).as_slice(), state.id)?;
-                state.instructions.push(Instruction::Create {
-                    class: class.name.clone(),
-                    key,
-                    values,
-                });
-            }
-            Some(mut current) => {
-                let before = state.instructions.len();
-                for (name, new) in object.values {
-                    let old = current.values.remove(&name).unwrap_or_else(|| {
-                        // A property the realm gained after this object was written.
-                        let is_list = class.property_named(&name).is_some_and(|p| p.ty.is_list());
-                        if is_list {
-                            Value::List(Vec::new())
-                        } else {
-                            Value::Null
-                        }
-                    });
-                    match (&old, &new) {
-                        (_, _) if old.same_as(&new) => {}
-                        (Value::List(a), Value::List(b)) => {
-                            diff_list(&class.name, &key, &name, a, b, &mut state.instructions)
-                        }
-                        _ => state.instructions.push(Instruction::Set {
-                            class: class.name.clone(),
-                            key: key.clone(),
-                            property: name.clone(),
-                            old: old.clone(),
-                            new: new.clone(),
-                        }),
-                    }
-                    current.values.insert(name, new);
-                }
-                if state.instructions.len() > before {
-                    self.objects
-                        .insert(okey.as_slice(), encode_object(&current.values).as_slice())?;
-                }
+                touched.current = Some(values);
             }
         }
         Ok(())
     }
 
-    fn delete(&mut self, i: usize, class: &str, key: PrimaryKey) -> Result<(), StoreError> {
-        let state = &mut self.states[i];
-        let okey = object_key(state.id, class, &key);
-        if self.objects.remove(okey.as_slice())?.is_some() {
-            self.locator
-                .remove(locator_key(class, &key).as_slice(), state.id)?;
-            state.instructions.push(Instruction::Delete {
-                class: class.to_owned(),
-                key,
-            });
+    /// The net instructions of one touched object, writing it and the locator.
+    fn settle(&mut self, t: usize, out: &mut Vec<Instruction>) -> Result<(), StoreError> {
+        let touched = &self.touched[t];
+        let class = &self.store.inner.schema.classes[touched.class];
+        let realm_id = self.states[touched.realm].id;
+        let key = &touched.key;
+        match (&touched.original, &touched.current) {
+            (None, None) => {}
+            (None, Some(values)) => {
+                self.objects.insert(
+                    touched.record_key.as_slice(),
+                    encode_object(values).as_slice(),
+                )?;
+                self.locator
+                    .insert(locator_key(&class.name, key).as_slice(), realm_id)?;
+                out.push(Instruction::Create {
+                    class: class.name.clone(),
+                    key: key.clone(),
+                    values: values.clone(),
+                });
+            }
+            (Some(_), None) => {
+                self.objects.remove(touched.record_key.as_slice())?;
+                self.locator
+                    .remove(locator_key(&class.name, key).as_slice(), realm_id)?;
+                out.push(Instruction::Delete {
+                    class: class.name.clone(),
+                    key: key.clone(),
+                });
+            }
+            (Some(old), Some(new)) => {
+                let before = out.len();
+                for (name, new_value) in new {
+                    let old_value = match old.get(name) {
+                        Some(v) => v,
+                        // A property the realm gained after this object was written.
+                        None if class.property_named(name).is_some_and(|p| p.ty.is_list()) => {
+                            &Value::List(Vec::new())
+                        }
+                        None => &Value::Null,
+                    };
+                    match (old_value, new_value) {
+                        _ if old_value.same_as(new_value) => {}
+                        (Value::List(a), Value::List(b)) => {
+                            diff_list(&class.name, key, name, a, b, out)
+                        }
+                        _ => out.push(Instruction::Set {
+                            class: class.name.clone(),
+                            key: key.clone(),
+                            property: name.clone(),
+                            old: old_value.clone(),
+                            new: new_value.clone(),
+                        }),
+                    }
+                }
+                if out.len() > before {
+                    self.objects
+                        .insert(touched.record_key.as_slice(), encode_object(new).as_slice())?;
+                }
+            }
         }
         Ok(())
     }
@@ -468,12 +531,28 @@ impl<'t> Applier<'t> {
         let retention = self.store.inner.options.log_retention.max(1);
         let mut info = CommitInfo::default();
         let mut any_new = false;
-        for state in &mut self.states {
-            if state.instructions.is_empty() {
+        for i in 0..self.states.len() {
+            let mut instructions = std::mem::take(&mut self.states[i].schema_changes);
+            let schema_len = instructions.len();
+            for t in std::mem::take(&mut self.states[i].objects) {
+                self.settle(t, &mut instructions)?;
+            }
+            if instructions.len() == schema_len {
+                // Nothing happened to any object: no version, and the realm's schema stays as
+                // it was.
                 continue;
             }
+            let state = &mut self.states[i];
+            for name in &state.changed_classes {
+                let class = state.classes[name]
+                    .as_ref()
+                    .expect("a changed class is known");
+                let def = serde_json::to_string(class).expect("a class serializes to JSON");
+                self.realm_classes
+                    .insert((state.id, name.as_str()), def.as_str())?;
+            }
             state.version += 1;
-            let record = encode_log(now, origin, &state.instructions);
+            let record = encode_log(now, origin, &instructions);
             self.log
                 .insert((state.id, state.version), record.as_slice())?;
             let keep_from = (state.version + 1).saturating_sub(retention).max(1);
