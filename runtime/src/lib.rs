@@ -6,9 +6,12 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod json;
+pub mod metrics;
 pub mod replication;
+pub mod server;
 mod store;
 pub mod template;
 pub mod testing;
