@@ -45,27 +45,37 @@ async fn the_publication_covers_exactly_the_mapped_tables() {
     let bc = QualifiedTable::public("B c");
     let name = "pgrealm pub";
     assert!(
-        ensure_publication(&sql, name, &[a.clone()]).await.is_err(),
+        ensure_publication(&sql, name, std::slice::from_ref(&a))
+            .await
+            .is_err(),
         "a space is refused"
     );
     let name = "pgrealm-pub";
-    let created = ensure_publication(&sql, name, &[a.clone()]).await.unwrap();
+    let created = ensure_publication(&sql, name, std::slice::from_ref(&a))
+        .await
+        .unwrap();
     assert_eq!(created, PublicationAction::Created);
-    let again = ensure_publication(&sql, name, &[a.clone()]).await.unwrap();
+    let again = ensure_publication(&sql, name, std::slice::from_ref(&a))
+        .await
+        .unwrap();
     assert_eq!(again, PublicationAction::Unchanged);
     let altered = ensure_publication(&sql, name, &[bc.clone(), a.clone()])
         .await
         .unwrap();
     assert_eq!(altered, PublicationAction::Altered);
     assert_eq!(published(&sql, name).await, ["B c", "a"]);
-    let narrowed = ensure_publication(&sql, name, &[bc.clone()]).await.unwrap();
+    let narrowed = ensure_publication(&sql, name, std::slice::from_ref(&bc))
+        .await
+        .unwrap();
     assert_eq!(narrowed, PublicationAction::Altered);
     assert_eq!(published(&sql, name).await, ["B c"]);
 
     sql.batch_execute("ALTER PUBLICATION \"pgrealm-pub\" SET (publish = 'insert')")
         .await
         .unwrap();
-    let fixed = ensure_publication(&sql, name, &[bc.clone()]).await.unwrap();
+    let fixed = ensure_publication(&sql, name, std::slice::from_ref(&bc))
+        .await
+        .unwrap();
     assert_eq!(
         fixed,
         PublicationAction::Altered,
