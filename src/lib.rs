@@ -71,6 +71,9 @@ pub use pgrealm_schema::{
     Property, PropertyType, RealmObject, ScalarType, Schema, Value, ValueError,
 };
 
+/// Render a schema's PostgreSQL DDL at run time: the renderer `schema!` uses at compile time.
+pub use pgrealm_schema::ddl::render_ddl;
+
 pub use chrono;
 pub use chrono::{DateTime, Utc};
 pub use rust_decimal;

@@ -171,21 +171,11 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             );
         }
     }
-    let postgres_type = postgres_type.get();
-    let custom_type = custom_type.get();
-    // Both name the column's PostgreSQL type; taking either silently would hide the other.
-    if let (Some((_, at)), Some(_)) = (&custom_type, &postgres_type) {
-        errors.spanned(
-            at,
-            "`type` and `custom_type` both set the column's PostgreSQL type; keep one \
-             (`custom_type` for an enum or domain whose values convert as the field's type)",
-        );
-    }
     FieldAttrs {
         primary_key: primary_key.get().map(|(v, _)| v),
         column: column.get().map(|(v, _)| v),
-        postgres_type: postgres_type.map(|(v, _)| v),
-        custom_type: custom_type.map(|(v, _)| v),
+        postgres_type: postgres_type.get().map(|(v, _)| v),
+        custom_type: custom_type.get().map(|(v, _)| v),
         indexed: indexed.get().is_some(),
         docs,
     }
@@ -202,20 +192,12 @@ fn flag(attr: &Attribute, name: Symbol, errors: &mut Errors) -> bool {
     }
 }
 
-/// The `"…"` of `key = "…"`, non-empty.
+/// The `"…"` of `key = "…"`. Whether the name is usable (empty, too long) is `validate`'s call.
 fn string_value(meta: &ParseNestedMeta<'_>) -> syn::Result<LitStr> {
     let name = meta.path.to_token_stream();
-    let lit: LitStr = meta
-        .value()
+    meta.value()
         .and_then(|v| v.parse())
-        .map_err(|e| syn::Error::new(e.span(), format!("expected `{name} = \"…\"`")))?;
-    if lit.value().trim().is_empty() {
-        return Err(syn::Error::new_spanned(
-            &lit,
-            format!("`{name}` cannot be empty"),
-        ));
-    }
-    Ok(lit)
+        .map_err(|e| syn::Error::new(e.span(), format!("expected `{name} = \"…\"`")))
 }
 
 /// Report an unknown `key` inside `#[attribute(…)]` and skip its value, so the keys after it

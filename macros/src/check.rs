@@ -16,10 +16,7 @@ pub(crate) fn schema_errors(parsed: &Parsed, errors: &mut Errors) {
     for problem in validate(&parsed.schema) {
         errors.spanned(tokens_at(parsed, problem.location), &problem.message);
         if let Some(first) = problem.first {
-            errors.spanned(
-                tokens_at(parsed, first),
-                "the name is first defined here (see the error above)",
-            );
+            errors.spanned(tokens_at(parsed, first), "first defined here");
         }
     }
 }
