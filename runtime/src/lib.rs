@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod replication;
 pub mod server;
 mod store;
+pub mod sync;
 pub mod template;
 pub mod testing;
 
