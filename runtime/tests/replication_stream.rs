@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use pgrealm_runtime::replication::{
     ensure_publication, ensure_slot, import_snapshot, slot_info, Change, ChangeStream, ColumnValue,
-    Lsn, OldTuple, PgConnectOptions, PublicationAction, QualifiedTable, StreamEvent, StreamOptions,
-    TransactionBegin, TransactionCommit,
+    LogicalMessage, Lsn, OldTuple, PgConnectOptions, PublicationAction, QualifiedTable,
+    StreamEvent, StreamOptions, TransactionBegin, TransactionCommit,
 };
 use pgrealm_runtime::testing::{PasswordAuth, PgCluster, TestDb};
 use tokio::time::timeout;
@@ -21,12 +21,14 @@ const WAIT: Duration = Duration::from_secs(20);
 struct Tx {
     begin: TransactionBegin,
     changes: Vec<Change>,
+    messages: Vec<LogicalMessage>,
     commit: TransactionCommit,
 }
 
 async fn next_tx(stream: &mut ChangeStream) -> Tx {
     let mut begin = None;
     let mut changes = Vec::new();
+    let mut messages = Vec::new();
     loop {
         let event = timeout(WAIT, stream.next_event())
             .await
@@ -42,13 +44,14 @@ async fn next_tx(stream: &mut ChangeStream) -> Tx {
                 assert!(begin.is_some(), "a change outside a transaction");
                 changes.push(change);
             }
-            StreamEvent::Message(_) => {}
+            StreamEvent::Message(message) => messages.push(message),
             StreamEvent::Commit(commit) => {
                 let begin = begin.expect("Commit without Begin");
                 assert_eq!(begin.final_lsn, commit.commit_lsn);
                 return Tx {
                     begin,
                     changes,
+                    messages,
                     commit,
                 };
             }
@@ -217,7 +220,7 @@ async fn a_transaction_under_a_replication_origin_names_it() {
         .batch_execute(&format!(
             "SELECT pg_replication_origin_create('{origin}');
              SELECT pg_replication_origin_session_setup('{origin}');
-             BEGIN; INSERT INTO t VALUES (1); COMMIT;
+             BEGIN; INSERT INTO t VALUES (1); SELECT pg_logical_emit_message(true, 'pgrealm', 'marker'); COMMIT;
              SELECT pg_replication_origin_session_reset();
              INSERT INTO t VALUES (2);"
         ))
@@ -230,6 +233,14 @@ async fn a_transaction_under_a_replication_origin_names_it() {
         Some(origin.as_str())
     );
     assert_eq!(ours.changes.len(), 1);
+    let [message] = ours.messages.as_slice() else {
+        panic!("{:?}", ours.messages)
+    };
+    assert!(message.transactional);
+    assert_eq!(
+        (message.prefix.as_str(), &message.content[..]),
+        ("pgrealm", &b"marker"[..])
+    );
     let theirs = next_tx(&mut stream).await;
     assert!(theirs.begin.origin.is_none());
 }

@@ -6,6 +6,7 @@
 //! [`pgoutput::ColumnValue`]) with their table's shape, and the sync engine applies them and
 //! calls [`ChangeStream::confirm`] once the apply is durable.
 
+mod assembler;
 mod connect;
 mod error;
 pub mod pgoutput;
@@ -18,7 +19,8 @@ mod tls;
 pub use connect::{PgConnectOptions, SslMode};
 pub use error::ReplicationError;
 pub use pgoutput::{
-    ColumnValue, DecodeError, OldTuple, Origin, Relation, RelationColumn, TupleData,
+    ColumnValue, DecodeError, LogicalMessage, OldTuple, Origin, PgTimestamp, Relation,
+    RelationColumn, ReplicaIdentity, TupleData,
 };
 pub use preflight::{preflight, PreflightProblem};
 pub use relations::RelationCache;

@@ -12,17 +12,15 @@
 //! may be before what the consumer holds; transactions that committed before
 //! [`StreamOptions::resume_after`] are skipped here by comparing LSNs.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 
+use super::assembler::Assembler;
 use super::connect::PgConnectOptions;
 use super::error::ReplicationError;
-use super::pgoutput::{
-    self, LogicalMessage, OldTuple, Origin, PgOutputMessage, PgTimestamp, Relation, TupleData,
-};
+use super::pgoutput::{LogicalMessage, OldTuple, Origin, PgTimestamp, Relation, TupleData};
 use super::relations::RelationCache;
 use super::slot::check_slot_name;
 use super::Lsn;
@@ -164,32 +162,16 @@ pub enum StreamEvent {
 /// ```
 pub struct ChangeStream {
     client: ReplicationClient,
-    relations: RelationCache,
-    resume_after: Lsn,
-    /// Between a Begin and its Commit on the wire.
-    in_transaction: bool,
-    /// The current transaction is one the consumer already holds.
-    skipping: bool,
-    /// A Begin held back until the next message says whether an Origin belongs to it.
-    pending_begin: Option<TransactionBegin>,
-    ready: VecDeque<StreamEvent>,
-    /// End LSN of the last Commit handed out.
-    delivered_end: Lsn,
-    /// The position told to the replication client (monotonic).
-    confirmed: Lsn,
-    /// A keepalive position seen while idle, waiting for the consumer to confirm what it has.
-    idle_wal_end: Option<Lsn>,
-    /// The last WAL position seen on the wire, for error messages.
-    last_seen: Lsn,
+    state: Assembler,
+    /// The last position handed to the replication client.
+    reported: Lsn,
 }
 
 impl std::fmt::Debug for ChangeStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChangeStream")
-            .field("resume_after", &self.resume_after)
-            .field("in_transaction", &self.in_transaction)
-            .field("delivered_end", &self.delivered_end)
-            .field("confirmed", &self.confirmed)
+            .field("state", &self.state)
+            .field("reported", &self.reported)
             .finish_non_exhaustive()
     }
 }
@@ -251,16 +233,8 @@ impl ChangeStream {
             .map_err(ReplicationError::stream(context))?;
         Ok(ChangeStream {
             client,
-            relations: RelationCache::new(),
-            resume_after,
-            in_transaction: false,
-            skipping: false,
-            pending_begin: None,
-            ready: VecDeque::new(),
-            delivered_end: Lsn::ZERO,
-            confirmed,
-            idle_wal_end: None,
-            last_seen: confirmed,
+            state: Assembler::new(resume_after, confirmed),
+            reported: confirmed,
         })
     }
 
@@ -269,7 +243,7 @@ impl ChangeStream {
     /// Cancellation-safe: dropping the future loses nothing.
     pub async fn next_event(&mut self) -> Result<Option<StreamEvent>, ReplicationError> {
         loop {
-            if let Some(event) = self.ready.pop_front() {
+            if let Some(event) = self.state.pop() {
                 return Ok(Some(event));
             }
             let received = self
@@ -279,7 +253,10 @@ impl ChangeStream {
                 .map_err(ReplicationError::stream("the replication stream failed"))?;
             match received {
                 None | Some(ReplicationEvent::StoppedAt { .. }) => return Ok(None),
-                Some(event) => self.handle(event)?,
+                Some(event) => {
+                    self.state.handle(event)?;
+                    self.sync_position();
+                }
             }
         }
     }
@@ -288,22 +265,18 @@ impl ChangeStream {
     /// the consumer; call it only after the apply of that transaction is durable. Cheap and
     /// monotonic; the report reaches the server within [`StreamOptions::status_interval`].
     pub fn confirm(&mut self, lsn: Lsn) {
-        self.report(lsn);
-        if !self.in_transaction && self.confirmed >= self.delivered_end {
-            if let Some(wal_end) = self.idle_wal_end.take() {
-                self.report(wal_end);
-            }
-        }
+        self.state.confirm(lsn);
+        self.sync_position();
     }
 
     /// The position reported (or about to be reported) to the server.
     pub fn confirmed(&self) -> Lsn {
-        self.confirmed
+        self.reported
     }
 
     /// Tables and types announced on this stream so far.
     pub fn relations(&self) -> &RelationCache {
-        &self.relations
+        self.state.relations()
     }
 
     /// End the session cleanly (CopyDone), after reporting the last confirmed position.
@@ -316,198 +289,11 @@ impl ChangeStream {
             ))
     }
 
-    fn report(&mut self, lsn: Lsn) {
-        if lsn > self.confirmed {
-            self.confirmed = lsn;
-            self.client.update_applied_lsn(lsn);
-        }
-    }
-
-    fn handle(&mut self, event: ReplicationEvent) -> Result<(), ReplicationError> {
-        match event {
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if !self.in_transaction {
-                    if self.confirmed >= self.delivered_end {
-                        self.report(wal_end);
-                    } else {
-                        self.idle_wal_end = Some(wal_end);
-                    }
-                }
-            }
-            ReplicationEvent::Begin {
-                final_lsn,
-                xid,
-                commit_time_micros,
-            } => {
-                self.last_seen = final_lsn;
-                if self.in_transaction {
-                    return Err(self.violation("Begin inside a transaction"));
-                }
-                self.in_transaction = true;
-                self.idle_wal_end = None;
-                // A transaction whose commit record starts before the consumer's durable end
-                // LSN is one it holds: the commit record of that transaction ends there.
-                self.skipping = final_lsn < self.resume_after;
-                if !self.skipping {
-                    self.pending_begin = Some(TransactionBegin {
-                        final_lsn,
-                        commit_time: commit_time_micros,
-                        xid,
-                        origin: None,
-                    });
-                }
-            }
-            ReplicationEvent::Commit {
-                lsn,
-                end_lsn,
-                commit_time_micros,
-            } => {
-                self.last_seen = end_lsn;
-                if !self.in_transaction {
-                    return Err(self.violation("Commit outside a transaction"));
-                }
-                self.in_transaction = false;
-                if std::mem::take(&mut self.skipping) {
-                    return Ok(());
-                }
-                self.flush_begin();
-                self.delivered_end = end_lsn;
-                self.ready.push_back(StreamEvent::Commit(TransactionCommit {
-                    commit_lsn: lsn,
-                    end_lsn,
-                    commit_time: commit_time_micros,
-                }));
-            }
-            ReplicationEvent::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => {
-                self.last_seen = lsn;
-                self.message(LogicalMessage {
-                    transactional,
-                    lsn,
-                    prefix,
-                    content,
-                })?;
-            }
-            ReplicationEvent::XLogData {
-                wal_start, data, ..
-            } => {
-                self.last_seen = wal_start;
-                let message =
-                    pgoutput::decode(&data).map_err(|source| ReplicationError::Decode {
-                        lsn: wal_start,
-                        source,
-                    })?;
-                self.pgoutput(message)?;
-            }
-            ReplicationEvent::StoppedAt { .. } => {}
-        }
-        Ok(())
-    }
-
-    fn pgoutput(&mut self, message: PgOutputMessage) -> Result<(), ReplicationError> {
-        match message {
-            PgOutputMessage::Relation(relation) => {
-                self.relations.insert_relation(relation);
-            }
-            PgOutputMessage::Type(info) => self.relations.insert_type(info),
-            PgOutputMessage::Origin(origin) => {
-                if !self.in_transaction {
-                    return Err(self.violation("Origin outside a transaction"));
-                }
-                if let Some(begin) = &mut self.pending_begin {
-                    begin.origin = Some(origin);
-                }
-            }
-            PgOutputMessage::Message(message) => self.message(message)?,
-            PgOutputMessage::Insert(insert) => {
-                let relation = self.relation(insert.relation_id)?;
-                self.change(Change::Insert {
-                    relation,
-                    new: insert.new,
-                })?;
-            }
-            PgOutputMessage::Update(update) => {
-                let relation = self.relation(update.relation_id)?;
-                self.change(Change::Update {
-                    relation,
-                    old: update.old,
-                    new: update.new,
-                })?;
-            }
-            PgOutputMessage::Delete(delete) => {
-                let relation = self.relation(delete.relation_id)?;
-                self.change(Change::Delete {
-                    relation,
-                    old: delete.old,
-                })?;
-            }
-            PgOutputMessage::Truncate(truncate) => {
-                let relations = truncate
-                    .relation_ids
-                    .iter()
-                    .map(|&id| self.relation(id))
-                    .collect::<Result<Vec<_>, _>>()?;
-                self.change(Change::Truncate {
-                    relations,
-                    cascade: truncate.cascade,
-                    restart_identity: truncate.restart_identity,
-                })?;
-            }
-            // The replication client turns these into its own events before we see them.
-            PgOutputMessage::Begin(_) | PgOutputMessage::Commit(_) => {
-                return Err(self.violation("a raw Begin or Commit message"));
-            }
-        }
-        Ok(())
-    }
-
-    fn change(&mut self, change: Change) -> Result<(), ReplicationError> {
-        if !self.in_transaction {
-            return Err(self.violation("a row change outside a transaction"));
-        }
-        if !self.skipping {
-            self.flush_begin();
-            self.ready.push_back(StreamEvent::Change(change));
-        }
-        Ok(())
-    }
-
-    fn message(&mut self, message: LogicalMessage) -> Result<(), ReplicationError> {
-        if message.transactional {
-            if !self.in_transaction {
-                return Err(self.violation("a transactional message outside a transaction"));
-            }
-            if self.skipping {
-                return Ok(());
-            }
-            self.flush_begin();
-        }
-        self.ready.push_back(StreamEvent::Message(message));
-        Ok(())
-    }
-
-    fn flush_begin(&mut self) {
-        if let Some(begin) = self.pending_begin.take() {
-            self.ready.push_back(StreamEvent::Begin(begin));
-        }
-    }
-
-    fn relation(&self, id: u32) -> Result<Arc<Relation>, ReplicationError> {
-        self.relations.relation(id).cloned().ok_or_else(|| {
-            self.violation(&format!(
-                "a change of table oid {id} before its Relation message"
-            ))
-        })
-    }
-
-    fn violation(&self, what: &str) -> ReplicationError {
-        ReplicationError::Protocol {
-            lsn: self.last_seen,
-            message: format!("unexpected {what}"),
+    fn sync_position(&mut self) {
+        let confirmed = self.state.confirmed();
+        if confirmed > self.reported {
+            self.reported = confirmed;
+            self.client.update_applied_lsn(confirmed);
         }
     }
 }
