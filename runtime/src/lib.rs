@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod json;
+pub mod pg;
 pub mod metrics;
 pub mod replication;
 pub mod server;
