@@ -6,6 +6,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod json;

@@ -1,0 +1,138 @@
+//! The command line of the binary a user builds from their schema (`pgrealm::main!(Schema)`).
+//!
+//! This is the binary edge: it loads the configuration, sets up logging, and turns errors into
+//! messages and exit codes (anyhow is used here and nowhere below). Each subcommand is a thin
+//! call into the runtime's modules.
+
+mod commands;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgrealm_schema::CompiledSchema;
+
+use crate::config::Config;
+
+/// Options every subcommand takes.
+#[derive(Debug, Parser)]
+#[command(
+    about = "Keeps PostgreSQL and realms (object databases addressed by path) in live, two-way sync.",
+    long_about = "Keeps PostgreSQL and realms (object databases addressed by path) in live, two-way sync.\n\n\
+        Configuration comes from pgrealm.toml in the working directory (or --config), then from \
+        PGREALM_<SECTION>_<KEY> environment variables (PGREALM_POSTGRES_URL, …), then from --set \
+        section.key=value. Logging follows RUST_LOG (default: info).",
+    version
+)]
+pub struct Cli {
+    /// The configuration file (default: ./pgrealm.toml when present).
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Override one configuration key, e.g. --set sync.realm_regex='^/.*/myRealm$'. Repeatable.
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the PostgreSQL DDL of the compiled schema (tables, keys, foreign keys, list
+    /// subtables).
+    Ddl,
+    /// Serve the realms over HTTP + WebSocket without syncing (the object server alone).
+    Serve,
+    /// Issue a user token for the object server's API.
+    Token {
+        /// The user id (one realm path segment: letters, digits, `_`, `.`, `-`).
+        user: String,
+        /// How long the token is valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_seconds: i64,
+    },
+    /// Compare the live PostgreSQL catalog with the compiled schema and report differences.
+    Check,
+    /// Show the slot's position and retained WAL, realms and object counts, recent rejections.
+    Status {
+        /// How many recent rejections to show.
+        #[arg(long, default_value_t = 10)]
+        rejections: u64,
+    },
+    /// Drop the replication slot, the publication and pgrealm's progress and marker tables
+    /// (the original's Reset.js); with --realms also wipe the realm data.
+    Reset {
+        /// Also delete every realm in the data directory.
+        #[arg(long)]
+        realms: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+/// Run the command line for schema `S`: parse arguments, load the configuration, dispatch.
+/// `name` is the binary's name, for messages.
+pub fn main<S: CompiledSchema>(name: &str) -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging();
+    match run::<S>(name, cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(
+        cli.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &cli.overrides,
+    )?)
+}
+
+fn run<S: CompiledSchema>(name: &str, cli: Cli) -> anyhow::Result<()> {
+    if let Command::Ddl = cli.command {
+        // The DDL needs no configuration, so a broken pgrealm.toml does not hide it.
+        print!("{}", S::DDL);
+        return Ok(());
+    }
+    let config = load_config(&cli)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Ddl => unreachable!("handled above"),
+            Command::Serve => commands::serve(S::schema(), &config).await,
+            Command::Token { user, ttl_seconds } => commands::token(&config, &user, ttl_seconds),
+            Command::Check => commands::check(S::schema(), &config).await,
+            Command::Status { rejections } => {
+                commands::status(name, S::schema(), &config, rejections).await
+            }
+            Command::Reset { realms, yes } => commands::reset(&config, realms, yes).await,
+        }
+    })
+}
