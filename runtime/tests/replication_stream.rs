@@ -558,3 +558,49 @@ async fn the_exported_snapshot_and_the_stream_meet_exactly_under_concurrent_writ
     assert_eq!(ids, final_ids, "copy + stream differ from the table");
     assert!(last > 1001, "the writer wrote nothing during the test");
 }
+
+#[tokio::test]
+async fn a_server_restart_is_a_transient_error_and_the_stream_resumes_after_it() {
+    // Own cluster: restarting the shared one would pull it from under the other tests.
+    let cluster = std::sync::Arc::new(PgCluster::start().unwrap());
+    let pg = PgConnectOptions::from_url(&cluster.superuser_url()).unwrap();
+    let sql = pg.connect_sql().await.unwrap();
+    sql.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    ensure_publication(&sql, "pgrealm", &[QualifiedTable::public("t")])
+        .await
+        .unwrap();
+    ensure_slot(&sql, "restart").await.unwrap();
+    sql.execute("INSERT INTO t VALUES (1)", &[]).await.unwrap();
+    let options = StreamOptions::new("restart", "pgrealm");
+    let mut stream = ChangeStream::connect(&pg, &options).await.unwrap();
+    let first = next_tx(&mut stream).await;
+    stream.confirm(first.commit.end_lsn);
+
+    // PostgreSQL's shutdown waits until the client confirms the walsender's last position,
+    // which the stream does from the keepalive while it is read: restart on another thread.
+    let restarting = tokio::task::spawn_blocking({
+        let cluster = cluster.clone();
+        move || cluster.restart()
+    });
+    let err = loop {
+        match timeout(WAIT, stream.next_event()).await.unwrap() {
+            Err(err) => break err,
+            Ok(Some(event)) => panic!("unexpected {event:?}"),
+            Ok(None) => panic!("the stream ended cleanly on a server restart"),
+        }
+    };
+    assert!(err.is_transient(), "{err}");
+    restarting.await.unwrap().unwrap();
+
+    let sql = pg.connect_sql().await.unwrap();
+    sql.execute("INSERT INTO t VALUES (2)", &[]).await.unwrap();
+    let resumed = options.resume_after(first.commit.end_lsn);
+    let mut stream = ChangeStream::connect(&pg, &resumed).await.unwrap();
+    let tx = next_tx(&mut stream).await;
+    let [Change::Insert { new, .. }] = tx.changes.as_slice() else {
+        panic!("{:?}", tx.changes)
+    };
+    assert_eq!(text(&new[0]), "2");
+}

@@ -90,6 +90,19 @@ pub enum ReplicationError {
 }
 
 impl ReplicationError {
+    /// Whether retrying later may succeed without a change of configuration: the connection
+    /// dropped or the server went away (a restart, a failover), as opposed to a refusal
+    /// (authentication, a missing slot, a protocol error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ReplicationError::Stream { source, .. } => source.is_transient(),
+            ReplicationError::Connect { source, .. } | ReplicationError::Sql { source, .. } => {
+                source.is_closed() || source.as_db_error().is_none()
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn sql(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
         let context = context.into();
         move |source| ReplicationError::Sql { context, source }

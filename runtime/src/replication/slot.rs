@@ -96,11 +96,17 @@ pub fn check_slot_name(name: &str) -> Result<(), ReplicationError> {
 fn check_publication_name(name: &str) -> Result<(), ReplicationError> {
     // START_REPLICATION's publication_names is a comma-separated list (see pgwire-replication's
     // Publication), so these characters cannot be represented.
-    if name.is_empty() || name.len() > 63 || name.contains([',', ' ', '\'', '"', '\0']) {
+    // The server also folds the names in that list to lower case, so an upper-case name would
+    // name another publication there than in CREATE PUBLICATION.
+    if name.is_empty()
+        || name.len() > 63
+        || name.contains([',', ' ', '\'', '"', '\0'])
+        || name.chars().any(char::is_uppercase)
+    {
         return Err(ReplicationError::InvalidName {
             kind: "publication",
             name: name.to_owned(),
-            reason: "use 1 to 63 bytes without commas, quotes or spaces",
+            reason: "use 1 to 63 bytes, lower case, without commas, quotes or spaces",
         });
     }
     Ok(())
@@ -422,6 +428,7 @@ mod tests {
         }
         assert!(check_publication_name("pgrealm-pub").is_ok());
         assert!(check_publication_name("a,b").is_err());
+        assert!(check_publication_name("PgRealm").is_err());
         assert!(check_snapshot_name("00000003-0000001B-1").is_ok());
         assert!(check_snapshot_name("x'; DROP").is_err());
     }
