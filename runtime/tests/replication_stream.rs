@@ -584,12 +584,10 @@ async fn a_server_restart_is_a_transient_error_and_the_stream_resumes_after_it()
         let cluster = cluster.clone();
         move || cluster.restart()
     });
-    let err = loop {
-        match timeout(WAIT, stream.next_event()).await.unwrap() {
-            Err(err) => break err,
-            Ok(Some(event)) => panic!("unexpected {event:?}"),
-            Ok(None) => panic!("the stream ended cleanly on a server restart"),
-        }
+    let err = match timeout(WAIT, stream.next_event()).await.unwrap() {
+        Err(err) => err,
+        Ok(Some(event)) => panic!("unexpected {event:?}"),
+        Ok(None) => panic!("the stream ended cleanly on a server restart"),
     };
     assert!(err.is_transient(), "{err}");
     restarting.await.unwrap().unwrap();
