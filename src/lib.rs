@@ -85,7 +85,35 @@ pub use uuid::Uuid;
 /// imported. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
+    pub use pgrealm_runtime::cli;
     pub use pgrealm_schema as schema;
     pub use serde;
     pub use std::sync::OnceLock;
+}
+
+/// The runtime: the realm store, the object server and its client, the PostgreSQL side and the
+/// sync engine, for programs that embed pgrealm rather than run the generated binary.
+pub use pgrealm_runtime as runtime;
+
+/// Turn a compiled schema into the sync binary: `run`, `serve`, `ddl`, `status`, `reset`,
+/// `token`, `check`, configured by `pgrealm.toml`.
+///
+/// ```no_run
+/// pgrealm::schema! {
+///     pub struct Bus {
+///         #[primary_key]
+///         pub id: i64,
+///         pub name: String,
+///     }
+/// }
+///
+/// pgrealm::main!(Schema);
+/// ```
+#[macro_export]
+macro_rules! main {
+    ($schema:ty) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::cli::main::<$schema>(env!("CARGO_PKG_NAME"))
+        }
+    };
 }
