@@ -242,7 +242,7 @@ fn micros_since_2000(date: &DateTime<Utc>, property: &str) -> Result<i64, ValueE
         .num_microseconds()
         .ok_or_else(|| unfit(property, date.to_rfc3339(), "timestamp", "out of range"))?;
     // PostgreSQL keeps microseconds; a finer value would be cut silently.
-    if date.nanosecond() % 1_000 != 0 {
+    if !date.nanosecond().is_multiple_of(1_000) {
         return Err(unfit(
             property,
             date.to_rfc3339(),
