@@ -279,7 +279,12 @@ impl ChangeStream {
         self.state.relations()
     }
 
-    /// End the session cleanly (CopyDone), after reporting the last confirmed position.
+    /// End the session cleanly (CopyDone). A position confirmed within the last
+    /// [`StreamOptions::status_interval`] may not have reached the server yet; that is safe,
+    /// as the next session skips what the consumer holds by [`StreamOptions::resume_after`].
+    ///
+    /// Keep calling [`next_event`](Self::next_event) while the stream is open: keepalives are
+    /// confirmed as they are read, and PostgreSQL's own shutdown waits for that confirmation.
     pub async fn shutdown(mut self) -> Result<(), ReplicationError> {
         self.client
             .shutdown()
