@@ -116,3 +116,78 @@ async fn foreign_keys_are_checked_at_commit_so_sync_may_write_in_any_order() {
     assert_eq!(row.get::<_, Option<String>>(0), None);
     assert_eq!(row.get::<_, i64>(1), 0);
 }
+
+/// The transit example compiled by `schema!`: its DDL constant applies and checks clean against
+/// its run-time schema, and its typed structs travel struct → realm object → PostgreSQL row →
+/// realm object → struct unchanged.
+#[tokio::test]
+async fn the_compiled_transit_schema_applies_and_its_structs_round_trip_through_rows() {
+    use pgrealm::{Link, List, RealmObject};
+    use pgrealm_runtime::pg::{object_from_row, read_list, select_columns, upsert_object};
+    use transit::{Bus, Route, Schedule};
+
+    let (_db, mut client) = fresh_db().await;
+    client
+        .batch_execute(transit::Schema::DDL)
+        .await
+        .unwrap_or_else(|e| panic!("{}\n{}", describe(&e), transit::Schema::DDL));
+    let schema = transit::Schema::schema();
+    let catalog = read_catalog(&client, "public").await.unwrap();
+    let problems: Vec<String> = check_catalog(schema, &catalog)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let departure = chrono::DateTime::parse_from_rfc3339("1969-07-20T20:17:40.123456-04:00")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let schedule = Schedule {
+        id: "s1".into(),
+        day: "月曜日".into(),
+        departure,
+        arrival: None,
+    };
+    let route = Route {
+        id: "r1".into(),
+        name: "Downtown 🚌".into(),
+        schedules: List::from(vec![Link::to(&schedule), Link::to(&schedule)]),
+    };
+    let bus = Bus {
+        id: i64::MIN,
+        name: String::new(),
+        route: Some(Link::to(&route)),
+    };
+    let tx = client.transaction().await.unwrap();
+    // Links first, targets later: the deferred foreign keys allow any order.
+    upsert_object(&tx, schema, &bus.to_object()).await.unwrap();
+    upsert_object(&tx, schema, &route.to_object())
+        .await
+        .unwrap();
+    upsert_object(&tx, schema, &schedule.to_object())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let read = |table: &'static str| {
+        let class = schema.class_by_table(table).unwrap();
+        let sql = format!("SELECT {} FROM {table}", select_columns(class));
+        let client = &client;
+        async move {
+            let row = client.query_one(&sql, &[]).await.unwrap();
+            let mut object = object_from_row(schema, class, &row).unwrap();
+            let key = object.primary_key(schema).unwrap();
+            for list in class.list_properties() {
+                let items = read_list(client, schema, class, list, &key).await.unwrap();
+                object.values.insert(list.name.clone(), items);
+            }
+            object
+        }
+    };
+    assert_eq!(Bus::from_object(&read("bus").await).unwrap(), bus);
+    assert_eq!(Route::from_object(&read("route").await).unwrap(), route);
+    assert_eq!(
+        Schedule::from_object(&read("schedule").await).unwrap(),
+        schedule
+    );
+}
