@@ -15,8 +15,12 @@ const REQUIRED: [&str; 3] = ["initdb", "pg_ctl", "postgres"];
 
 /// The directory of the PostgreSQL server programs.
 pub(crate) fn find_bin_dir() -> Result<PathBuf, HarnessError> {
-    if let Some(dir) = std::env::var_os("PGREALM_PG_BIN_DIR") {
-        let dir = PathBuf::from(dir);
+    find_bin_dir_from(std::env::var_os("PGREALM_PG_BIN_DIR").map(PathBuf::from))
+}
+
+/// [`find_bin_dir`] with the override passed in, so tests need not change the environment.
+pub(crate) fn find_bin_dir_from(configured: Option<PathBuf>) -> Result<PathBuf, HarnessError> {
+    if let Some(dir) = configured {
         return if has_all(&dir) {
             Ok(dir)
         } else {

@@ -136,7 +136,7 @@ impl PgCluster {
         let user = ServerUser::choose()?;
         let dir = tempfile::Builder::new()
             .prefix("pgrealm-pg-")
-            .tempdir()
+            .tempdir_in(parent_dir_for(user))
             .map_err(|e| HarnessError::io("creating the cluster's temporary directory", e))?
             .keep();
         let mut cluster = PgCluster {
@@ -530,6 +530,24 @@ fn run(mut command: Command, name: &str) -> Result<String, HarnessError> {
             status: out.status.to_string(),
             output: text,
         })
+    }
+}
+
+/// Where the cluster directory goes: the system temporary directory, unless the server runs as
+/// another user who could not reach it (a `TMPDIR` under root's home), then `/tmp`.
+fn parent_dir_for(user: ServerUser) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let temp = std::env::temp_dir();
+    if user == ServerUser::Current {
+        return temp;
+    }
+    let reachable = temp
+        .ancestors()
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+    if reachable {
+        temp
+    } else {
+        PathBuf::from("/tmp")
     }
 }
 

@@ -74,3 +74,32 @@ fn password_roles_must_authenticate() {
         });
     }
 }
+
+#[test]
+fn missing_binaries_say_how_to_install_them() {
+    let e = super::binaries::find_bin_dir_from(Some("/nonexistent/pgrealm".into())).unwrap_err();
+    assert!(matches!(e, HarnessError::BinariesNotFound));
+    assert!(
+        e.to_string().starts_with(
+            "PostgreSQL binaries not found; install them with: apt-get install -y postgresql"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_failed_start_shows_the_server_log() {
+    // A library that does not exist makes the server refuse to start; the error carries its log.
+    let cluster = PgCluster::start().unwrap();
+    cluster
+        .batch_execute(
+            "postgres",
+            "ALTER SYSTEM SET shared_preload_libraries = 'pgrealm_no_such_library'",
+        )
+        .unwrap();
+    let e = cluster.restart().unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, HarnessError::ServerStart { .. }), "{text}");
+    assert!(text.contains("--- server log"), "{text}");
+    assert!(text.contains("pgrealm_no_such_library"), "{text}");
+}
