@@ -15,7 +15,7 @@ use pgrealm_schema::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
-use super::value::{decode, key_value, PgValue, RawColumn};
+use super::value::{decode, PgValue, RawColumn};
 use super::PgError;
 
 /// Rows per INSERT when writing a list: 1 + 2 × 1000 parameters, well under the protocol's
@@ -253,7 +253,7 @@ pub async fn read_list<C: GenericClient>(
         quote_ident(column),
         quote_ident(&table)
     );
-    let owner_value = key_value(owner);
+    let owner_value = owner.to_value();
     let rows = client
         .query(&sql, &[&PgValue::new(&owner_value, &label)])
         .await
@@ -293,7 +293,7 @@ pub async fn write_list<C: GenericClient>(
         )));
     };
     let table = quote_ident(&class.list_table(property));
-    let owner_value = key_value(owner);
+    let owner_value = owner.to_value();
     let owner_param = PgValue::new(&owner_value, &label);
     client
         .execute(

@@ -22,7 +22,7 @@ use std::error::Error as StdError;
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use pgrealm_schema::pgtext::parse_text;
-use pgrealm_schema::{PrimaryKey, ScalarType, Value, ValueError};
+use pgrealm_schema::{IntWidth, ScalarType, Value, ValueError};
 use tokio_postgres::types::{FromSql, IsNull, Kind, ToSql, Type};
 use uuid::Uuid;
 
@@ -95,16 +95,10 @@ fn encode(
         Value::Null => return Ok(IsNull::Yes),
         Value::Bool(b) if *ty == Type::BOOL => out.put_u8(u8::from(*b)),
         Value::Int(i) => match *ty {
-            Type::INT2 => out.put_i16(narrow_int(
-                *i,
-                ScalarType::Int(pgrealm_schema::IntWidth::I16),
-                property,
-            )? as i16),
-            Type::INT4 => out.put_i32(narrow_int(
-                *i,
-                ScalarType::Int(pgrealm_schema::IntWidth::I32),
-                property,
-            )? as i32),
+            Type::INT2 => out
+                .put_i16(i16::try_from(*i).map_err(|_| out_of_range(*i, IntWidth::I16, property))?),
+            Type::INT4 => out
+                .put_i32(i32::try_from(*i).map_err(|_| out_of_range(*i, IntWidth::I32, property))?),
             Type::INT8 => out.put_i64(*i),
             _ => return Err(wrong()),
         },
@@ -216,8 +210,15 @@ fn encode_string(
     }
 }
 
-fn narrow_int(i: i64, ty: ScalarType, property: &str) -> Result<i64, ValueError> {
-    pgrealm_schema::value::check_scalar(ty, Value::Int(i), property).map(|_| i)
+fn out_of_range(value: i64, width: IntWidth, property: &str) -> ValueError {
+    let (min, max) = width.range();
+    ValueError::OutOfRange {
+        property: property.to_owned(),
+        value: value.to_string(),
+        ty: ScalarType::Int(width).rust_type().to_owned(),
+        min,
+        max,
+    }
 }
 
 fn unfit(property: &str, text: String, pg: &str, reason: &str) -> ValueError {
@@ -466,9 +467,4 @@ fn decode_string(pg: &Type, raw: &[u8], property: &str) -> Option<Result<Value, 
         ))),
         _ => None,
     }
-}
-
-/// Bind a primary key (as a value) for a key column.
-pub(crate) fn key_value(key: &PrimaryKey) -> Value {
-    key.to_value()
 }
