@@ -6,4 +6,5 @@
 //! them. Neither direction ever decides a conflict on its own: PostgreSQL's commit order does
 //! (DESIGN.md, "Conflicts").
 
+pub mod pg_to_realm;
 pub mod rejections;

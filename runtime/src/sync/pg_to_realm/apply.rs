@@ -1,0 +1,784 @@
+//! The apply step: PostgreSQL changes into one store write transaction (a *group* of one or more
+//! whole PostgreSQL transactions), with the group's last commit LSN stored in the same commit.
+//!
+//! Owns what the store must look like after each change: routing (and moving rows between
+//! realms through the store's locator), key changes, TOAST "unchanged" values, list entries in
+//! `idx` order, TRUNCATE, and rejections. It reads the store as of the group's start and keeps
+//! an overlay of what the group changed, because the write transaction's own operations are not
+//! readable before it commits.
+//!
+//! It never commits, confirms or talks to PostgreSQL: the run loop does, in that order.
+//!
+//! Memory: rows go into the [`WriteTx`] as they arrive (nothing is buffered per transaction
+//! besides list entries of the owners it touched). The overlay keeps each touched object's
+//! location, and — for the first [`PATCH_LIMIT`] touched objects of a group — the values the
+//! group gave it, needed only when a row touched earlier in the same group later moves to
+//! another realm or changes its key. Past that limit such a move is refused with a rejection
+//! that says so (a later update heals it), so a 1,000,000-row transaction costs the store's
+//! write buffer and a location per row, not two copies of every row.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use chrono::Utc;
+use pgrealm_schema::{Object, PrimaryKey, Value};
+
+use super::mapping::{raw_values, Mapper, Route, TableKind, TablePlan};
+use crate::replication::{Change, ColumnValue, Lsn, OldTuple};
+use crate::store::{RealmPath, Snapshot, Store, StoreError, WriteTx};
+use crate::sync::rejections::{Direction, Rejection, RejectionLog};
+
+/// Touched objects per group whose values the overlay keeps (see the module header).
+pub(crate) const PATCH_LIMIT: usize = 100_000;
+
+/// The origin of every store commit PostgreSQL → realm makes (sync.md, decision 1).
+pub const ORIGIN: &str = "postgres";
+
+/// The store metadata key of a slot's checkpoint: the end LSN of the last applied transaction.
+pub fn checkpoint_key(slot: &str) -> String {
+    format!("postgres/{slot}/lsn")
+}
+
+/// The checkpoint a store holds for `slot`.
+pub fn stored_checkpoint(store: &Store, slot: &str) -> Result<Option<Lsn>, super::PgToRealmError> {
+    let key = checkpoint_key(slot);
+    match store.metadata(&key)? {
+        None => Ok(None),
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|t| Lsn::parse(t).ok())
+            .map(Some)
+            .ok_or(super::PgToRealmError::BadCheckpoint { key }),
+    }
+}
+
+/// Where a touched object is after the group's operations so far.
+#[derive(Debug, Clone)]
+struct Located {
+    realms: Vec<RealmPath>,
+    /// Its values read from the snapshot are the base of `patch`.
+    base_from_snapshot: bool,
+    /// What the group set on it; `None` when past [`PATCH_LIMIT`] (unknown).
+    patch: Option<BTreeMap<String, Value>>,
+}
+
+/// A list of one owner: `(class index, property, owner key)`.
+type ListKey = (usize, String, PrimaryKey);
+
+/// Counts of one group, for metrics and the run loop's bounds.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct GroupCounts {
+    pub(crate) transactions: u64,
+    pub(crate) changes: u64,
+    pub(crate) rejections: u64,
+    pub(crate) echoes: u64,
+}
+
+/// One store write under construction.
+pub(crate) struct Group {
+    tx: WriteTx,
+    snapshot: Snapshot,
+    slot: String,
+    overlay: HashMap<(usize, PrimaryKey), Located>,
+    patched: usize,
+    lists: HashMap<ListKey, BTreeMap<i64, Value>>,
+    /// Truncated list properties: their stored entries are gone.
+    list_generation: HashMap<(usize, String), u64>,
+    pub(crate) counts: GroupCounts,
+    pub(crate) started: Instant,
+    /// The end LSN of the last whole transaction in the group.
+    pub(crate) end_lsn: Option<Lsn>,
+    /// Commit time (µs since 2000) of the group's first transaction.
+    pub(crate) first_commit_time: Option<i64>,
+    // The PostgreSQL transaction in hand.
+    in_tx: bool,
+    tx_lsn: Lsn,
+    tx_echo: bool,
+    dirty: Vec<ListKey>,
+    dirty_set: HashSet<ListKey>,
+}
+
+impl std::fmt::Debug for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group")
+            .field("counts", &self.counts)
+            .field("end_lsn", &self.end_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Group {
+    pub(crate) fn new(store: &Store, slot: &str) -> Result<Self, StoreError> {
+        Ok(Group {
+            tx: store.begin_write(ORIGIN),
+            snapshot: store.snapshot()?,
+            slot: slot.to_owned(),
+            overlay: HashMap::new(),
+            patched: 0,
+            lists: HashMap::new(),
+            list_generation: HashMap::new(),
+            counts: GroupCounts::default(),
+            started: Instant::now(),
+            end_lsn: None,
+            first_commit_time: None,
+            in_tx: false,
+            tx_lsn: Lsn::ZERO,
+            tx_echo: false,
+            dirty: Vec::new(),
+            dirty_set: HashSet::new(),
+        })
+    }
+
+    /// Whether a PostgreSQL transaction is open in this group.
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.in_tx
+    }
+
+    /// Whether the group holds anything to commit.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.end_lsn.is_none()
+    }
+
+    /// The write transaction, to commit (only between PostgreSQL transactions).
+    pub(crate) fn into_tx(self) -> WriteTx {
+        debug_assert!(
+            !self.in_tx,
+            "a group is committed only between transactions"
+        );
+        self.tx
+    }
+
+    pub(crate) fn begin(&mut self, final_lsn: Lsn, origin: Option<&str>, commit_time: i64) {
+        self.in_tx = true;
+        self.tx_lsn = final_lsn;
+        self.tx_echo = origin == Some(super::ECHO_ORIGIN);
+        self.first_commit_time.get_or_insert(commit_time);
+    }
+
+    /// End the transaction in hand: write its lists and the checkpoint.
+    pub(crate) fn commit(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        end_lsn: Lsn,
+    ) -> Result<(), StoreError> {
+        self.end_chunk(mapper, log)?;
+        self.counts.transactions += 1;
+        if self.tx_echo {
+            self.counts.echoes += 1;
+        }
+        self.end_lsn = Some(end_lsn);
+        self.tx.set_metadata(
+            checkpoint_key(&self.slot),
+            end_lsn.to_pg_string().into_bytes(),
+        );
+        Ok(())
+    }
+
+    /// Write the lists the changes so far touched and leave the transaction (the initial load
+    /// commits in chunks this way, storing no checkpoint until its last chunk).
+    pub(crate) fn end_chunk(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+    ) -> Result<(), StoreError> {
+        for list in std::mem::take(&mut self.dirty) {
+            self.write_list(mapper, log, &list)?;
+        }
+        self.dirty_set.clear();
+        self.in_tx = false;
+        Ok(())
+    }
+
+    /// Apply one change of the transaction in hand.
+    pub(crate) fn change(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        plan: &TablePlan,
+        change: &Change,
+    ) -> Result<(), StoreError> {
+        match (&plan.kind, change) {
+            (TableKind::Marker, _) => {
+                self.tx_echo = true;
+                Ok(())
+            }
+            (TableKind::Ignored, _) => Ok(()),
+            (TableKind::Class { class, .. }, Change::Insert { new, .. }) => {
+                self.counts.changes += 1;
+                self.upsert(mapper, log, plan, *class, None, new)
+            }
+            (TableKind::Class { class, .. }, Change::Update { old, new, .. }) => {
+                self.counts.changes += 1;
+                self.upsert(mapper, log, plan, *class, old.as_ref(), new)
+            }
+            (TableKind::Class { class, .. }, Change::Delete { old, .. }) => {
+                self.counts.changes += 1;
+                match mapper.key_of(plan, old.values()) {
+                    Ok(key) => self.delete(mapper, *class, key),
+                    Err(reason) => {
+                        self.reject(log, plan, mapper, None, None, reason, old.values());
+                        Ok(())
+                    }
+                }
+            }
+            (TableKind::List { .. }, Change::Insert { new, .. }) => {
+                self.counts.changes += 1;
+                self.list_row(mapper, log, plan, None, Some(new))
+            }
+            (TableKind::List { .. }, Change::Update { old, new, .. }) => {
+                self.counts.changes += 1;
+                self.list_row(mapper, log, plan, old.as_ref(), Some(new))
+            }
+            (TableKind::List { .. }, Change::Delete { old, .. }) => {
+                self.counts.changes += 1;
+                self.list_row(mapper, log, plan, Some(old), None)
+            }
+            (_, Change::Truncate { .. }) => {
+                self.counts.changes += 1;
+                self.truncate(mapper, plan)
+            }
+        }
+    }
+
+    /// Where an object is now (after this group's operations so far).
+    fn locate(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        key: &PrimaryKey,
+    ) -> Result<Vec<RealmPath>, StoreError> {
+        if let Some(found) = self.overlay.get(&(class, key.clone())) {
+            return Ok(found.realms.clone());
+        }
+        self.snapshot
+            .locate(&mapper.schema.classes[class].name, key)
+    }
+
+    /// The object's current values in `realm`, when they can be known.
+    fn current_values(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        key: &PrimaryKey,
+        realm: &RealmPath,
+    ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        let class_name = &mapper.schema.classes[class].name;
+        let from_snapshot = || -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+            Ok(match self.snapshot.realm(realm)? {
+                Some(view) => view.object(class_name, key)?.map(|o| o.values),
+                None => None,
+            })
+        };
+        match self.overlay.get(&(class, key.clone())) {
+            None => from_snapshot(),
+            Some(found) => match &found.patch {
+                None => Ok(None),
+                Some(patch) => {
+                    let mut values = if found.base_from_snapshot {
+                        match from_snapshot()? {
+                            Some(v) => v,
+                            None => return Ok(None),
+                        }
+                    } else {
+                        BTreeMap::new()
+                    };
+                    values.extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    Ok(Some(values))
+                }
+            },
+        }
+    }
+
+    fn record(
+        &mut self,
+        class: usize,
+        key: PrimaryKey,
+        realms: Vec<RealmPath>,
+        set: BTreeMap<String, Value>,
+        replace: bool,
+    ) {
+        let keep_patch = self.patched < PATCH_LIMIT;
+        match self.overlay.entry((class, key)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let found = e.get_mut();
+                found.realms = realms;
+                if replace {
+                    found.base_from_snapshot = false;
+                    found.patch = if keep_patch || found.patch.is_some() {
+                        Some(set)
+                    } else {
+                        None
+                    };
+                } else if let Some(patch) = &mut found.patch {
+                    patch.extend(set);
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                self.patched += 1;
+                e.insert(Located {
+                    realms,
+                    base_from_snapshot: !replace,
+                    patch: keep_patch.then_some(set),
+                });
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // one call site per change kind; a struct would only rename them
+    fn reject(
+        &mut self,
+        log: &mut RejectionLog,
+        plan: &TablePlan,
+        mapper: &Mapper,
+        realm: Option<&RealmPath>,
+        key: Option<String>,
+        reason: String,
+        values: &[ColumnValue],
+    ) {
+        let class = match &plan.kind {
+            TableKind::Class { class, .. } | TableKind::List { class, .. } => {
+                Some(mapper.schema.classes[*class].name.clone())
+            }
+            _ => None,
+        };
+        let rejection = Rejection {
+            direction: Direction::PostgresToRealm,
+            at: Utc::now(),
+            realm: realm.map(|r| r.as_str().to_owned()),
+            version: None,
+            table: Some(plan.table.clone()),
+            class,
+            key,
+            lsn: Some(self.tx_lsn.to_pg_string()),
+            reason,
+            raw: raw_values(&plan.columns, values),
+        };
+        tracing::warn!(table = %plan.table, key = ?rejection.key, lsn = %self.tx_lsn, reason = %rejection.reason, "PostgreSQL change rejected");
+        log.record(&mut self.tx, &rejection);
+        self.counts.rejections += 1;
+    }
+
+    /// An insert, or an update (`old` is the old key when the key changed).
+    fn upsert(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        plan: &TablePlan,
+        class: usize,
+        old: Option<&OldTuple>,
+        new: &[ColumnValue],
+    ) -> Result<(), StoreError> {
+        let image = match mapper.row_image(plan, new) {
+            Ok(image) => image,
+            Err(e) => {
+                // The row cannot be applied; if its key changed, the old key's object is gone
+                // from PostgreSQL all the same.
+                if let Some(old_key) = old.and_then(|o| mapper.key_of(plan, o.values()).ok()) {
+                    self.delete(mapper, class, old_key)?;
+                }
+                self.reject(log, plan, mapper, None, e.key, e.reason, new);
+                return Ok(());
+            }
+        };
+        let route = match mapper.route(plan, new) {
+            Ok(route) => route,
+            Err(reason) => {
+                if let Some(old_key) = old.and_then(|o| mapper.key_of(plan, o.values()).ok()) {
+                    self.delete(mapper, class, old_key)?;
+                }
+                let reason = format!("no valid realm path for this row: {reason}");
+                self.reject(
+                    log,
+                    plan,
+                    mapper,
+                    None,
+                    Some(image.key.to_string()),
+                    reason,
+                    new,
+                );
+                return Ok(());
+            }
+        };
+        // A key change: the object under the old key moves to the new key.
+        let old_key = old
+            .and_then(|o| mapper.key_of(plan, o.values()).ok())
+            .filter(|k| *k != image.key);
+        let mut base: Option<BTreeMap<String, Value>> = None;
+        let mut previous_realms = Vec::new();
+        if let Some(old_key) = &old_key {
+            let realms = self.locate(mapper, class, old_key)?;
+            if let Some(first) = realms.first() {
+                base = self.current_values(mapper, class, old_key, first)?;
+                if let Some(values) = &mut base {
+                    // List entries follow the subtable rows (their oid changes with the key).
+                    let class_def = &mapper.schema.classes[class];
+                    for property in class_def.list_properties() {
+                        values.remove(&property.name);
+                    }
+                }
+            }
+            previous_realms = realms.clone();
+            self.delete(mapper, class, old_key.clone())?;
+        }
+        let held = self.locate(mapper, class, &image.key)?;
+        let target = match route {
+            Route::Path(path) => path,
+            Route::Unchanged => match (held.as_slice(), previous_realms.as_slice()) {
+                ([one], _) | ([], [one]) => one.clone(),
+                _ => {
+                    let reason = "a routing column is an unchanged TOAST value and the row is not \
+                                  held in exactly one realm; an update that sets the column heals it"
+                        .to_owned();
+                    self.reject(
+                        log,
+                        plan,
+                        mapper,
+                        None,
+                        Some(image.key.to_string()),
+                        reason,
+                        new,
+                    );
+                    return Ok(());
+                }
+            },
+        };
+        let in_place = held.contains(&target);
+        if in_place && held.len() == 1 {
+            // The common case: an update (or a repeated insert) in the row's own realm.
+            let object = object_of(mapper, class, &image.values);
+            self.tx.put_object(&target, object)?;
+            self.record(class, image.key, held, image.values, false);
+            return Ok(());
+        }
+        // The object is created in `target`: from the realm it leaves, the old key, or nothing.
+        if base.is_none() {
+            if let Some(from) = held.iter().find(|r| **r != target).or(held.first()) {
+                base = self.current_values(mapper, class, &image.key, from)?;
+                if base.is_none() && !image.unchanged.is_empty() {
+                    let reason = format!(
+                        "the row moves to {target} and its unchanged TOAST values ({}) could not be \
+                         read: it moved before in this same large transaction; an update that sets \
+                         them heals it",
+                        image.unchanged.join(", ")
+                    );
+                    self.reject(
+                        log,
+                        plan,
+                        mapper,
+                        Some(&target),
+                        Some(image.key.to_string()),
+                        reason,
+                        new,
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        let missing: Vec<&String> = image
+            .unchanged
+            .iter()
+            .filter(|p| !base.as_ref().is_some_and(|b| b.contains_key(*p)))
+            .collect();
+        if !missing.is_empty() {
+            let reason = format!(
+                "the realm does not hold this row, and the change did not carry its unchanged \
+                 TOAST values ({}); an update that sets them heals it",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.reject(
+                log,
+                plan,
+                mapper,
+                Some(&target),
+                Some(image.key.to_string()),
+                reason,
+                new,
+            );
+            return Ok(());
+        }
+        let mut values = base.unwrap_or_default();
+        let class_def = &mapper.schema.classes[class];
+        let key_name = &class_def
+            .primary_key()
+            .expect("a planned class has a key")
+            .name;
+        values.insert(key_name.clone(), image.key.to_value());
+        values.extend(image.values);
+        // A row created (not moved) gets the list entries PostgreSQL already holds for it.
+        for property in class_def.list_properties() {
+            if !values.contains_key(&property.name) {
+                let list_key = (class, property.name.clone(), image.key.clone());
+                let entries = self.list_entries(mapper, &list_key)?;
+                if !entries.is_empty() {
+                    values.insert(
+                        property.name.clone(),
+                        Value::List(entries.values().cloned().collect()),
+                    );
+                }
+            }
+        }
+        for realm in held.iter().filter(|r| **r != target) {
+            self.tx
+                .delete_object(realm, &class_def.name, image.key.clone())?;
+        }
+        self.tx
+            .put_object(&target, object_of(mapper, class, &values))?;
+        self.record(class, image.key, vec![target], values, true);
+        Ok(())
+    }
+
+    fn delete(&mut self, mapper: &Mapper, class: usize, key: PrimaryKey) -> Result<(), StoreError> {
+        let realms = self.locate(mapper, class, &key)?;
+        let name = &mapper.schema.classes[class].name;
+        for realm in &realms {
+            self.tx.delete_object(realm, name, key.clone())?;
+        }
+        self.record(class, key, Vec::new(), BTreeMap::new(), true);
+        Ok(())
+    }
+
+    fn list_meta_key(&mut self, mapper: &Mapper, list: &ListKey) -> Result<String, StoreError> {
+        let generation = self.list_generation_of(mapper, list.0, &list.1)?;
+        Ok(format!(
+            "postgres/{}/list/{}/{}/{generation}/{}",
+            self.slot, mapper.schema.classes[list.0].name, list.1, list.2
+        ))
+    }
+
+    fn generation_key(&self, mapper: &Mapper, class: usize, property: &str) -> String {
+        format!(
+            "postgres/{}/listgen/{}/{property}",
+            self.slot, mapper.schema.classes[class].name
+        )
+    }
+
+    fn list_generation_of(
+        &mut self,
+        mapper: &Mapper,
+        class: usize,
+        property: &str,
+    ) -> Result<u64, StoreError> {
+        if let Some(g) = self.list_generation.get(&(class, property.to_owned())) {
+            return Ok(*g);
+        }
+        let stored = self
+            .snapshot
+            .metadata(&self.generation_key(mapper, class, property))?
+            .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        self.list_generation
+            .insert((class, property.to_owned()), stored);
+        Ok(stored)
+    }
+
+    /// PostgreSQL's entries of one owner's list (`idx` → item), as of the change in hand.
+    fn list_entries(
+        &mut self,
+        mapper: &Mapper,
+        list: &ListKey,
+    ) -> Result<&mut BTreeMap<i64, Value>, StoreError> {
+        if !self.lists.contains_key(list) {
+            let key = self.list_meta_key(mapper, list)?;
+            let entries = match self.snapshot.metadata(&key)? {
+                Some(bytes) => serde_json::from_slice::<Vec<(i64, Value)>>(&bytes)
+                    .map(|v| v.into_iter().collect())
+                    .unwrap_or_default(),
+                None => BTreeMap::new(),
+            };
+            self.lists.insert(list.clone(), entries);
+        }
+        Ok(self.lists.get_mut(list).expect("inserted above"))
+    }
+
+    fn list_row(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        plan: &TablePlan,
+        old: Option<&OldTuple>,
+        new: Option<&Vec<ColumnValue>>,
+    ) -> Result<(), StoreError> {
+        let TableKind::List {
+            class, property, ..
+        } = &plan.kind
+        else {
+            return Ok(());
+        };
+        let mut removed = None;
+        if let Some(old) = old {
+            match mapper.list_entry(plan, old.values(), false) {
+                Ok((owner, idx, _)) => {
+                    let list = (*class, property.clone(), owner);
+                    removed = self.list_entries(mapper, &list)?.remove(&idx);
+                    self.mark(list);
+                }
+                Err(e) => {
+                    self.reject(log, plan, mapper, None, e.key, e.reason, old.values());
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(new) = new {
+            match mapper.list_entry(plan, new, true) {
+                Ok((owner, idx, item)) => {
+                    let list = (*class, property.clone(), owner);
+                    let entries = self.list_entries(mapper, &list)?;
+                    // An unchanged TOAST item keeps the value it had (under its old idx when
+                    // the row's key changed).
+                    let item = item.or(removed).or_else(|| entries.get(&idx).cloned());
+                    match item {
+                        Some(item) => {
+                            entries.insert(idx, item);
+                        }
+                        None => {
+                            let reason = "a list entry's unchanged TOAST value is not known; an update that sets it heals it".to_owned();
+                            self.reject(
+                                log,
+                                plan,
+                                mapper,
+                                None,
+                                Some(list.2.to_string()),
+                                reason,
+                                new,
+                            );
+                        }
+                    }
+                    self.mark(list);
+                }
+                Err(e) => self.reject(log, plan, mapper, None, e.key, e.reason, new),
+            }
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, list: ListKey) {
+        if self.dirty_set.insert(list.clone()) {
+            self.dirty.push(list);
+        }
+    }
+
+    /// Put a changed list (all of a transaction's changes of it applied, in `idx` order) into
+    /// every realm holding its owner, and remember PostgreSQL's entries.
+    fn write_list(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        list: &ListKey,
+    ) -> Result<(), StoreError> {
+        let _ = log;
+        let entries: Vec<(i64, Value)> = self
+            .list_entries(mapper, list)?
+            .iter()
+            .map(|(i, v)| (*i, v.clone()))
+            .collect();
+        let meta_key = self.list_meta_key(mapper, list)?;
+        self.tx.set_metadata(
+            meta_key,
+            serde_json::to_vec(&entries).expect("values serialize"),
+        );
+        let (class, property, owner) = list;
+        let items = Value::List(entries.into_iter().map(|(_, v)| v).collect());
+        let realms = self.locate(mapper, *class, owner)?;
+        let class_def = &mapper.schema.classes[*class];
+        let key_name = class_def
+            .primary_key()
+            .expect("a planned class has a key")
+            .name
+            .clone();
+        for realm in &realms {
+            let object = Object::new(class_def.name.clone())
+                .with(key_name.clone(), owner.to_value())
+                .with(property.clone(), items.clone());
+            self.tx.put_object(realm, object)?;
+        }
+        if !realms.is_empty() {
+            let mut set = BTreeMap::new();
+            set.insert(property.clone(), items);
+            self.record(*class, owner.clone(), realms, set, false);
+        }
+        Ok(())
+    }
+
+    fn truncate(&mut self, mapper: &Mapper, plan: &TablePlan) -> Result<(), StoreError> {
+        match &plan.kind {
+            TableKind::Class { class, .. } => {
+                let class = *class;
+                let name = mapper.schema.classes[class].name.clone();
+                // Objects committed before the group…
+                let mut keys = Vec::new();
+                for info in self.snapshot.realms()? {
+                    if let Some(view) = self.snapshot.realm(&info.path)? {
+                        for object in view.objects(&name)? {
+                            if let Ok(key) = object.primary_key(&mapper.schema) {
+                                keys.push(key);
+                            }
+                        }
+                    }
+                }
+                // …and those this group created.
+                keys.extend(
+                    self.overlay
+                        .iter()
+                        .filter(|((c, _), found)| *c == class && !found.realms.is_empty())
+                        .map(|((_, k), _)| k.clone()),
+                );
+                let mut seen = HashSet::new();
+                for key in keys {
+                    if seen.insert(key.clone()) {
+                        self.delete(mapper, class, key)?;
+                    }
+                }
+            }
+            TableKind::List {
+                class, property, ..
+            } => {
+                let class = *class;
+                let generation = self.list_generation_of(mapper, class, property)? + 1;
+                self.list_generation
+                    .insert((class, property.clone()), generation);
+                let gen_key = self.generation_key(mapper, class, property);
+                self.tx
+                    .set_metadata(gen_key, generation.to_be_bytes().to_vec());
+                self.lists
+                    .retain(|(c, p, _), _| !(*c == class && p == property));
+                // Every owner's list is now empty.
+                let name = mapper.schema.classes[class].name.clone();
+                let mut owners = Vec::new();
+                for info in self.snapshot.realms()? {
+                    if let Some(view) = self.snapshot.realm(&info.path)? {
+                        for object in view.objects(&name)? {
+                            if let Ok(key) = object.primary_key(&mapper.schema) {
+                                owners.push(key);
+                            }
+                        }
+                    }
+                }
+                owners.extend(
+                    self.overlay
+                        .iter()
+                        .filter(|((c, _), found)| *c == class && !found.realms.is_empty())
+                        .map(|((_, k), _)| k.clone()),
+                );
+                for owner in owners {
+                    let list = (class, property.clone(), owner);
+                    self.lists.insert(list.clone(), BTreeMap::new());
+                    self.mark(list);
+                }
+            }
+            TableKind::Marker | TableKind::Ignored => {}
+        }
+        Ok(())
+    }
+}
+
+fn object_of(mapper: &Mapper, class: usize, values: &BTreeMap<String, Value>) -> Object {
+    Object {
+        class: mapper.schema.classes[class].name.clone(),
+        values: values.clone(),
+    }
+}

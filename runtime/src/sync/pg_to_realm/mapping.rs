@@ -1,0 +1,691 @@
+//! Mapping: which class and realm a PostgreSQL row belongs to, and its values as realm values.
+//!
+//! Owns the per-table plan (which column feeds which property, as which type, and the routing
+//! columns) and the conversion of one tuple of text values into a [`RowImage`]. It never writes:
+//! a value that cannot convert, or a routing value that would make an invalid realm path, is a
+//! [`RowError`] with the reason and the raw values, which the apply step turns into a rejection.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use pgrealm_schema::pgtext::{parse_key_text, parse_text};
+use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Schema, Value};
+
+use crate::replication::{ColumnValue, Relation, RelationCache};
+use crate::store::RealmPath;
+use crate::template::PathTemplate;
+
+/// A row's column values as text, for a routing closure: `get("user_id")`.
+#[derive(Debug)]
+pub struct PgRow<'a> {
+    columns: &'a [String],
+    values: &'a [ColumnValue],
+}
+
+impl<'a> PgRow<'a> {
+    pub(crate) fn new(columns: &'a [String], values: &'a [ColumnValue]) -> Self {
+        PgRow { columns, values }
+    }
+
+    /// The text of `column`; `None` when it is NULL, absent, or a TOASTed value the change did
+    /// not carry because it did not change.
+    pub fn get(&self, column: &str) -> Option<&str> {
+        let i = self.columns.iter().position(|c| c == column)?;
+        self.values.get(i)?.as_text()
+    }
+
+    /// Whether `column` is a TOASTed value this change did not carry (it did not change).
+    pub fn is_unchanged(&self, column: &str) -> bool {
+        let i = self.columns.iter().position(|c| c == column);
+        matches!(
+            i.and_then(|i| self.values.get(i)),
+            Some(ColumnValue::UnchangedToast)
+        )
+    }
+}
+
+/// A routing closure: `(table, row) → realm path`, the original's `mapPostgresChangeToRealmPath`.
+pub type RouteFn = dyn Fn(&str, &PgRow<'_>) -> Result<RealmPath, String> + Send + Sync;
+
+/// Which realm a row of a class table belongs to.
+#[derive(Clone)]
+pub enum RealmRouter {
+    /// A template such as `/myRealm` or `/{user_id}/myRealm` (captures name columns).
+    Template(PathTemplate),
+    /// A closure.
+    Closure(Arc<RouteFn>),
+}
+
+impl fmt::Debug for RealmRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RealmRouter::Template(t) => write!(f, "Template({:?})", t.as_str()),
+            RealmRouter::Closure(_) => f.write_str("Closure(..)"),
+        }
+    }
+}
+
+impl RealmRouter {
+    /// Route with a closure.
+    pub fn closure(
+        f: impl Fn(&str, &PgRow<'_>) -> Result<RealmPath, String> + Send + Sync + 'static,
+    ) -> Self {
+        RealmRouter::Closure(Arc::new(f))
+    }
+}
+
+/// Where a row goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// This realm.
+    Path(RealmPath),
+    /// A routing column is a TOASTed value that did not change: the row stays where it is.
+    Unchanged,
+}
+
+/// Custom PostgreSQL types (enums, domains): type name → the realm type its values read as.
+#[derive(Debug, Clone, Default)]
+pub struct CustomTypes {
+    /// `mood` → `string` (as in `[custom_postgres_types]`).
+    pub targets: BTreeMap<String, String>,
+    /// Enum labels by type name, read from the catalog (labels outside are rejected).
+    pub enum_labels: HashMap<String, Arc<HashSet<String>>>,
+}
+
+impl CustomTypes {
+    fn target(&self, type_name: &str) -> Option<&str> {
+        let short = type_name.rsplit('.').next().unwrap_or(type_name);
+        self.targets
+            .get(type_name)
+            .or_else(|| self.targets.get(short))
+            .map(String::as_str)
+    }
+
+    fn labels(&self, type_name: &str) -> Option<Arc<HashSet<String>>> {
+        let short = type_name.rsplit('.').next().unwrap_or(type_name);
+        self.enum_labels
+            .get(type_name)
+            .or_else(|| self.enum_labels.get(short))
+            .cloned()
+    }
+}
+
+/// A realm type name of `[custom_postgres_types]`.
+fn target_scalar(target: &str) -> Option<ScalarType> {
+    Some(match target {
+        "string" => ScalarType::String,
+        "int" => ScalarType::Int(pgrealm_schema::IntWidth::I64),
+        "float" => ScalarType::Float,
+        "double" => ScalarType::Double,
+        "bool" => ScalarType::Bool,
+        "date" => ScalarType::Date,
+        _ => return None,
+    })
+}
+
+/// The name PostgreSQL's `format_type` gives a built-in type oid; user-defined types are named
+/// by the stream's Type messages.
+pub(crate) fn builtin_type_name(oid: u32) -> Option<&'static str> {
+    Some(match oid {
+        16 => "boolean",
+        17 => "bytea",
+        18 => "\"char\"",
+        19 => "name",
+        20 => "bigint",
+        21 => "smallint",
+        23 => "integer",
+        25 => "text",
+        26 => "oid",
+        114 => "json",
+        700 => "real",
+        701 => "double precision",
+        1042 => "character",
+        1043 => "character varying",
+        1082 => "date",
+        1114 => "timestamp without time zone",
+        1184 => "timestamp with time zone",
+        1700 => "numeric",
+        2950 => "uuid",
+        3614 => "tsvector",
+        3802 => "jsonb",
+        _ => return None,
+    })
+}
+
+/// How one column converts.
+#[derive(Debug, Clone)]
+pub(crate) struct ColumnPlan {
+    /// Position in the tuple.
+    pub(crate) index: usize,
+    /// The realm property it feeds.
+    pub(crate) property: String,
+    /// The property's label for errors (`Bus.name`).
+    pub(crate) label: String,
+    /// The PostgreSQL type name (for [`parse_text`]).
+    pub(crate) pg_type: String,
+    /// What the text reads as.
+    pub(crate) read_as: ScalarType,
+    /// The property holds a link (to a key of type `read_as`).
+    pub(crate) link: bool,
+    /// A custom enum type: its labels.
+    pub(crate) enum_labels: Option<(String, Arc<HashSet<String>>)>,
+    /// A custom type mapped to a realm type other than the property's: why it cannot apply.
+    pub(crate) mismatch: Option<String>,
+}
+
+/// What a published table is to pgrealm.
+#[derive(Debug, Clone)]
+pub(crate) enum TableKind {
+    /// A class's own table.
+    Class {
+        /// Index of the class in the schema.
+        class: usize,
+        /// The primary key column.
+        key: ColumnPlan,
+        /// Every other mapped column.
+        columns: Vec<ColumnPlan>,
+    },
+    /// A list subtable `(oid, idx, target|value)`.
+    List {
+        /// Index of the owning class.
+        class: usize,
+        /// The list property.
+        property: String,
+        /// The `oid` column (owner key).
+        owner: ColumnPlan,
+        /// The `idx` column.
+        idx: usize,
+        /// The `target`/`value` column.
+        item: ColumnPlan,
+    },
+    /// pgrealm's own marker table: echo detection only.
+    Marker,
+    /// Not mapped: ignored.
+    Ignored,
+}
+
+/// The plan of one relation (rebuilt when PostgreSQL sends a new Relation message).
+#[derive(Debug, Clone)]
+pub(crate) struct TablePlan {
+    pub(crate) table: String,
+    pub(crate) columns: Vec<String>,
+    pub(crate) kind: TableKind,
+    /// A mapped table whose shape pgrealm cannot use: every change of it is rejected with this.
+    pub(crate) broken: Option<String>,
+}
+
+/// A row converted to realm values.
+#[derive(Debug, Clone)]
+pub(crate) struct RowImage {
+    pub(crate) key: PrimaryKey,
+    /// Properties the change carried.
+    pub(crate) values: BTreeMap<String, Value>,
+    /// Properties whose TOASTed value did not change (not carried).
+    pub(crate) unchanged: Vec<String>,
+}
+
+/// Why a row cannot be applied.
+#[derive(Debug, Clone)]
+pub(crate) struct RowError {
+    pub(crate) key: Option<String>,
+    pub(crate) reason: String,
+}
+
+impl RowError {
+    fn new(key: Option<&PrimaryKey>, reason: impl Into<String>) -> Self {
+        RowError {
+            key: key.map(|k| k.to_string()),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The raw values of a tuple as JSON (column → text, null, or `"(unchanged TOAST)"`).
+pub(crate) fn raw_values(columns: &[String], values: &[ColumnValue]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (name, value) in columns.iter().zip(values) {
+        let v = match value {
+            ColumnValue::Null => serde_json::Value::Null,
+            ColumnValue::UnchangedToast => serde_json::Value::String("(unchanged TOAST)".into()),
+            ColumnValue::Text(bytes) | ColumnValue::Binary(bytes) => {
+                let text = String::from_utf8_lossy(bytes);
+                let text: String = if text.chars().count() > 1000 {
+                    text.chars().take(1000).chain("…".chars()).collect()
+                } else {
+                    text.into_owned()
+                };
+                serde_json::Value::String(text)
+            }
+        };
+        map.insert(name.clone(), v);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// The schema side of the mapping, shared by the stream and the initial load.
+#[derive(Debug, Clone)]
+pub(crate) struct Mapper {
+    pub(crate) schema: Schema,
+    pub(crate) router: RealmRouter,
+    pub(crate) custom: CustomTypes,
+}
+
+impl Mapper {
+    /// The plan of a relation; `type_name` names non-built-in type oids.
+    pub(crate) fn plan(
+        &self,
+        relation: &Relation,
+        type_name: &dyn Fn(u32) -> Option<String>,
+    ) -> TablePlan {
+        let columns: Vec<String> = relation.columns.iter().map(|c| c.name.clone()).collect();
+        let mut plan = TablePlan {
+            table: format!("{}.{}", relation.namespace, relation.name),
+            columns,
+            kind: TableKind::Ignored,
+            broken: None,
+        };
+        if relation.namespace == "pgrealm" && relation.name == "marker" {
+            plan.kind = TableKind::Marker;
+            return plan;
+        }
+        if relation.namespace != "public" {
+            return plan;
+        }
+        let pg_type = |i: usize| -> String {
+            let column = &relation.columns[i];
+            builtin_type_name(column.type_oid)
+                .map(str::to_owned)
+                .or_else(|| type_name(column.type_oid))
+                .unwrap_or_else(|| format!("oid {}", column.type_oid))
+        };
+        let schema = &self.schema;
+        for (ci, class) in schema.classes.iter().enumerate() {
+            if class.table == relation.name {
+                match self.class_plan(ci, class, relation, &pg_type) {
+                    Ok(kind) => plan.kind = kind,
+                    Err(reason) => {
+                        plan.kind = TableKind::Class {
+                            class: ci,
+                            key: placeholder(),
+                            columns: Vec::new(),
+                        };
+                        plan.broken = Some(reason);
+                    }
+                }
+                return plan;
+            }
+            for property in class.list_properties() {
+                if class.list_table(property) == relation.name {
+                    match self.list_plan(ci, class, &property.name, relation, &pg_type) {
+                        Ok(kind) => plan.kind = kind,
+                        Err(reason) => {
+                            plan.kind = TableKind::List {
+                                class: ci,
+                                property: property.name.clone(),
+                                owner: placeholder(),
+                                idx: 0,
+                                item: placeholder(),
+                            };
+                            plan.broken = Some(reason);
+                        }
+                    }
+                    return plan;
+                }
+            }
+        }
+        plan
+    }
+
+    fn column_plan(
+        &self,
+        class: &Class,
+        property: &pgrealm_schema::Property,
+        index: usize,
+        pg_type: String,
+        property_type: ScalarType,
+        link: bool,
+    ) -> ColumnPlan {
+        let label = format!("{}.{}", class.name, property.name);
+        let custom_name = property
+            .custom_type
+            .clone()
+            .or_else(|| self.custom.target(&pg_type).map(|_| pg_type.clone()));
+        let mut plan = ColumnPlan {
+            index,
+            property: property.name.clone(),
+            label: label.clone(),
+            read_as: property_type,
+            pg_type,
+            link,
+            enum_labels: None,
+            mismatch: None,
+        };
+        if let Some(custom) = custom_name {
+            if let Some(target) = self.custom.target(&custom) {
+                match target_scalar(target) {
+                    Some(t) if same_family(t, property_type) => {}
+                    _ => {
+                        plan.mismatch = Some(format!(
+                            "custom_postgres_types maps {custom} to {target}, but `{label}` is {}",
+                            property_type.realm_name()
+                        ))
+                    }
+                }
+            }
+            if let Some(labels) = self.custom.labels(&custom) {
+                plan.enum_labels = Some((custom, labels));
+            }
+        }
+        plan
+    }
+
+    fn class_plan(
+        &self,
+        class_index: usize,
+        class: &Class,
+        relation: &Relation,
+        pg_type: &dyn Fn(usize) -> String,
+    ) -> Result<TableKind, String> {
+        let schema = &self.schema;
+        let mut key = None;
+        let mut columns = Vec::new();
+        for property in class.column_properties() {
+            let Some(index) = relation.column_index(&property.column) else {
+                if property.primary_key {
+                    return Err(format!(
+                        "table {} has no column {:?} for the primary key `{}.{}`",
+                        relation.name, property.column, class.name, property.name
+                    ));
+                }
+                // A column the table lacks is simply not synced (the catalog check reports it).
+                continue;
+            };
+            let ty = schema.column_type(property).ok_or_else(|| {
+                format!(
+                    "`{}.{}` links to a class without a primary key",
+                    class.name, property.name
+                )
+            })?;
+            let link = matches!(property.ty, PropertyType::Link(_));
+            let plan = self.column_plan(class, property, index, pg_type(index), ty, link);
+            if property.primary_key {
+                key = Some(plan);
+            } else {
+                columns.push(plan);
+            }
+        }
+        let key = key.ok_or_else(|| format!("class {} has no primary key", class.name))?;
+        Ok(TableKind::Class {
+            class: class_index,
+            key,
+            columns,
+        })
+    }
+
+    fn list_plan(
+        &self,
+        class_index: usize,
+        class: &Class,
+        property_name: &str,
+        relation: &Relation,
+        pg_type: &dyn Fn(usize) -> String,
+    ) -> Result<TableKind, String> {
+        let schema = &self.schema;
+        let property = class
+            .property_named(property_name)
+            .expect("a list property of the class");
+        let PropertyType::List(item) = &property.ty else {
+            return Err(format!("`{}.{property_name}` is not a list", class.name));
+        };
+        let key_property = class
+            .primary_key()
+            .ok_or_else(|| format!("class {} has no primary key", class.name))?;
+        let key_type = schema
+            .column_type(key_property)
+            .ok_or_else(|| format!("class {} has no key type", class.name))?;
+        let column = |name: &str| {
+            relation
+                .column_index(name)
+                .ok_or_else(|| format!("list table {} has no column {name:?}", relation.name))
+        };
+        let owner_index = column("oid")?;
+        let idx = column("idx")?;
+        let (item_column, link) = match item {
+            ListItem::Object(_) => ("target", true),
+            ListItem::Scalar(_) => ("value", false),
+        };
+        let item_index = column(item_column)?;
+        let item_type = schema.list_item_type(item).ok_or_else(|| {
+            format!(
+                "`{}.{property_name}` lists a class without a primary key",
+                class.name
+            )
+        })?;
+        let owner = ColumnPlan {
+            index: owner_index,
+            property: key_property.name.clone(),
+            label: format!("{}.{property_name} (oid)", class.name),
+            pg_type: pg_type(owner_index),
+            read_as: key_type,
+            link: false,
+            enum_labels: None,
+            mismatch: None,
+        };
+        let mut item = self.column_plan(
+            class,
+            property,
+            item_index,
+            pg_type(item_index),
+            item_type,
+            link,
+        );
+        item.label = format!("{}.{property_name}", class.name);
+        Ok(TableKind::List {
+            class: class_index,
+            property: property_name.to_owned(),
+            owner,
+            idx,
+            item,
+        })
+    }
+
+    /// Convert one class-table tuple. `new` may hold `UnchangedToast` values (left out).
+    pub(crate) fn row_image(
+        &self,
+        plan: &TablePlan,
+        values: &[ColumnValue],
+    ) -> Result<RowImage, RowError> {
+        let TableKind::Class {
+            class,
+            key,
+            columns,
+        } = &plan.kind
+        else {
+            return Err(RowError::new(None, "not a class table"));
+        };
+        let class = &self.schema.classes[*class];
+        let key = read_key(key, values).map_err(|reason| RowError::new(None, reason))?;
+        if let Some(broken) = &plan.broken {
+            return Err(RowError::new(Some(&key), broken.clone()));
+        }
+        let mut out = RowImage {
+            key,
+            values: BTreeMap::new(),
+            unchanged: Vec::new(),
+        };
+        let key_property = class.primary_key().expect("planned with a key");
+        out.values
+            .insert(key_property.name.clone(), out.key.to_value());
+        for column in columns {
+            let value = match values.get(column.index) {
+                Some(ColumnValue::UnchangedToast) => {
+                    out.unchanged.push(column.property.clone());
+                    continue;
+                }
+                Some(v) => v,
+                None => &ColumnValue::Null,
+            };
+            let value = read_value(column, value)
+                .map_err(|reason| RowError::new(Some(&out.key), reason))?;
+            let property = class
+                .property_named(&column.property)
+                .expect("planned from the class");
+            let value = pgrealm_schema::value::check_value(&self.schema, class, property, value)
+                .map_err(|e| RowError::new(Some(&out.key), e.to_string()))?;
+            out.values.insert(column.property.clone(), value);
+        }
+        Ok(out)
+    }
+
+    /// The key of a class-table tuple (an old key tuple of a delete or key change).
+    pub(crate) fn key_of(
+        &self,
+        plan: &TablePlan,
+        values: &[ColumnValue],
+    ) -> Result<PrimaryKey, String> {
+        match &plan.kind {
+            TableKind::Class { key, .. } => read_key(key, values),
+            _ => Err("not a class table".into()),
+        }
+    }
+
+    /// Where a class row goes.
+    pub(crate) fn route(&self, plan: &TablePlan, values: &[ColumnValue]) -> Result<Route, String> {
+        let row = PgRow::new(&plan.columns, values);
+        let table = plan.table.rsplit('.').next().unwrap_or(&plan.table);
+        match &self.router {
+            RealmRouter::Template(template) => {
+                if template.captures().iter().any(|c| row.is_unchanged(c)) {
+                    return Ok(Route::Unchanged);
+                }
+                let path = template.render(|name| row.get(name).map(str::to_owned))?;
+                RealmPath::parse(&path)
+                    .map(Route::Path)
+                    .map_err(|e| e.to_string())
+            }
+            RealmRouter::Closure(f) => f(table, &row).map(Route::Path),
+        }
+    }
+
+    /// A list subtable row: (owner key, idx, item value); `None` item for an old-key tuple.
+    pub(crate) fn list_entry(
+        &self,
+        plan: &TablePlan,
+        values: &[ColumnValue],
+        with_item: bool,
+    ) -> Result<(PrimaryKey, i64, Option<Value>), RowError> {
+        let TableKind::List {
+            owner, idx, item, ..
+        } = &plan.kind
+        else {
+            return Err(RowError::new(None, "not a list table"));
+        };
+        let owner_key = read_key(owner, values).map_err(|r| RowError::new(None, r))?;
+        if let Some(broken) = &plan.broken {
+            return Err(RowError::new(Some(&owner_key), broken.clone()));
+        }
+        let idx = values
+            .get(*idx)
+            .and_then(ColumnValue::as_text)
+            .and_then(|t| t.parse::<i64>().ok())
+            .ok_or_else(|| RowError::new(Some(&owner_key), "the list row has no integer idx"))?;
+        if !with_item {
+            return Ok((owner_key, idx, None));
+        }
+        let value = match values.get(item.index) {
+            Some(ColumnValue::UnchangedToast) => None,
+            Some(v) => Some(
+                read_value(item, v).map_err(|reason| RowError::new(Some(&owner_key), reason))?,
+            ),
+            None => Some(Value::Null),
+        };
+        if let Some(Value::Null) = value {
+            return Err(RowError::new(
+                Some(&owner_key),
+                format!("list `{}` cannot hold NULL (idx {idx})", item.label),
+            ));
+        }
+        Ok((owner_key, idx, value))
+    }
+}
+
+fn placeholder() -> ColumnPlan {
+    ColumnPlan {
+        index: usize::MAX,
+        property: String::new(),
+        label: String::new(),
+        pg_type: String::new(),
+        read_as: ScalarType::String,
+        link: false,
+        enum_labels: None,
+        mismatch: None,
+    }
+}
+
+/// Whether a custom type's configured realm type can fill a property of type `property`.
+fn same_family(target: ScalarType, property: ScalarType) -> bool {
+    match (target, property) {
+        (ScalarType::Int(_), ScalarType::Int(_)) => true,
+        (a, b) => a == b,
+    }
+}
+
+fn read_key(plan: &ColumnPlan, values: &[ColumnValue]) -> Result<PrimaryKey, String> {
+    match values.get(plan.index) {
+        Some(ColumnValue::Text(_)) => {
+            let text = values[plan.index]
+                .as_text()
+                .ok_or_else(|| format!("the key of {} is not UTF-8", plan.label))?;
+            parse_key_text(plan.read_as, &plan.pg_type, text, &plan.label)
+                .map_err(|e| e.to_string())
+        }
+        Some(ColumnValue::Null) | None => Err(format!("the key {} is NULL", plan.label)),
+        Some(ColumnValue::UnchangedToast) => Err(format!(
+            "the key {} was not sent (unchanged TOAST)",
+            plan.label
+        )),
+        Some(ColumnValue::Binary(_)) => Err("binary values are not requested".into()),
+    }
+}
+
+fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
+    if let Some(mismatch) = &plan.mismatch {
+        return Err(mismatch.clone());
+    }
+    let text = match value {
+        ColumnValue::Null => return Ok(Value::Null),
+        ColumnValue::Text(_) => value
+            .as_text()
+            .ok_or_else(|| format!("the value of {} is not UTF-8", plan.label))?,
+        ColumnValue::UnchangedToast => return Err("unchanged TOAST value".into()),
+        ColumnValue::Binary(_) => return Err("binary values are not requested".into()),
+    };
+    if let Some((type_name, labels)) = &plan.enum_labels {
+        if !labels.contains(text) {
+            return Err(format!(
+                "unknown enum label {text:?} of type {type_name} for `{}`",
+                plan.label
+            ));
+        }
+    }
+    if plan.link {
+        return parse_key_text(plan.read_as, &plan.pg_type, text, &plan.label)
+            .map(Value::Link)
+            .map_err(|e| e.to_string());
+    }
+    parse_text(plan.read_as, &plan.pg_type, text, &plan.label).map_err(|e| e.to_string())
+}
+
+/// Type names of a stream's relation cache.
+pub(crate) fn stream_type_name(cache: &RelationCache) -> impl Fn(u32) -> Option<String> + '_ {
+    move |oid| {
+        cache.type_info(oid).map(|t| {
+            if t.namespace == "public" || t.namespace.is_empty() {
+                t.name.clone()
+            } else {
+                format!("{}.{}", t.namespace, t.name)
+            }
+        })
+    }
+}

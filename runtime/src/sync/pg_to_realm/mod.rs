@@ -1,0 +1,601 @@
+//! PostgreSQL → realm: the logical replication stream applied to the realm store, exactly once.
+//!
+//! Owns the setup of this direction (preflight, publication, slot, `reset_postgres_replication_slot`,
+//! `initialize_realm_from_postgres`) and the run loop: each PostgreSQL transaction becomes part
+//! of one atomic store commit across every realm it maps to, with its commit's end LSN stored in
+//! that same commit (store metadata `postgres/<slot>/lsn`); the LSN is confirmed to the server
+//! only after that commit is durable, and a restart resumes after the stored LSN.
+//!
+//! Group commit: consecutive transactions that are already waiting in the stream share one store
+//! commit (bounded by [`PgToRealmOptions::group_max_changes`] and
+//! [`PgToRealmOptions::group_max_delay`]); a transaction is never split, and nothing is confirmed
+//! or visible to readers before the commit holding it is durable, so no reader sees a version a
+//! crash could take back.
+//!
+//! It never writes to PostgreSQL (realm → PostgreSQL does) and never decides conflicts: it applies
+//! every committed transaction in WAL order, including the engine's own (counted as echoes).
+
+mod apply;
+mod copy;
+mod error;
+mod mapping;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+
+pub use apply::{checkpoint_key, stored_checkpoint, ORIGIN};
+pub use copy::{LoadReport, Progress};
+pub use error::PgToRealmError;
+pub use mapping::{CustomTypes, PgRow, RealmRouter, RouteFn};
+
+use apply::Group;
+use mapping::{stream_type_name, Mapper, TableKind, TablePlan};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::replication::{
+    drop_slot, ensure_publication, ensure_slot, preflight, slot_info, Change, ChangeStream,
+    ColumnValue, Lsn, PgConnectOptions, QualifiedTable, Relation, ReplicationError, StreamEvent,
+    StreamOptions,
+};
+use crate::store::{RealmPath, Store};
+use crate::sync::rejections::{Direction, RejectionLog};
+use crate::template::PathTemplate;
+
+/// The replication origin realm → PostgreSQL writes under; transactions carrying it (or a row of
+/// `pgrealm.marker`) are the engine's own, counted as echoes (sync.md, decision 2).
+pub const ECHO_ORIGIN: &str = "pgrealm";
+
+/// The options of this direction.
+#[derive(Debug, Clone)]
+pub struct PgToRealmOptions {
+    /// The logical slot.
+    pub slot: String,
+    /// The publication (mapped tables, list subtables, and `pgrealm.marker` when it exists).
+    pub publication: String,
+    /// Which realm each row belongs to.
+    pub router: RealmRouter,
+    /// Drop and recreate the slot and the checkpoint at setup.
+    pub reset_postgres_replication_slot: bool,
+    /// Load the realms from PostgreSQL's contents when the store has no checkpoint (or after a
+    /// reset).
+    pub initialize_realm_from_postgres: bool,
+    /// `[custom_postgres_types]`: PostgreSQL type name → realm type (`mood = "string"`).
+    pub custom_postgres_types: BTreeMap<String, String>,
+    /// A store commit closes once it holds this many row changes (at a transaction boundary).
+    pub group_max_changes: u64,
+    /// … or once it has been open this long (at a transaction boundary).
+    pub group_max_delay: Duration,
+    /// How often the position is reported to the server.
+    pub status_interval: Duration,
+    /// Progress reporting of the initial load.
+    pub progress: Progress,
+}
+
+impl PgToRealmOptions {
+    /// Options with pgrealm's defaults.
+    pub fn new(
+        slot: impl Into<String>,
+        publication: impl Into<String>,
+        router: RealmRouter,
+    ) -> Self {
+        PgToRealmOptions {
+            slot: slot.into(),
+            publication: publication.into(),
+            router,
+            reset_postgres_replication_slot: false,
+            initialize_realm_from_postgres: false,
+            custom_postgres_types: BTreeMap::new(),
+            group_max_changes: 20_000,
+            group_max_delay: Duration::from_millis(20),
+            status_interval: Duration::from_millis(20),
+            progress: Progress::Auto,
+        }
+    }
+
+    /// The options a configuration file gives (the router is its `realm_path` template).
+    pub fn from_config(config: &Config) -> Self {
+        let mut options = PgToRealmOptions::new(
+            config.postgres.slot.clone(),
+            config.postgres.publication.clone(),
+            RealmRouter::Template(config.realm_path_template()),
+        );
+        options.reset_postgres_replication_slot = config.sync.reset_postgres_replication_slot;
+        options.initialize_realm_from_postgres = config.sync.initialize_realm_from_postgres;
+        options.custom_postgres_types = config.custom_postgres_types.clone();
+        options
+    }
+
+    /// Route every row with a path template such as `/{user_id}/myRealm`.
+    pub fn template(template: &str) -> Result<RealmRouter, PgToRealmError> {
+        PathTemplate::parse(template)
+            .map(RealmRouter::Template)
+            .map_err(|e| PgToRealmError::Config(e.to_string()))
+    }
+}
+
+/// Counters of this direction, readable while it runs (tests, `status`).
+#[derive(Debug, Default)]
+pub struct PgToRealmStats {
+    /// PostgreSQL transactions applied.
+    pub transactions: AtomicU64,
+    /// Row changes applied (rejected ones included).
+    pub changes: AtomicU64,
+    /// Changes rejected.
+    pub rejections: AtomicU64,
+    /// Transactions that were the engine's own writes coming back.
+    pub echoes: AtomicU64,
+    /// Store commits made.
+    pub store_commits: AtomicU64,
+    /// The checkpoint confirmed last (an LSN as u64).
+    pub confirmed_lsn: AtomicU64,
+    /// Reconnections after a lost connection.
+    pub reconnects: AtomicU64,
+}
+
+/// What [`PgToRealm::setup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetupReport {
+    /// The slot was created now.
+    pub slot_created: bool,
+    /// The initial load, when it ran.
+    pub load: Option<LoadReport>,
+    /// Where streaming will resume.
+    pub checkpoint: Lsn,
+}
+
+/// PostgreSQL → realm.
+///
+/// ```no_run
+/// # async fn run(store: pgrealm_runtime::Store) -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use pgrealm_runtime::metrics::Metrics;
+/// use pgrealm_runtime::replication::PgConnectOptions;
+/// use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions};
+///
+/// let pg = PgConnectOptions::from_url("postgres://sync:secret@db/app")?;
+/// let router = PgToRealmOptions::template("/{user_id}/myRealm")?;
+/// let options = PgToRealmOptions::new("pgrealm", "pgrealm", router);
+/// let sync = PgToRealm::new(pg, options, store, Arc::new(Metrics::default()));
+/// sync.setup().await?;
+/// let (stop, stopped) = tokio::sync::watch::channel(false);
+/// let task = tokio::spawn(sync.run(stopped));
+/// // … later:
+/// stop.send(true)?;
+/// task.await??;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PgToRealm {
+    pg: PgConnectOptions,
+    options: PgToRealmOptions,
+    store: Store,
+    mapper: Mapper,
+    metrics: Arc<Metrics>,
+    stats: Arc<PgToRealmStats>,
+}
+
+impl PgToRealm {
+    /// This direction for `store` (whose schema is the mapped schema).
+    pub fn new(
+        pg: PgConnectOptions,
+        options: PgToRealmOptions,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mapper = Mapper {
+            schema: store.schema().clone(),
+            router: options.router.clone(),
+            custom: CustomTypes {
+                targets: options.custom_postgres_types.clone(),
+                enum_labels: HashMap::new(),
+            },
+        };
+        PgToRealm {
+            pg,
+            options,
+            store,
+            mapper,
+            metrics,
+            stats: Arc::new(PgToRealmStats::default()),
+        }
+    }
+
+    /// The counters of this direction.
+    pub fn stats(&self) -> Arc<PgToRealmStats> {
+        self.stats.clone()
+    }
+
+    /// The tables this direction streams: every class table and list subtable.
+    pub fn tables(&self) -> Vec<QualifiedTable> {
+        self.mapper
+            .schema
+            .tables()
+            .iter()
+            .map(|t| QualifiedTable::public(t.name()))
+            .collect()
+    }
+
+    /// Preflight, the publication and the slot; the reset and the initial load when asked.
+    /// Run it at every start, before [`run`](Self::run).
+    pub async fn setup(&self) -> Result<SetupReport, PgToRealmError> {
+        let sql = self.pg.connect_sql().await?;
+        let slot = &self.options.slot;
+        let tables = self.tables();
+        preflight(&sql, slot, &tables).await?;
+        let mut published = tables.clone();
+        let marker: bool = sql
+            .query_one("SELECT to_regclass('pgrealm.marker') IS NOT NULL", &[])
+            .await
+            .map_err(PgToRealmError::sql("looking for pgrealm.marker"))?
+            .get(0);
+        if marker {
+            published.push(QualifiedTable::new("pgrealm", "marker"));
+        }
+        ensure_publication(&sql, &self.options.publication, &published).await?;
+
+        let stored = stored_checkpoint(&self.store, slot)?;
+        let reset = self.options.reset_postgres_replication_slot;
+        if reset {
+            drop_slot(&sql, slot).await?;
+        }
+        let mut mapper = self.mapper.clone();
+        mapper.custom.enum_labels = load_enum_labels(&sql, &self.custom_type_names()).await?;
+        if self.options.initialize_realm_from_postgres && (reset || stored.is_none()) {
+            // A slot without a checkpoint is a load that never finished: start it over.
+            drop_slot(&sql, slot).await?;
+            let load = copy::initial_load(
+                &self.pg,
+                &self.store,
+                &mapper,
+                slot,
+                &self.options.publication,
+                self.options.progress,
+            )
+            .await?;
+            Metrics::add(&self.metrics.rejections, load.rejections);
+            Metrics::add(&self.stats.rejections, load.rejections);
+            return Ok(SetupReport {
+                slot_created: true,
+                load: Some(load),
+                checkpoint: load.consistent_point,
+            });
+        }
+        let slot_created = ensure_slot(&sql, slot).await?;
+        let checkpoint = match stored {
+            Some(lsn) if !reset => lsn,
+            _ => {
+                // A new (or reset) slot starts at its own position; record that as the
+                // checkpoint so `run` knows setup happened.
+                let lsn = slot_info(&sql, slot)
+                    .await?
+                    .and_then(|info| info.confirmed_flush_lsn)
+                    .unwrap_or(Lsn::ZERO);
+                let mut tx = self.store.begin_write(ORIGIN);
+                tx.set_metadata(checkpoint_key(slot), lsn.to_pg_string().into_bytes());
+                tokio::task::spawn_blocking(move || tx.commit())
+                    .await
+                    .map_err(|e| PgToRealmError::Task(e.to_string()))??;
+                lsn
+            }
+        };
+        Ok(SetupReport {
+            slot_created,
+            load: None,
+            checkpoint,
+        })
+    }
+
+    fn custom_type_names(&self) -> Vec<String> {
+        let mut names: HashSet<String> =
+            self.options.custom_postgres_types.keys().cloned().collect();
+        for class in &self.mapper.schema.classes {
+            for property in &class.properties {
+                if let Some(custom) = &property.custom_type {
+                    names.insert(custom.clone());
+                }
+            }
+        }
+        names.into_iter().collect()
+    }
+
+    /// Stream and apply until `shutdown` becomes `true` (or its sender is dropped); then finish
+    /// the transaction in hand, commit, confirm and return `Ok`. A lost connection is retried
+    /// with backoff, resuming after the stored checkpoint, losing nothing.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), PgToRealmError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            match self.session(&mut shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) if retryable(&e) => {
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "PostgreSQL → realm: connection lost, reconnecting");
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    if *shutdown.borrow() {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One replication session: from connecting to shutdown or the first error.
+    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), PgToRealmError> {
+        let slot = &self.options.slot;
+        let resume =
+            stored_checkpoint(&self.store, slot)?.ok_or_else(|| PgToRealmError::NotSetUp {
+                slot: slot.clone(),
+                lsn: Lsn::ZERO,
+            })?;
+        let sql = self.pg.connect_sql().await?;
+        let mut mapper = self.mapper.clone();
+        let custom_names = self.custom_type_names();
+        mapper.custom.enum_labels = load_enum_labels(&sql, &custom_names).await?;
+        let mut options =
+            StreamOptions::new(slot.clone(), self.options.publication.clone()).resume_after(resume);
+        options.status_interval = self.options.status_interval;
+        let mut stream = ChangeStream::connect(&self.pg, &options).await?;
+        self.stats
+            .confirmed_lsn
+            .fetch_max(resume.as_u64(), Ordering::Relaxed);
+        let mut log = RejectionLog::open(&self.store, Direction::PostgresToRealm)?;
+        let mut plans: HashMap<u32, (Arc<Relation>, Arc<TablePlan>)> = HashMap::new();
+        let mut group = Group::new(&self.store, slot)?;
+        let mut peeked: Option<Option<StreamEvent>> = None;
+        let mut stopping = *shutdown.borrow();
+        let mut labels_reloaded: Option<Instant> = None;
+        loop {
+            if stopping && !group.in_transaction() {
+                if !group.is_empty() {
+                    self.flush(group, &mut stream, &mut log).await?;
+                }
+                if let Err(e) = stream.shutdown().await {
+                    tracing::debug!(error = %e, "closing the replication stream");
+                }
+                return Ok(());
+            }
+            let event = match peeked.take() {
+                Some(event) => event,
+                None if group.in_transaction() || stopping => stream.next_event().await?,
+                None => tokio::select! {
+                    biased;
+                    event = stream.next_event() => event?,
+                    changed = shutdown.changed() => {
+                        if changed.is_err() || *shutdown.borrow() {
+                            stopping = true;
+                        }
+                        continue;
+                    }
+                },
+            };
+            let Some(event) = event else {
+                return Err(ReplicationError::Protocol {
+                    lsn: stream.confirmed(),
+                    message: "the server ended the replication stream".into(),
+                }
+                .into());
+            };
+            match event {
+                StreamEvent::Begin(begin) => {
+                    let origin = begin.origin.as_ref().map(|o| o.name.as_str());
+                    group.begin(begin.final_lsn, origin, begin.commit_time);
+                }
+                StreamEvent::Change(change) => {
+                    let relations: Vec<Arc<Relation>> = match &change {
+                        Change::Insert { relation, .. }
+                        | Change::Update { relation, .. }
+                        | Change::Delete { relation, .. } => vec![relation.clone()],
+                        Change::Truncate { relations, .. } => relations.clone(),
+                    };
+                    for relation in relations {
+                        let mut plan = plan_for(&mut plans, &mapper, &stream, &relation);
+                        if let Some(type_name) = unknown_label(&plan, &change) {
+                            // A label added since the labels were read: read them again (at
+                            // most once a second), then decide.
+                            if labels_reloaded.is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+                            {
+                                labels_reloaded = Some(Instant::now());
+                                tracing::info!(type_name, "re-reading enum labels");
+                                mapper.custom.enum_labels =
+                                    load_enum_labels(&sql, &custom_names).await?;
+                                plans.clear();
+                                plan = plan_for(&mut plans, &mapper, &stream, &relation);
+                            }
+                        }
+                        group.change(&mapper, &mut log, &plan, &change)?;
+                    }
+                }
+                StreamEvent::Message(_) => {}
+                StreamEvent::Commit(commit) => {
+                    group.commit(&mapper, &mut log, commit.end_lsn)?;
+                    let full = group.counts.changes >= self.options.group_max_changes
+                        || group.started.elapsed() >= self.options.group_max_delay;
+                    if !full && !stopping {
+                        // More already waiting? Then it joins this store commit.
+                        if let Some(next) = stream.next_event().now_or_never() {
+                            peeked = Some(next?);
+                            continue;
+                        }
+                    }
+                    group = self.flush(group, &mut stream, &mut log).await?;
+                }
+            }
+        }
+    }
+
+    /// Commit the group durably, then confirm its end LSN; a fresh group to go on with.
+    async fn flush(
+        &self,
+        group: Group,
+        stream: &mut ChangeStream,
+        log: &mut RejectionLog,
+    ) -> Result<Group, PgToRealmError> {
+        let counts = group.counts;
+        let end_lsn = group.end_lsn;
+        let first_commit_time = group.first_commit_time;
+        let tx = group.into_tx();
+        let result = tokio::task::spawn_blocking(move || tx.commit())
+            .await
+            .map_err(|e| PgToRealmError::Task(e.to_string()))?;
+        if let Err(e) = result {
+            log.reload(&self.store)?;
+            return Err(e.into());
+        }
+        if let Some(lsn) = end_lsn {
+            stream.confirm(lsn);
+            self.stats
+                .confirmed_lsn
+                .fetch_max(lsn.as_u64(), Ordering::Relaxed);
+        }
+        let stats = &self.stats;
+        stats
+            .transactions
+            .fetch_add(counts.transactions, Ordering::Relaxed);
+        stats.changes.fetch_add(counts.changes, Ordering::Relaxed);
+        stats
+            .rejections
+            .fetch_add(counts.rejections, Ordering::Relaxed);
+        stats.echoes.fetch_add(counts.echoes, Ordering::Relaxed);
+        stats.store_commits.fetch_add(1, Ordering::Relaxed);
+        Metrics::add(&self.metrics.changes_postgres_to_realm, counts.changes);
+        Metrics::add(&self.metrics.rejections, counts.rejections);
+        if let Some(commit_time) = first_commit_time {
+            Metrics::set(
+                &self.metrics.replication_lag_millis,
+                lag_millis(commit_time),
+            );
+        }
+        Ok(Group::new(&self.store, &self.options.slot)?)
+    }
+}
+
+/// Milliseconds from a PostgreSQL commit time (µs since 2000-01-01 UTC) to now.
+fn lag_millis(commit_time: i64) -> i64 {
+    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+    let now = chrono::Utc::now().timestamp_micros();
+    (now - (commit_time + PG_EPOCH_UNIX_MICROS)) / 1000
+}
+
+fn retryable(e: &PgToRealmError) -> bool {
+    matches!(
+        e,
+        PgToRealmError::Replication(
+            ReplicationError::Stream { .. }
+                | ReplicationError::Connect { .. }
+                | ReplicationError::Sql { .. }
+                | ReplicationError::Protocol { .. }
+        ) | PgToRealmError::Sql { .. }
+    )
+}
+
+fn plan_for(
+    plans: &mut HashMap<u32, (Arc<Relation>, Arc<TablePlan>)>,
+    mapper: &Mapper,
+    stream: &ChangeStream,
+    relation: &Arc<Relation>,
+) -> Arc<TablePlan> {
+    if let Some((known, plan)) = plans.get(&relation.id) {
+        if Arc::ptr_eq(known, relation) {
+            return plan.clone();
+        }
+    }
+    let plan = Arc::new(mapper.plan(relation, &stream_type_name(stream.relations())));
+    plans.insert(relation.id, (relation.clone(), plan.clone()));
+    plan
+}
+
+/// The type of an enum label in `change` that the loaded labels do not know.
+fn unknown_label(plan: &TablePlan, change: &Change) -> Option<String> {
+    let new = match change {
+        Change::Insert { new, .. } | Change::Update { new, .. } => new,
+        _ => return None,
+    };
+    let columns: Vec<&mapping::ColumnPlan> = match &plan.kind {
+        TableKind::Class { columns, .. } => columns.iter().collect(),
+        TableKind::List { item, .. } => vec![item],
+        _ => return None,
+    };
+    columns.into_iter().find_map(|column| {
+        let (type_name, labels) = column.enum_labels.as_ref()?;
+        let text = new.get(column.index).and_then(ColumnValue::as_text)?;
+        (!labels.contains(text)).then(|| type_name.clone())
+    })
+}
+
+/// The labels of the enum types among `names` (schema-qualified or not).
+async fn load_enum_labels(
+    sql: &tokio_postgres::Client,
+    names: &[String],
+) -> Result<HashMap<String, Arc<HashSet<String>>>, PgToRealmError> {
+    if names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let short: Vec<String> = names
+        .iter()
+        .map(|n| n.rsplit('.').next().unwrap_or(n).to_owned())
+        .collect();
+    let rows = sql
+        .query(
+            "SELECT n.nspname::text, t.typname::text, e.enumlabel::text \
+             FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
+             JOIN pg_catalog.pg_enum e ON e.enumtypid = t.oid \
+             WHERE t.typname = ANY($1)",
+            &[&short],
+        )
+        .await
+        .map_err(PgToRealmError::sql(
+            "reading the labels of custom enum types",
+        ))?;
+    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
+    for row in rows {
+        let (namespace, name, label): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        out.entry(format!("{namespace}.{name}"))
+            .or_default()
+            .insert(label.clone());
+        if namespace == "public" {
+            out.entry(name).or_default().insert(label);
+        }
+    }
+    Ok(out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+}
+
+/// The realm a row would route to, for tools and tests: `Ok(None)` when a routing column is an
+/// unchanged TOAST value.
+pub fn route_row(
+    router: &RealmRouter,
+    table: &str,
+    columns: &[String],
+    values: &[Option<&str>],
+) -> Result<RealmPath, String> {
+    let values: Vec<ColumnValue> = values
+        .iter()
+        .map(|v| match v {
+            Some(t) => ColumnValue::Text(bytes::Bytes::copy_from_slice(t.as_bytes())),
+            None => ColumnValue::Null,
+        })
+        .collect();
+    let row = PgRow::new(columns, &values);
+    match router {
+        RealmRouter::Template(template) => {
+            let path = template.render(|name| row.get(name).map(str::to_owned))?;
+            RealmPath::parse(&path).map_err(|e| e.to_string())
+        }
+        RealmRouter::Closure(f) => f(table, &row),
+    }
+}
