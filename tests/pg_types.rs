@@ -194,6 +194,19 @@ async fn integers_of_every_width() {
         &edges(i16::MIN.into(), i16::MAX.into()),
     )
     .await;
+    // A domain travels as its base type; its CHECK still applies.
+    client
+        .batch_execute("CREATE DOMAIN positive AS integer CHECK (VALUE > 0)")
+        .await
+        .unwrap();
+    let positives = same(vec![
+        Value::Int(1),
+        Value::Int(i32::MAX.into()),
+        Value::Null,
+    ]);
+    round_trip(&client, "positive", I64, &positives).await;
+    let message = write_error(&client, "positive", Value::Int(0)).await;
+    assert!(message.contains("violates check constraint"), "{message}");
 }
 
 #[tokio::test]
@@ -390,6 +403,36 @@ async fn strings_of_every_textual_type() {
     // PostgreSQL text cannot hold NUL: refused, not cut at the NUL.
     let message = write_error(&client, "text", Value::String("a\0b".into())).await;
     assert!(message.contains("0x00"), "{message}");
+}
+
+#[tokio::test]
+async fn tsvector_columns_travel_as_text_through_the_row_helpers() {
+    use pgrealm_runtime::pg::{object_from_row, select_columns, upsert_object};
+    use pgrealm_schema::{Class, Object, Schema};
+
+    let (_db, client) = fresh_db().await;
+    let schema = Schema::new(vec![Class::new("Doc")
+        .property(common::scalar("id", I64).primary_key())
+        .property(common::scalar("words", ScalarType::String).postgres_type("tsvector"))]);
+    client
+        .batch_execute(&pgrealm_schema::ddl::render_ddl(&schema))
+        .await
+        .unwrap();
+    let doc = Object::new("Doc")
+        .with("id", Value::Int(1))
+        .with("words", Value::String("'a':1 'fat':2 'cat':3".into()));
+    upsert_object(&client, &schema, &doc).await.unwrap();
+    let class = schema.class("Doc").unwrap();
+    let row = client
+        .query_one(&format!("SELECT {} FROM doc", select_columns(class)), &[])
+        .await
+        .unwrap();
+    let read = object_from_row(&schema, class, &row).unwrap();
+    // tsvector's own output: lexemes sorted.
+    assert_eq!(
+        read.get("words"),
+        Some(&Value::String("'a':1 'cat':3 'fat':2".into()))
+    );
 }
 
 #[tokio::test]
