@@ -7,4 +7,5 @@
 //! (DESIGN.md, "Conflicts").
 
 pub mod pg_to_realm;
+pub mod realm_to_pg;
 pub mod rejections;

@@ -1,0 +1,921 @@
+//! The SQL side of realm → PostgreSQL: one connection that turns changesets into one SQL
+//! transaction per batch, with the progress rows and the echo mark inside it.
+//!
+//! Instructions run in order, with two groupings that keep their meaning: a run of consecutive
+//! creates becomes multi-row upserts (and one rewrite of their lists per subtable), and
+//! consecutive list inserts at consecutive indices (or erases at one index) shift the
+//! remaining items once. Indices move through negative values because `PRIMARY KEY (oid, idx)`
+//! is checked row by row. Statements are prepared once per SQL text (table and column set) and
+//! cached for the connection's life. Values are always bound ([`PgValue`]), identifiers always
+//! quoted.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use pgrealm_schema::ddl::quote_ident;
+use pgrealm_schema::types::normalize_postgres_type;
+use pgrealm_schema::{Class, ListItem, Object, PrimaryKey, Property, PropertyType, Schema, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use super::echo::{set_up_echo_mark, EchoMark, Marker};
+use super::mapping::{Extra, RealmMapping, Target};
+use super::refusal::{classify, Failure};
+use super::RealmToPgError;
+use crate::pg::PgValue;
+use crate::replication::PgConnectOptions;
+use crate::store::{Changeset, Instruction, RealmPath};
+
+/// Bind parameters per statement we build, well under the protocol's 65,535.
+const MAX_PARAMS: usize = 30_000;
+/// Rows per multi-row statement.
+const MAX_ROWS: usize = 1_000;
+/// Prepared statements kept per connection before the cache starts over.
+const STATEMENT_CACHE: usize = 512;
+
+/// One changeset of a batch, and whether its data was already dealt with (a compensated
+/// refusal whose progress row is all that is left to write).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Item<'a> {
+    pub(crate) changeset: &'a Changeset,
+    pub(crate) progress_only: bool,
+}
+
+/// What a batch did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Committed with its progress rows.
+    Written,
+    /// A progress row was already at or past a changeset of the batch (it was committed before
+    /// a connection loss, or by another writer): nothing was written; reload the progress.
+    AlreadyApplied,
+}
+
+/// The writer's connection and caches.
+pub(crate) struct Writer {
+    pub(crate) client: Client,
+    schema: Schema,
+    mapping: RealmMapping,
+    statements: HashMap<String, Statement>,
+    column_types: HashMap<(String, String), String>,
+    marker: Marker,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("mark", &self.marker.mark())
+            .field("statements", &self.statements.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A row value with the column it goes to and how it is written.
+#[derive(Debug, Clone)]
+struct Cell {
+    column: String,
+    value: Value,
+    /// `$n::text::tsvector`, or `CAST($n::text AS <type>)` for a path capture.
+    cast: Option<String>,
+}
+
+/// Consecutive creates waiting to be written together.
+#[derive(Debug, Default)]
+struct Creates {
+    /// (table, key column, shape) → rows, in arrival order of the shapes.
+    groups: Vec<RowGroup>,
+    keys: HashSet<(String, PrimaryKey)>,
+    /// subtable → (item column, owners, rows of (owner, idx, item)).
+    lists: BTreeMap<String, ListGroup>,
+}
+
+#[derive(Debug)]
+struct RowGroup {
+    table: String,
+    key_column: String,
+    columns: Vec<(String, Option<String>)>,
+    rows: Vec<Vec<Value>>,
+}
+
+#[derive(Debug)]
+struct ListGroup {
+    item_column: &'static str,
+    owners: Vec<Value>,
+    rows: Vec<[Value; 3]>,
+}
+
+impl Creates {
+    fn is_empty(&self) -> bool {
+        self.groups.is_empty() && self.lists.is_empty()
+    }
+}
+
+impl Writer {
+    /// Connect, and set up the echo mark of the session.
+    pub(crate) async fn connect(
+        options: &PgConnectOptions,
+        schema: Schema,
+        mapping: RealmMapping,
+    ) -> Result<Writer, RealmToPgError> {
+        let client = options.connect_sql().await?;
+        let mark = set_up_echo_mark(&client).await;
+        Ok(Writer {
+            client,
+            schema,
+            mapping,
+            statements: HashMap::new(),
+            column_types: HashMap::new(),
+            marker: Marker::new(mark),
+        })
+    }
+
+    /// How this session's transactions are recognised in the WAL.
+    pub(crate) fn echo_mark(&self) -> EchoMark {
+        self.marker.mark()
+    }
+
+    pub(crate) fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub(crate) fn mapping(&self) -> &RealmMapping {
+        &self.mapping
+    }
+
+    /// Forget cached column types and statements (after a schema change).
+    pub(crate) fn forget_catalog(&mut self) {
+        self.column_types.clear();
+        self.statements.clear();
+    }
+
+    /// Every realm's progress row.
+    pub(crate) async fn load_progress(&self) -> Result<HashMap<RealmPath, u64>, RealmToPgError> {
+        let rows = self
+            .client
+            .query("SELECT realm_path, version FROM pgrealm.progress", &[])
+            .await
+            .map_err(|e| RealmToPgError::sql("reading pgrealm.progress", e))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let path: String = row.get(0);
+            let version: i64 = row.get(1);
+            // A row for a path that is not a realm path cannot have been written by us.
+            if let Ok(path) = RealmPath::parse(&path) {
+                out.insert(path, version.max(0) as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write `items` in one transaction with their progress rows.
+    pub(crate) async fn write_batch(&mut self, items: &[Item<'_>]) -> Result<Outcome, Failure> {
+        self.client
+            .batch_execute("BEGIN")
+            .await
+            .map_err(|e| classify("starting a transaction", e))?;
+        let result = self.write_in_transaction(items).await;
+        match result {
+            Ok(Outcome::Written) => {
+                self.client
+                    .batch_execute("COMMIT")
+                    .await
+                    .map_err(|e| classify("committing", e))?;
+                Ok(Outcome::Written)
+            }
+            other => {
+                // After a failed statement the server only accepts ROLLBACK; a lost connection
+                // rolls back by itself.
+                let _ = self.client.batch_execute("ROLLBACK").await;
+                other
+            }
+        }
+    }
+
+    async fn write_in_transaction(&mut self, items: &[Item<'_>]) -> Result<Outcome, Failure> {
+        let mut creates = Creates::default();
+        let mut progress: BTreeMap<&RealmPath, u64> = BTreeMap::new();
+        for item in items {
+            let cs = item.changeset;
+            let v = progress.entry(&cs.realm).or_insert(0);
+            *v = (*v).max(cs.version);
+            if item.progress_only {
+                continue;
+            }
+            let mut i = 0;
+            while i < cs.instructions.len() {
+                i += self
+                    .instruction(&cs.realm, &cs.instructions[i..], &mut creates)
+                    .await?;
+            }
+        }
+        self.flush_creates(&mut creates).await?;
+        if !self.write_progress(&progress).await? {
+            return Ok(Outcome::AlreadyApplied);
+        }
+        self.marker
+            .mark_transaction(&self.client)
+            .await
+            .map_err(|e| classify("marking the transaction in pgrealm.marker", e))?;
+        Ok(Outcome::Written)
+    }
+
+    /// Write the progress rows; false when one of them was already at or past its version.
+    async fn write_progress(
+        &mut self,
+        progress: &BTreeMap<&RealmPath, u64>,
+    ) -> Result<bool, Failure> {
+        let mut sql = String::from("INSERT INTO pgrealm.progress (realm_path, version) VALUES ");
+        let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
+        let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (i, (path, version)) in paths.iter().zip(&versions).enumerate() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
+            params.push(path);
+            params.push(version);
+        }
+        sql.push_str(
+            " ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
+             WHERE pgrealm.progress.version < EXCLUDED.version",
+        );
+        let statement = self.statement(&sql).await?;
+        let n = self
+            .client
+            .execute(&statement, &params)
+            .await
+            .map_err(|e| classify("writing pgrealm.progress", e))?;
+        Ok(n as usize == progress.len())
+    }
+
+    /// Handle the instruction at the head of `rest` (and the ones grouped with it); returns how
+    /// many it consumed.
+    async fn instruction(
+        &mut self,
+        realm: &RealmPath,
+        rest: &[Instruction],
+        creates: &mut Creates,
+    ) -> Result<usize, Failure> {
+        let head = &rest[0];
+        if !matches!(head, Instruction::Create { .. }) {
+            // Only creates are grouped; anything else keeps its place after them.
+            self.flush_creates(creates).await?;
+        }
+        match head {
+            Instruction::AddClass { .. } | Instruction::AddProperty { .. } => Ok(1),
+            Instruction::Create { class, key, values } => {
+                self.buffer_create(realm, class, key, values, creates)
+                    .await?;
+                Ok(1)
+            }
+            Instruction::Set { class, key, .. } => {
+                // Every consecutive set of this object: one UPDATE of the changed columns.
+                let run = rest
+                    .iter()
+                    .take_while(|i| {
+                        matches!(i, Instruction::Set { class: c, key: k, .. } if c == class && k == key)
+                    })
+                    .count();
+                let mut object = key_object(&self.schema, class, key);
+                let mut sets = Vec::new();
+                for ins in &rest[..run] {
+                    if let Instruction::Set { property, new, .. } = ins {
+                        object.values.insert(property.clone(), new.clone());
+                        sets.push((property.clone(), new.clone()));
+                    }
+                }
+                self.update(realm, class, key, &object, sets).await?;
+                Ok(run)
+            }
+            Instruction::Delete { class, key } => {
+                let Some((class_def, target)) = self.target_of_key(realm, class, key) else {
+                    return Ok(1);
+                };
+                let key_column = key_column(&class_def)?;
+                let mut sql = format!(
+                    "DELETE FROM {} WHERE {} = $1",
+                    quote_ident(&target.table),
+                    quote_ident(&key_column)
+                );
+                let key_value = key.to_value();
+                let mut values = vec![(key_value, None)];
+                self.where_extras(&target, &mut sql, &mut values).await?;
+                self.run(&sql, &values, "deleting").await?;
+                Ok(1)
+            }
+            Instruction::ListSet {
+                class,
+                key,
+                property,
+                index,
+                new,
+                ..
+            } => {
+                let Some(list) = self.list_of(realm, class, key, property)? else {
+                    return Ok(1);
+                };
+                let sql = format!(
+                    "UPDATE {} SET {} = $3 WHERE \"oid\" = $1 AND \"idx\" = $2",
+                    quote_ident(&list.table),
+                    quote_ident(list.item_column)
+                );
+                let values = [
+                    (key.to_value(), None),
+                    (Value::Int(*index as i64), None),
+                    (new.clone(), None),
+                ];
+                self.run(&sql, &values, "setting a list item").await?;
+                Ok(1)
+            }
+            Instruction::ListInsert {
+                class,
+                key,
+                property,
+                index,
+                ..
+            } => {
+                // Inserts at index, index + 1, …: shift the tail once, then insert them all.
+                let run = rest
+                    .iter()
+                    .enumerate()
+                    .take_while(|(n, i)| {
+                        matches!(i, Instruction::ListInsert { class: c, key: k, property: p, index: at, .. }
+                            if c == class && k == key && p == property && *at == index + n)
+                    })
+                    .count()
+                    .min(MAX_ROWS);
+                let Some(list) = self.list_of(realm, class, key, property)? else {
+                    return Ok(run);
+                };
+                let owner = key.to_value();
+                self.shift(&list, &owner, *index, run as i64).await?;
+                let items: Vec<Value> = rest[..run]
+                    .iter()
+                    .filter_map(|i| match i {
+                        Instruction::ListInsert { value, .. } => Some(value.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                self.insert_items(&list.table, list.item_column, &owner, *index, items)
+                    .await?;
+                Ok(run)
+            }
+            Instruction::ListErase {
+                class,
+                key,
+                property,
+                index,
+                ..
+            } => {
+                let run = rest
+                    .iter()
+                    .take_while(|i| {
+                        matches!(i, Instruction::ListErase { class: c, key: k, property: p, index: at, .. }
+                            if c == class && k == key && p == property && at == index)
+                    })
+                    .count();
+                let Some(list) = self.list_of(realm, class, key, property)? else {
+                    return Ok(run);
+                };
+                let owner = key.to_value();
+                let sql = format!(
+                    "DELETE FROM {} WHERE \"oid\" = $1 AND \"idx\" >= $2 AND \"idx\" < $3",
+                    quote_ident(&list.table)
+                );
+                let values = [
+                    (owner.clone(), None),
+                    (Value::Int(*index as i64), None),
+                    (Value::Int((*index + run) as i64), None),
+                ];
+                self.run(&sql, &values, "erasing list items").await?;
+                self.shift(&list, &owner, index + run, -(run as i64))
+                    .await?;
+                Ok(run)
+            }
+            Instruction::ListClear {
+                class,
+                key,
+                property,
+            } => {
+                let Some(list) = self.list_of(realm, class, key, property)? else {
+                    return Ok(1);
+                };
+                let sql = format!(
+                    "DELETE FROM {} WHERE \"oid\" = $1",
+                    quote_ident(&list.table)
+                );
+                self.run(&sql, &[(key.to_value(), None)], "clearing a list")
+                    .await?;
+                Ok(1)
+            }
+        }
+    }
+
+    /// Move the items of `owner` at `from` and after by `by` (either way), through negative
+    /// indices so no two rows ever share `(oid, idx)`.
+    async fn shift(
+        &mut self,
+        list: &ListTarget,
+        owner: &Value,
+        from: usize,
+        by: i64,
+    ) -> Result<(), Failure> {
+        let table = quote_ident(&list.table);
+        // idx → -(idx + by) - 1, all negative and distinct; then back: -idx - 1 = idx + by.
+        let first = format!(
+            "UPDATE {table} SET \"idx\" = -(\"idx\" + $3) - 1 WHERE \"oid\" = $1 AND \"idx\" >= $2"
+        );
+        let second =
+            format!("UPDATE {table} SET \"idx\" = -\"idx\" - 1 WHERE \"oid\" = $1 AND \"idx\" < 0");
+        let values = [
+            (owner.clone(), None),
+            (Value::Int(from as i64), None),
+            (Value::Int(by), None),
+        ];
+        let moved = self.run(&first, &values, "shifting list items").await?;
+        if moved > 0 {
+            self.run(&second, &values[..1], "shifting list items")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Insert `items` at `first`, `first + 1`, … of `owner`'s list.
+    async fn insert_items(
+        &mut self,
+        table: &str,
+        item_column: &str,
+        owner: &Value,
+        first: usize,
+        items: Vec<Value>,
+    ) -> Result<(), Failure> {
+        let rows: Vec<[Value; 3]> = items
+            .into_iter()
+            .enumerate()
+            .map(|(n, item)| [owner.clone(), Value::Int((first + n) as i64), item])
+            .collect();
+        self.insert_list_rows(table, item_column, &rows).await
+    }
+
+    async fn insert_list_rows(
+        &mut self,
+        table: &str,
+        item_column: &str,
+        rows: &[[Value; 3]],
+    ) -> Result<(), Failure> {
+        for chunk in rows.chunks(MAX_ROWS) {
+            let mut sql = format!(
+                "INSERT INTO {} (\"oid\", \"idx\", {}) VALUES ",
+                quote_ident(table),
+                quote_ident(item_column)
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            }
+            let values: Vec<(Value, Option<String>)> = chunk
+                .iter()
+                .flat_map(|r| r.iter().map(|v| (v.clone(), None)))
+                .collect();
+            self.run(&sql, &values, "inserting list items").await?;
+        }
+        Ok(())
+    }
+
+    /// UPDATE the changed columns of one object.
+    async fn update(
+        &mut self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+        object: &Object,
+        sets: Vec<(String, Value)>,
+    ) -> Result<(), Failure> {
+        let Some(class_def) = self.schema.class(class).cloned() else {
+            return Ok(());
+        };
+        let Some(target) = self.mapping.target(realm, &class_def.table, object) else {
+            return Ok(());
+        };
+        let mut assignments = Vec::new();
+        let mut values = Vec::new();
+        for (property, value) in sets {
+            let Some(p) = class_def.property_named(&property) else {
+                continue;
+            };
+            if p.ty.is_list() || target.extras.iter().any(|e| e.column == p.column) {
+                continue;
+            }
+            values.push((value, tsvector_cast(p)));
+            assignments.push(format!(
+                "{} = {}",
+                quote_ident(&p.column),
+                placeholder(values.len(), values.last().and_then(|v| v.1.as_deref()))
+            ));
+        }
+        if assignments.is_empty() {
+            return Ok(());
+        }
+        let key_column = key_column(&class_def)?;
+        values.push((key.to_value(), None));
+        let mut sql = format!(
+            "UPDATE {} SET {} WHERE {} = ${}",
+            quote_ident(&target.table),
+            assignments.join(", "),
+            quote_ident(&key_column),
+            values.len()
+        );
+        self.where_extras(&target, &mut sql, &mut values).await?;
+        self.run(&sql, &values, "updating").await?;
+        Ok(())
+    }
+
+    /// ` AND "col" = $n` for each extra column of `target`.
+    pub(crate) async fn where_extras(
+        &mut self,
+        target: &Target,
+        sql: &mut String,
+        values: &mut Vec<(Value, Option<String>)>,
+    ) -> Result<(), Failure> {
+        for extra in &target.extras {
+            let cast = self.extra_cast(&target.table, extra).await?;
+            values.push((extra.value.clone(), cast));
+            sql.push_str(&format!(
+                " AND {} = {}",
+                quote_ident(&extra.column),
+                placeholder(values.len(), values.last().and_then(|v| v.1.as_deref()))
+            ));
+        }
+        Ok(())
+    }
+
+    /// How a path capture is cast to its column's type.
+    async fn extra_cast(&mut self, table: &str, extra: &Extra) -> Result<Option<String>, Failure> {
+        if !extra.from_text {
+            return Ok(None);
+        }
+        let id = (table.to_owned(), extra.column.clone());
+        if let Some(ty) = self.column_types.get(&id) {
+            return Ok(Some(ty.clone()));
+        }
+        let row = self
+            .client
+            .query_opt(
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+                  WHERE attrelid = to_regclass($1) AND attname = $2 AND attnum > 0 \
+                    AND NOT attisdropped",
+                &[&quote_ident(table), &extra.column],
+            )
+            .await
+            .map_err(|e| classify("reading a column's type", e))?;
+        let Some(row) = row else {
+            return Err(Failure::Refused(format!(
+                "table \"{table}\" has no column \"{}\" for the realm path's `{{{}}}`; add the \
+                 column or change the realm path template",
+                extra.column, extra.column
+            )));
+        };
+        let ty: String = row.get(0);
+        self.column_types.insert(id, ty.clone());
+        Ok(Some(ty))
+    }
+
+    /// Queue a created object's row and lists.
+    async fn buffer_create(
+        &mut self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+        values: &BTreeMap<String, Value>,
+        creates: &mut Creates,
+    ) -> Result<(), Failure> {
+        let Some(class_def) = self.schema.class(class).cloned() else {
+            return Ok(());
+        };
+        let object = Object {
+            class: class.to_owned(),
+            values: values.clone(),
+        };
+        let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
+            return Ok(());
+        };
+        if !creates.keys.insert((target.table.clone(), key.clone())) {
+            // The same row twice in one statement is refused by ON CONFLICT: write the first.
+            self.flush_creates(creates).await?;
+            creates.keys.insert((target.table.clone(), key.clone()));
+        }
+        let mut cells: Vec<Cell> = Vec::new();
+        for p in class_def.column_properties() {
+            if target.extras.iter().any(|e| e.column == p.column) {
+                continue;
+            }
+            cells.push(Cell {
+                column: p.column.clone(),
+                value: values.get(&p.name).cloned().unwrap_or(Value::Null),
+                cast: tsvector_cast(p),
+            });
+        }
+        for extra in &target.extras {
+            let cast = self.extra_cast(&target.table, extra).await?;
+            cells.push(Cell {
+                column: extra.column.clone(),
+                value: extra.value.clone(),
+                cast,
+            });
+        }
+        let key_column = key_column(&class_def)?;
+        let shape: Vec<(String, Option<String>)> = cells
+            .iter()
+            .map(|c| (c.column.clone(), c.cast.clone()))
+            .collect();
+        let row: Vec<Value> = cells.into_iter().map(|c| c.value).collect();
+        match creates
+            .groups
+            .iter_mut()
+            .find(|g| g.table == target.table && g.columns == shape)
+        {
+            Some(group) => group.rows.push(row),
+            None => creates.groups.push(RowGroup {
+                table: target.table.clone(),
+                key_column,
+                columns: shape,
+                rows: vec![row],
+            }),
+        }
+        let owner = key.to_value();
+        for p in class_def.list_properties() {
+            let list = list_target(&class_def, &target.table, p);
+            let group = creates
+                .lists
+                .entry(list.table)
+                .or_insert_with(|| ListGroup {
+                    item_column: list.item_column,
+                    owners: Vec::new(),
+                    rows: Vec::new(),
+                });
+            group.owners.push(owner.clone());
+            if let Some(Value::List(items)) = values.get(&p.name) {
+                for (idx, item) in items.iter().enumerate() {
+                    group
+                        .rows
+                        .push([owner.clone(), Value::Int(idx as i64), item.clone()]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the queued creates: multi-row upserts, then each subtable's rows of those owners
+    /// replaced.
+    async fn flush_creates(&mut self, creates: &mut Creates) -> Result<(), Failure> {
+        if creates.is_empty() {
+            return Ok(());
+        }
+        let groups = std::mem::take(&mut creates.groups);
+        let lists = std::mem::take(&mut creates.lists);
+        creates.keys.clear();
+        for group in groups {
+            let per_row = group.columns.len().max(1);
+            let chunk_rows = (MAX_PARAMS / per_row).clamp(1, MAX_ROWS);
+            for chunk in group.rows.chunks(chunk_rows) {
+                let sql = upsert_sql(&group, chunk.len());
+                let values: Vec<(Value, Option<String>)> = chunk
+                    .iter()
+                    .flat_map(|row| {
+                        row.iter()
+                            .zip(&group.columns)
+                            .map(|(v, (_, cast))| (v.clone(), cast.clone()))
+                    })
+                    .collect();
+                self.run(&sql, &values, "inserting").await?;
+            }
+        }
+        for (table, group) in lists {
+            for owners in group.owners.chunks(MAX_ROWS) {
+                let marks: Vec<String> = (1..=owners.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "DELETE FROM {} WHERE \"oid\" IN ({})",
+                    quote_ident(&table),
+                    marks.join(", ")
+                );
+                let values: Vec<(Value, Option<String>)> =
+                    owners.iter().map(|o| (o.clone(), None)).collect();
+                self.run(&sql, &values, "replacing lists").await?;
+            }
+            self.insert_list_rows(&table, group.item_column, &group.rows)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Prepare (or reuse) and execute `sql` with `values` bound.
+    async fn run(
+        &mut self,
+        sql: &str,
+        values: &[(Value, Option<String>)],
+        action: &str,
+    ) -> Result<u64, Failure> {
+        let statement = self.statement(sql).await?;
+        let labels: Vec<String> = (1..=values.len())
+            .map(|i| format!("parameter {i}"))
+            .collect();
+        let bound: Vec<PgValue<'_>> = values
+            .iter()
+            .zip(&labels)
+            .map(|((v, _), l)| PgValue::new(v, l))
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.client
+            .execute(&statement, &params)
+            .await
+            .map_err(|e| classify(action, e))
+    }
+
+    /// Prepare (or reuse) and run a query with `values` bound.
+    pub(crate) async fn query(
+        &mut self,
+        sql: &str,
+        values: &[(Value, Option<String>)],
+    ) -> Result<Vec<tokio_postgres::Row>, Failure> {
+        let statement = self.statement(sql).await?;
+        let labels: Vec<String> = (1..=values.len())
+            .map(|i| format!("parameter {i}"))
+            .collect();
+        let bound: Vec<PgValue<'_>> = values
+            .iter()
+            .zip(&labels)
+            .map(|((v, _), l)| PgValue::new(v, l))
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            bound.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.client
+            .query(&statement, &params)
+            .await
+            .map_err(|e| classify("reading", e))
+    }
+
+    async fn statement(&mut self, sql: &str) -> Result<Statement, Failure> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(|e| classify("preparing a statement", e))?;
+        if self.statements.len() >= STATEMENT_CACHE {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn target_of_key(
+        &self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+    ) -> Option<(Class, Target)> {
+        let class_def = self.schema.class(class)?.clone();
+        let object = key_object(&self.schema, class, key);
+        let target = self.mapping.target(realm, &class_def.table, &object)?;
+        Some((class_def, target))
+    }
+
+    fn list_of(
+        &self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+        property: &str,
+    ) -> Result<Option<ListTarget>, Failure> {
+        let Some((class_def, target)) = self.target_of_key(realm, class, key) else {
+            return Ok(None);
+        };
+        let Some(p) = class_def.property_named(property) else {
+            return Ok(None);
+        };
+        Ok(Some(list_target(&class_def, &target.table, p)))
+    }
+}
+
+/// A list property's subtable.
+#[derive(Debug)]
+struct ListTarget {
+    table: String,
+    item_column: &'static str,
+}
+
+fn list_target(class: &Class, table: &str, property: &Property) -> ListTarget {
+    let item_column = match &property.ty {
+        PropertyType::List(ListItem::Object(_)) => "target",
+        _ => "value",
+    };
+    let table = if table == class.table {
+        class.list_table(property)
+    } else {
+        format!("{table}_{}", property.column)
+    };
+    ListTarget { table, item_column }
+}
+
+/// An object holding only its primary key, as mapping closures are given for non-creates.
+pub(crate) fn key_object(schema: &Schema, class: &str, key: &PrimaryKey) -> Object {
+    let mut object = Object::new(class);
+    if let Some(p) = schema.class(class).and_then(Class::primary_key) {
+        object.values.insert(p.name.clone(), key.to_value());
+    }
+    object
+}
+
+fn key_column(class: &Class) -> Result<String, Failure> {
+    class
+        .primary_key()
+        .map(|p| p.column.clone())
+        .ok_or_else(|| Failure::Refused(format!("class `{}` has no primary key", class.name)))
+}
+
+fn tsvector_cast(property: &Property) -> Option<String> {
+    property
+        .postgres_type
+        .as_deref()
+        .filter(|t| normalize_postgres_type(t) == "tsvector")
+        .map(|_| "tsvector".to_owned())
+}
+
+/// `$n`, or `CAST($n::text AS <type>)` for values PostgreSQL converts from text.
+fn placeholder(n: usize, cast: Option<&str>) -> String {
+    match cast {
+        None => format!("${n}"),
+        Some(ty) => format!("CAST(${n}::text AS {ty})"),
+    }
+}
+
+/// The multi-row upsert of `rows` rows of `group`: the realm's values win over a row
+/// PostgreSQL already has (PostgreSQL's commit order decides, and this commit is later).
+fn upsert_sql(group: &RowGroup, rows: usize) -> String {
+    let columns: Vec<String> = group.columns.iter().map(|(c, _)| quote_ident(c)).collect();
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        quote_ident(&group.table),
+        columns.join(", ")
+    );
+    let width = group.columns.len();
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (c, (_, cast)) in group.columns.iter().enumerate() {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&placeholder(r * width + c + 1, cast.as_deref()));
+        }
+        sql.push(')');
+    }
+    let updates: Vec<String> = group
+        .columns
+        .iter()
+        .filter(|(c, _)| *c != group.key_column)
+        .map(|(c, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .collect();
+    sql.push_str(&format!(
+        " ON CONFLICT ({}) ",
+        quote_ident(&group.key_column)
+    ));
+    if updates.is_empty() {
+        sql.push_str("DO NOTHING");
+    } else {
+        sql.push_str("DO UPDATE SET ");
+        sql.push_str(&updates.join(", "));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upserts_quote_cast_and_number_parameters_row_by_row() {
+        let group = RowGroup {
+            table: "my item".into(),
+            key_column: "id".into(),
+            columns: vec![
+                ("id".into(), None),
+                ("user_id".into(), Some("bigint".into())),
+            ],
+            rows: Vec::new(),
+        };
+        assert_eq!(
+            upsert_sql(&group, 2),
+            "INSERT INTO \"my item\" (\"id\", \"user_id\") VALUES ($1, CAST($2::text AS bigint)), \
+             ($3, CAST($4::text AS bigint)) ON CONFLICT (\"id\") DO UPDATE SET \"user_id\" = \
+             EXCLUDED.\"user_id\""
+        );
+    }
+}
