@@ -37,7 +37,7 @@ fn commit_number(store: &Store, i: u64) {
     };
     let at = (i as usize * 7) % (stops.len() + 1);
     stops.insert(at, Value::Int(i as i64));
-    if i % 3 == 0 && stops.len() > 2 {
+    if i.is_multiple_of(3) && stops.len() > 2 {
         stops.remove((i as usize) % stops.len());
     }
     let stops: Vec<i64> = stops
@@ -54,7 +54,7 @@ fn commit_number(store: &Store, i: u64) {
         bus((i % 13) as i64, &format!("bus {i}"), i as i64, None),
     )
     .unwrap();
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         tx.delete_object(&r, "Bus", PrimaryKey::Int(((i + 6) % 13) as i64))
             .unwrap();
     }
