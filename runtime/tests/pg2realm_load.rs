@@ -60,7 +60,10 @@ async fn the_initial_load_is_consistent_under_concurrent_writes() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();
-    assert!(writes > 10, "the writer ran during the load ({writes} rounds)");
+    assert!(
+        writes > 10,
+        "the writer ran during the load ({writes} rounds)"
+    );
     f.sync_point().await;
     let pg = f.pg_buses().await;
     let realm = f.realm_buses();
@@ -85,21 +88,27 @@ async fn the_initial_load_is_consistent_under_concurrent_writes() {
 async fn reset_drops_the_slot_and_the_checkpoint_and_starts_over() {
     let mut f = Fixture::new().await;
     let running = f.start(f.options()).await;
-    f.exec("INSERT INTO bus (id, name, user_id) VALUES (1, 'a', 'alice')").await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (1, 'a', 'alice')")
+        .await;
     f.sync_point().await;
     running.stop().await;
     let before = stored_checkpoint(&f.store, &f.slot).unwrap().unwrap();
 
     // Written while stopped; a reset without a load skips it (the new slot starts now)…
-    f.exec("INSERT INTO bus (id, name, user_id) VALUES (2, 'b', 'alice')").await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (2, 'b', 'alice')")
+        .await;
     let mut options = f.options();
     options.reset_postgres_replication_slot = true;
     let running = f.start(options.clone()).await;
     assert!(running.setup.checkpoint > before);
     assert!(running.setup.load.is_none());
-    f.exec("INSERT INTO bus (id, name, user_id) VALUES (3, 'c', 'alice')").await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (3, 'c', 'alice')")
+        .await;
     f.sync_point().await;
-    assert!(f.object("/alice/transit", "Bus", 2).is_none(), "skipped by the reset");
+    assert!(
+        f.object("/alice/transit", "Bus", 2).is_none(),
+        "skipped by the reset"
+    );
     assert!(f.object("/alice/transit", "Bus", 3).is_some());
     running.stop().await;
 
