@@ -524,3 +524,94 @@ async fn an_update_of_a_rejected_row_without_its_toast_value_is_rejected_not_gue
     assert_eq!(healed.get("seats"), Some(&Value::Int(9)));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_lost_connection_is_retried_without_losing_anything() {
+    let mut f = Fixture::new().await;
+    let running = f.start(f.options()).await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (1, 'a', 'alice')")
+        .await;
+    f.sync_point().await;
+    // Kill the walsender serving the slot, and write while it is gone.
+    f.exec(&format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE slot_name = '{}' AND active_pid IS NOT NULL",
+        f.slot
+    ))
+    .await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (2, 'b', 'alice')")
+        .await;
+    f.sync_point().await;
+    assert!(f.object("/alice/transit", "Bus", 2).is_some());
+    assert!(
+        running
+            .stats
+            .reconnects
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    assert_eq!(f.realm_buses(), f.pg_buses().await);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_routing_closure_decides_the_realm_and_its_errors_are_rejections() {
+    let mut f = Fixture::new().await;
+    let mut options = f.options();
+    options.router =
+        pgrealm_runtime::sync::pg_to_realm::RealmRouter::closure(|table, row| {
+            match (table, row.get("user_id")) {
+                ("route", Some(user)) if user == "sync" => Ok(path("/sync/transit")),
+                ("bus", Some(user)) if !user.starts_with('x') => {
+                    Ok(path(&format!("/{table}/{user}")))
+                }
+                (_, user) => Err(format!("no realm for user {user:?}")),
+            }
+        });
+    let running = f.start(options).await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (1, 'a', 'alice'), (2, 'b', 'xavier');")
+        .await;
+    f.sync_point().await;
+    assert!(f.object("/bus/alice", "Bus", 1).is_some());
+    let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 10).unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0]
+            .reason
+            .contains("no realm for user Some(\"xavier\")"),
+        "{}",
+        rejected[0].reason
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn custom_postgres_types_that_do_not_fit_the_property_are_rejections() {
+    let mut f = Fixture::new().await;
+    let mut options = f.options();
+    // The enum is configured to convert as an int, but the property is a string.
+    options
+        .custom_postgres_types
+        .insert("mood".into(), "int".into());
+    let running = f.start(options).await;
+    f.exec("INSERT INTO bus (id, name, mood, user_id) VALUES (1, 'a', 'happy', 'alice')")
+        .await;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (2, 'b', 'alice')")
+        .await;
+    f.sync_point().await;
+    assert!(f.object("/alice/transit", "Bus", 1).is_none());
+    assert!(
+        f.object("/alice/transit", "Bus", 2).is_some(),
+        "NULL needs no conversion"
+    );
+    let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 10).unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0]
+            .reason
+            .contains("custom_postgres_types maps mood to int"),
+        "{}",
+        rejected[0].reason
+    );
+    running.stop().await;
+}

@@ -650,9 +650,6 @@ fn read_key(plan: &ColumnPlan, values: &[ColumnValue]) -> Result<PrimaryKey, Str
 }
 
 fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
-    if let Some(mismatch) = &plan.mismatch {
-        return Err(mismatch.clone());
-    }
     let text = match value {
         ColumnValue::Null => return Ok(Value::Null),
         ColumnValue::Text(_) => value
@@ -661,6 +658,9 @@ fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
         ColumnValue::UnchangedToast => return Err("unchanged TOAST value".into()),
         ColumnValue::Binary(_) => return Err("binary values are not requested".into()),
     };
+    if let Some(mismatch) = &plan.mismatch {
+        return Err(mismatch.clone());
+    }
     if let Some((type_name, labels)) = &plan.enum_labels {
         if !labels.contains(text) {
             return Err(format!(
