@@ -96,7 +96,8 @@ pub mod __private {
 pub use pgrealm_runtime as runtime;
 
 /// Turn a compiled schema into the sync binary: `run`, `serve`, `ddl`, `status`, `reset`,
-/// `token`, `check`, configured by `pgrealm.toml`.
+/// `token`, `check`, `demo`, configured by `pgrealm.toml`. `pgrealm::main!(Schema, demo = DEMO)`
+/// gives the `demo` command its sample data (a [`runtime::cli::Demo`]).
 ///
 /// ```no_run
 /// pgrealm::schema! {
@@ -114,6 +115,11 @@ macro_rules! main {
     ($schema:ty) => {
         fn main() -> ::std::process::ExitCode {
             $crate::__private::cli::main::<$schema>(env!("CARGO_PKG_NAME"))
+        }
+    };
+    ($schema:ty, demo = $demo:expr) => {
+        fn main() -> ::std::process::ExitCode {
+            $crate::__private::cli::main_with::<$schema>(env!("CARGO_PKG_NAME"), Some(&$demo))
         }
     };
 }

@@ -4,7 +4,10 @@
 //! also writes the schema's PostgreSQL DDL to `<target dir>/pgrealm/transit/schema.sql` (see
 //! `build.rs`); `transit ddl` prints the same text.
 
+mod demo;
 mod models;
+
+pub use demo::DEMO;
 
 pub use models::*;
 

@@ -5,6 +5,9 @@
 //! call into the runtime's modules.
 
 mod commands;
+mod demo;
+
+pub use demo::Demo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +42,17 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the sync engine (both directions) and the embedded object server until Ctrl-C.
+    Run,
+    /// Start a throwaway PostgreSQL with sample data, sync it both ways and show the round trip.
+    Demo {
+        /// Do the round trip and exit (for CI) instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        /// Where the object server listens (default 127.0.0.1:9080; a free port with --once).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
     /// Print the PostgreSQL DDL of the compiled schema (tables, keys, foreign keys, list
     /// subtables).
     Ddl,
@@ -75,6 +89,11 @@ pub enum Command {
 /// Run the command line for schema `S`: parse arguments, load the configuration, dispatch.
 /// `name` is the binary's name, for messages.
 pub fn main<S: CompiledSchema>(name: &str) -> ExitCode {
+    main_with::<S>(name, None)
+}
+
+/// [`main`], with what the `demo` command shows for this schema.
+pub fn main_with<S: CompiledSchema>(name: &str, demo: Option<&Demo>) -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -87,7 +106,7 @@ pub fn main<S: CompiledSchema>(name: &str) -> ExitCode {
         }
     };
     init_logging();
-    match run::<S>(name, cli) {
+    match run::<S>(name, cli, demo) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{name}: error: {e:#}");
@@ -113,11 +132,20 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     )?)
 }
 
-fn run<S: CompiledSchema>(name: &str, cli: Cli) -> anyhow::Result<()> {
+fn run<S: CompiledSchema>(name: &str, cli: Cli, demo: Option<&Demo>) -> anyhow::Result<()> {
     if let Command::Ddl = cli.command {
         // The DDL needs no configuration, so a broken pgrealm.toml does not hide it.
         print!("{}", S::DDL);
         return Ok(());
+    }
+    if let Command::Demo { once, listen } = &cli.command {
+        let Some(demo) = demo else {
+            anyhow::bail!("this binary has no demo: its author did not give one to pgrealm::main!");
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(demo::demo(name, S::schema(), demo, *once, listen.clone()));
     }
     let config = load_config(&cli)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +153,8 @@ fn run<S: CompiledSchema>(name: &str, cli: Cli) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Ddl => unreachable!("handled above"),
+            Command::Ddl | Command::Demo { .. } => unreachable!("handled above"),
+            Command::Run => demo::run(S::schema(), &config).await,
             Command::Serve => commands::serve(S::schema(), &config).await,
             Command::Token { user, ttl_seconds } => commands::token(&config, &user, ttl_seconds),
             Command::Check => commands::check(S::schema(), &config).await,

@@ -8,4 +8,5 @@
 
 pub mod pg_to_realm;
 pub mod realm_to_pg;
+pub mod engine;
 pub mod rejections;

@@ -1,0 +1,288 @@
+//! The one engine: both sync directions and the embedded object server in one process.
+//!
+//! Start order matters: realm → PostgreSQL's bookkeeping tables (`pgrealm.progress`,
+//! `pgrealm.marker`) exist before PostgreSQL → realm builds its publication, so the marker rows
+//! that identify the engine's own transactions are streamed. Stopping asks every part to finish
+//! the transaction in hand, confirm and return; the server finishes requests in flight.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use regex::Regex;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use pgrealm_schema::Schema;
+
+use crate::auth::Keys;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::replication::PgConnectOptions;
+use crate::server::{Server, ServerOptions};
+use crate::store::{Store, StoreOptions};
+use crate::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, PgToRealmStats};
+use crate::sync::realm_to_pg::{
+    apply_realm_schema_changes_to_postgres, create_postgres_db, ensure_bookkeeping, RealmMapping,
+    RealmToPg, RealmToPgOptions,
+};
+
+/// Why the engine could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The configuration cannot run the engine.
+    #[error("{0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The keys could not be read or created.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// PostgreSQL → realm failed.
+    #[error("PostgreSQL → realm: {0}")]
+    PgToRealm(#[from] crate::sync::pg_to_realm::PgToRealmError),
+    /// Realm → PostgreSQL failed.
+    #[error("realm → PostgreSQL: {0}")]
+    RealmToPg(#[from] crate::sync::realm_to_pg::RealmToPgError),
+    /// Connecting to PostgreSQL failed.
+    #[error(transparent)]
+    Replication(#[from] crate::replication::ReplicationError),
+    /// The object server could not listen.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A part of the engine panicked.
+    #[error("an engine task failed: {0}")]
+    Task(String),
+}
+
+/// A running engine; [`RunningEngine::stop`] stops it cleanly.
+#[derive(Debug)]
+pub struct RunningEngine {
+    /// The object server's address.
+    pub addr: SocketAddr,
+    /// The store the engine syncs.
+    pub store: Store,
+    /// The server's keys (admin token, user tokens).
+    pub keys: Keys,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
+    /// PostgreSQL → realm's counters.
+    pub pg_to_realm: Arc<PgToRealmStats>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), EngineError>>)>,
+}
+
+/// Open the store of the embedded object server.
+pub fn open_store(schema: &Schema, config: &Config) -> Result<Store, EngineError> {
+    Ok(Store::open(
+        &config.realm.data_dir,
+        schema.clone(),
+        StoreOptions {
+            log_retention: config.realm.log_retention,
+            ..StoreOptions::default()
+        },
+    )?)
+}
+
+fn given_admin_token(config: &Config) -> Result<Option<String>, EngineError> {
+    if let Ok(t) = std::env::var("PGREALM_ADMIN_TOKEN") {
+        return Ok(Some(t));
+    }
+    match &config.realm.admin_token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map(|t| Some(t.trim().to_owned()))
+            .map_err(|e| {
+                EngineError::Config(format!(
+                    "realm.admin_token_file {}: cannot read it: {e}",
+                    path.display()
+                ))
+            }),
+        None => Ok(None),
+    }
+}
+
+/// Start the engine: set up both directions (creating the database, applying schema changes
+/// and loading the realms as the configuration asks), then run them and the object server.
+pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, EngineError> {
+    let url = config.postgres.url.clone().ok_or_else(|| {
+        EngineError::Config(
+            "no PostgreSQL to sync with: set [postgres] url in pgrealm.toml, or PGREALM_POSTGRES_URL".into(),
+        )
+    })?;
+    if config.realm.url.is_some() {
+        return Err(EngineError::Config(
+            "realm.url (a remote object server) is not supported by `run` yet: run the engine next to \
+             its store, with realm.data_dir"
+                .into(),
+        ));
+    }
+    let store = open_store(schema, config)?;
+    let keys = Keys::load_or_create(&config.realm.data_dir, given_admin_token(config)?)?;
+    let metrics = Arc::new(Metrics::default());
+    let realm_regex = Regex::new(&config.sync.realm_regex)
+        .map_err(|e| EngineError::Config(format!("sync.realm_regex: {e}")))?;
+    let mapping = RealmMapping::template(config.realm_path_template());
+
+    if config.sync.create_postgres_db {
+        let report = create_postgres_db(&url, &store, &realm_regex, &mapping).await?;
+        if report.created_database {
+            tracing::info!("created the PostgreSQL database");
+        }
+        report.schema.log();
+    }
+    let pg = PgConnectOptions::from_url(&url)?;
+    {
+        let client = pg.connect_sql().await?;
+        if config.sync.apply_realm_schema_changes_to_postgres && !config.sync.create_postgres_db {
+            apply_realm_schema_changes_to_postgres(&client, schema)
+                .await?
+                .log();
+        }
+        ensure_bookkeeping(&client).await?;
+    }
+
+    let pg_to_realm = PgToRealm::new(
+        pg,
+        PgToRealmOptions::from_config(config),
+        store.clone(),
+        metrics.clone(),
+    );
+    let setup = pg_to_realm.setup().await?;
+    tracing::info!(checkpoint = %setup.checkpoint, slot_created = setup.slot_created, "PostgreSQL → realm ready");
+    let pg_stats = pg_to_realm.stats();
+
+    let realm_to_pg = RealmToPg::new(
+        store.clone(),
+        &url,
+        RealmToPgOptions {
+            realm_regex,
+            mapping,
+            apply_schema_changes: config.sync.apply_realm_schema_changes_to_postgres,
+            ..RealmToPgOptions::default()
+        },
+    )?
+    .with_metrics(metrics.clone());
+
+    let listener = tokio::net::TcpListener::bind(&config.realm.listen)
+        .await
+        .map_err(|source| EngineError::Listen {
+            addr: config.realm.listen.clone(),
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| EngineError::Listen {
+            addr: config.realm.listen.clone(),
+            source,
+        })?;
+    let readable = config
+        .realm
+        .readable
+        .iter()
+        .map(|r| Regex::new(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| EngineError::Config(format!("realm.readable: {e}")))?;
+    let server = Server::new(
+        store.clone(),
+        keys.clone(),
+        metrics.clone(),
+        ServerOptions {
+            readable,
+            ..ServerOptions::default()
+        },
+    );
+
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks: Vec<(&'static str, JoinHandle<Result<(), EngineError>>)> = Vec::new();
+    let s = stopped.clone();
+    tasks.push((
+        "PostgreSQL → realm",
+        tokio::spawn(async move { pg_to_realm.run(s).await.map_err(EngineError::from) }),
+    ));
+    let s = stopped.clone();
+    tasks.push((
+        "realm → PostgreSQL",
+        tokio::spawn(async move { realm_to_pg.run(s).await.map_err(EngineError::from) }),
+    ));
+    let mut s = stopped;
+    tasks.push((
+        "object server",
+        tokio::spawn(async move {
+            let shutdown = async move {
+                while !*s.borrow_and_update() {
+                    if s.changed().await.is_err() {
+                        break;
+                    }
+                }
+            };
+            server
+                .serve(listener, shutdown)
+                .await
+                .map_err(|source| EngineError::Listen {
+                    addr: "the object server".into(),
+                    source,
+                })
+        }),
+    ));
+    Ok(RunningEngine {
+        addr,
+        store,
+        keys,
+        metrics,
+        pg_to_realm: pg_stats,
+        stop,
+        tasks,
+    })
+}
+
+impl RunningEngine {
+    /// Whether a part of the engine has ended (with an error, since parts only end when asked).
+    pub fn any_finished(&self) -> bool {
+        self.tasks.iter().any(|(_, t)| t.is_finished())
+    }
+
+    /// Ask every part to finish what it has in hand and wait for them; the first error wins.
+    pub async fn stop(self) -> Result<(), EngineError> {
+        let _ = self.stop.send(true);
+        let mut first = None;
+        for (name, task) in self.tasks {
+            let result = match task.await {
+                Ok(r) => r,
+                Err(e) => Err(EngineError::Task(format!("{name}: {e}"))),
+            };
+            if let Err(e) = result {
+                tracing::error!("{name} stopped with an error: {e}");
+                first.get_or_insert(e);
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Run until `shutdown` resolves or a part fails, then stop cleanly.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), EngineError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    if self.any_finished() {
+                        tracing::error!("a part of the engine ended; stopping the rest");
+                        break;
+                    }
+                }
+            }
+        }
+        self.stop().await
+    }
+}
