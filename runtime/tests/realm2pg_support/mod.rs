@@ -247,6 +247,35 @@ pub async fn postgres_objects(
     out
 }
 
+/// `Ok` when the realm holds exactly PostgreSQL's rows of `class` (with `filter`), else the
+/// difference in words.
+pub async fn realm_matches_postgres(
+    store: &Store,
+    client: &tokio_postgres::Client,
+    realm: &str,
+    class: &str,
+    filter: Option<&str>,
+) -> Result<(), String> {
+    let schema = store.schema().clone();
+    let in_realm: BTreeMap<PrimaryKey, Object> = match store.realm(&path(realm)).unwrap() {
+        Some(view) => view
+            .objects(class)
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.primary_key(&schema).unwrap(), o))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let in_postgres = postgres_objects(client, &schema, class, filter).await;
+    if in_realm == in_postgres {
+        Ok(())
+    } else {
+        Err(format!(
+            "realm {realm}: {in_realm:?}\nPostgreSQL: {in_postgres:?}"
+        ))
+    }
+}
+
 pub async fn assert_realm_equals_postgres(
     store: &Store,
     client: &tokio_postgres::Client,
