@@ -209,6 +209,16 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
         "realm → PostgreSQL",
         tokio::spawn(async move { realm_to_pg.run(s).await.map_err(EngineError::from) }),
     ));
+    let s = stopped.clone();
+    let monitor_pg = PgConnectOptions::from_url(&url)?;
+    let (monitor_metrics, slot) = (metrics.clone(), config.postgres.slot.clone());
+    tasks.push((
+        "slot monitor",
+        tokio::spawn(async move {
+            monitor_slot(monitor_pg, slot, monitor_metrics, s).await;
+            Ok(())
+        }),
+    ));
     let mut s = stopped;
     tasks.push((
         "object server",
@@ -284,5 +294,53 @@ impl RunningEngine {
             }
         }
         self.stop().await
+    }
+}
+
+/// Every second, read how far the slot is behind the server's WAL and how much WAL it holds
+/// back, for `/metrics`. A failed read only skips a sample: the sync directions report their
+/// own connection problems.
+async fn monitor_slot(
+    pg: PgConnectOptions,
+    slot: String,
+    metrics: Arc<Metrics>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut client = None;
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        if client.is_none() {
+            client = pg.connect_sql().await.ok();
+        }
+        if let Some(c) = &client {
+            let row = c
+                .query_opt(
+                    "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::bigint, \
+                            (pg_current_wal_lsn() - restart_lsn)::bigint \
+                     FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                    &[&slot],
+                )
+                .await;
+            match row {
+                Ok(Some(row)) => {
+                    Metrics::set(
+                        &metrics.replication_lag_bytes,
+                        row.get::<_, Option<i64>>(0).unwrap_or(0),
+                    );
+                    Metrics::set(
+                        &metrics.slot_retained_wal_bytes,
+                        row.get::<_, Option<i64>>(1).unwrap_or(0),
+                    );
+                }
+                Ok(None) => {}
+                Err(_) => client = None,
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stopped.changed() => {}
+        }
     }
 }
