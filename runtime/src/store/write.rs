@@ -463,23 +463,25 @@ impl<'t> Applier<'t> {
 
     /// The net instructions of one touched object, writing it and the locator.
     fn settle(&mut self, t: usize, out: &mut Vec<Instruction>) -> Result<(), StoreError> {
+        // Each object settles once: its new state moves into the instructions.
+        let current = self.touched[t].current.take();
         let touched = &self.touched[t];
         let class = &self.store.inner.schema.classes[touched.class];
         let realm_id = self.states[touched.realm].id;
         let key = &touched.key;
-        match (&touched.original, &touched.current) {
+        match (&touched.original, current) {
             (None, None) => {}
             (None, Some(values)) => {
                 self.objects.insert(
                     touched.record_key.as_slice(),
-                    encode_object(values).as_slice(),
+                    encode_object(&values).as_slice(),
                 )?;
                 self.locator
                     .insert(locator_key(&class.name, key).as_slice(), realm_id)?;
                 out.push(Instruction::Create {
                     class: class.name.clone(),
                     key: key.clone(),
-                    values: values.clone(),
+                    values,
                 });
             }
             (Some(_), None) => {
@@ -493,7 +495,7 @@ impl<'t> Applier<'t> {
             }
             (Some(old), Some(new)) => {
                 let before = out.len();
-                for (name, new_value) in new {
+                for (name, new_value) in &new {
                     let old_value = match old.get(name) {
                         Some(v) => v,
                         // A property the realm gained after this object was written.
@@ -517,8 +519,10 @@ impl<'t> Applier<'t> {
                     }
                 }
                 if out.len() > before {
-                    self.objects
-                        .insert(touched.record_key.as_slice(), encode_object(new).as_slice())?;
+                    self.objects.insert(
+                        touched.record_key.as_slice(),
+                        encode_object(&new).as_slice(),
+                    )?;
                 }
             }
         }
