@@ -263,3 +263,40 @@ fn readers_see_consistent_snapshots_during_concurrent_writes() {
         "{commits} commits, {checks} checks"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_next_midway_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+    let realms: Vec<_> = (0..3).map(|i| path(&format!("/c{i}"))).collect();
+    for id in 0..30 {
+        commit(
+            &store,
+            &realms[(id as usize) % 3..(id as usize) % 3 + 1],
+            id,
+        );
+    }
+    let mut feed = store.subscribe(Subscription::all());
+    let mut per_realm: HashMap<RealmPath, Vec<u64>> = HashMap::new();
+    let (mut got, mut cancelled) = (0, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stuck after {got} changesets"
+        );
+        // Timeouts this short drop `next` in the middle of its blocking reads.
+        match tokio::time::timeout(Duration::from_micros(20), feed.next()).await {
+            Ok(c) => {
+                let c = c.unwrap();
+                per_realm.entry(c.realm).or_default().push(c.version);
+                got += 1;
+            }
+            Err(_) => cancelled += 1,
+        }
+    }
+    for realm in &realms {
+        assert_eq!(per_realm[realm], (1..=10).collect::<Vec<_>>(), "{realm}");
+    }
+    eprintln!("{cancelled} calls were dropped midway");
+}

@@ -6,6 +6,7 @@
 //! more work but never misses a changeset. Reads run on tokio's blocking pool.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use regex::Regex;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
@@ -80,6 +81,7 @@ pub struct ChangeFeed {
     rx: broadcast::Receiver<Committed>,
     pending: VecDeque<Changeset>,
     dirty: BTreeSet<RealmPath>,
+    last_fetched: Option<RealmPath>,
     rescan: bool,
     failed: HashSet<RealmPath>,
 }
@@ -95,6 +97,7 @@ impl ChangeFeed {
             rx,
             pending: VecDeque::new(),
             dirty: BTreeSet::new(),
+            last_fetched: None,
             rescan: true,
             failed: HashSet::new(),
         }
@@ -106,7 +109,7 @@ impl ChangeFeed {
         &self.delivered
     }
 
-    /// The next changeset.
+    /// The next changeset. Cancel-safe: dropping the future loses nothing.
     ///
     /// [`StoreError::Pruned`] means a realm's log no longer reaches back to where this feed
     /// stands; the feed skips that realm from then on (resynchronize it and subscribe again from
@@ -118,13 +121,22 @@ impl ChangeFeed {
                     .insert(changeset.realm.clone(), changeset.version);
                 return Ok(changeset);
             }
+            // State changes only after each await completes, so a caller may drop this future
+            // (`select!`, `timeout`) at any point without losing a changeset.
             if self.rescan {
-                self.rescan = false;
                 self.scan().await?;
+                self.rescan = false;
                 continue;
             }
-            if let Some(realm) = self.dirty.pop_first() {
-                self.fetch(realm).await?;
+            // Realms take turns (in path order after the last one read), so one realm's backlog
+            // does not hold up the others.
+            let turn = match &self.last_fetched {
+                Some(last) => self.dirty.range((Excluded(last), Unbounded)).next(),
+                None => None,
+            };
+            if let Some(realm) = turn.or_else(|| self.dirty.first()).cloned() {
+                self.fetch(realm.clone()).await?;
+                self.last_fetched = Some(realm);
                 continue;
             }
             // Nothing to read: wait for a commit, then take every notification already queued so
@@ -181,14 +193,15 @@ impl ChangeFeed {
         let read = blocking(move || store.changes(&path, after, BATCH)).await;
         let changes = match read {
             Err(e @ StoreError::Pruned { .. }) => {
+                self.dirty.remove(&realm);
                 self.failed.insert(realm);
                 return Err(e);
             }
             other => other?,
         };
-        if changes.len() == BATCH {
-            // More may follow; come back after the other realms had their turn.
-            self.dirty.insert(realm);
+        if changes.len() < BATCH {
+            // Caught up; after a full batch more may follow, on the realm's next turn.
+            self.dirty.remove(&realm);
         }
         self.pending.extend(changes);
         Ok(())
