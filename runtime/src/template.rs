@@ -85,9 +85,11 @@ impl PathTemplate {
                     }
                     '}' => return Err(err("a `}` without its `{`")),
                     c if c.is_ascii_alphanumeric() || "_.-~".contains(c) => literal.push(c),
-                    c => return Err(err(&format!(
+                    c => {
+                        return Err(err(&format!(
                         "`{c}` is not allowed in a realm path (use letters, digits, `_`, `.`, `-`)"
-                    ))),
+                    )))
+                    }
                 }
             }
             if !literal.is_empty() {

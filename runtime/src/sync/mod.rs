@@ -6,7 +6,7 @@
 //! them. Neither direction ever decides a conflict on its own: PostgreSQL's commit order does
 //! (DESIGN.md, "Conflicts").
 
+pub mod engine;
 pub mod pg_to_realm;
 pub mod realm_to_pg;
-pub mod engine;
 pub mod rejections;
