@@ -145,7 +145,7 @@ pub(crate) fn parse(input: Input, errors: &mut Errors) -> Parsed {
             if optional {
                 property = property.optional();
             }
-            if attrs.primary_key.is_some() {
+            if attrs.primary_key {
                 property = property.primary_key();
             }
             if let Some(column) = attrs.column {

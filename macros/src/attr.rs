@@ -52,8 +52,8 @@ pub(crate) struct StructAttrs {
 
 /// What the attributes of a field say.
 pub(crate) struct FieldAttrs {
-    /// `#[primary_key]`, with the attribute for error spans.
-    pub(crate) primary_key: Option<TokenStream>,
+    /// `#[primary_key]`.
+    pub(crate) primary_key: bool,
     /// `#[column = "…"]`.
     pub(crate) column: Option<LitStr>,
     /// `#[postgres(type = "…")]`.
@@ -126,7 +126,7 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
             docs.push(attr.clone());
         } else if path == &PRIMARY_KEY {
             if flag(attr, PRIMARY_KEY, errors) {
-                primary_key.set(errors, attr, attr.to_token_stream());
+                primary_key.set(errors, attr, ());
             }
         } else if path == &INDEXED {
             if flag(attr, INDEXED, errors) {
@@ -172,7 +172,7 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
         }
     }
     FieldAttrs {
-        primary_key: primary_key.get().map(|(v, _)| v),
+        primary_key: primary_key.get().is_some(),
         column: column.get().map(|(v, _)| v),
         postgres_type: postgres_type.get().map(|(v, _)| v),
         custom_type: custom_type.get().map(|(v, _)| v),
@@ -181,15 +181,14 @@ pub(crate) fn field_attrs(attrs: &[Attribute], errors: &mut Errors) -> FieldAttr
     }
 }
 
-/// A word attribute such as `#[indexed]`; reports arguments as malformed.
+/// A word attribute such as `#[indexed]`. Arguments are reported as malformed, but the intent
+/// is clear, so the flag still counts: a `#[primary_key = "yes"]` must not also read as "no
+/// primary key".
 fn flag(attr: &Attribute, name: Symbol, errors: &mut Errors) -> bool {
-    match attr.meta {
-        Meta::Path(_) => true,
-        _ => {
-            errors.spanned(attr, format!("`#[{name}]` takes no arguments"));
-            false
-        }
+    if !matches!(attr.meta, Meta::Path(_)) {
+        errors.spanned(attr, format!("`#[{name}]` takes no arguments"));
     }
+    true
 }
 
 /// The `"…"` of `key = "…"`. Whether the name is usable (empty, too long) is `validate`'s call.

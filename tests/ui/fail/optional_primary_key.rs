@@ -1,0 +1,9 @@
+pgrealm::schema! {
+    pub struct Bus {
+        #[primary_key]
+        pub id: Option<i64>,
+        pub name: String,
+    }
+}
+
+fn main() {}
