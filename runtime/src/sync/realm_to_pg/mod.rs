@@ -12,6 +12,7 @@ mod echo;
 mod mapping;
 mod refusal;
 mod setup;
+mod sql;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};

@@ -13,7 +13,8 @@ use chrono::Utc;
 use pgrealm_schema::{PrimaryKey, ValueError};
 use tokio_postgres::error::SqlState;
 
-use super::writer::{key_object, Writer};
+use super::sql::key_object;
+use super::writer::Writer;
 use super::RealmToPgError;
 use crate::pg::{object_from_row, read_list, select_columns};
 use crate::store::{Changeset, RealmPath, Store};
