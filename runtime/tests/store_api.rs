@@ -473,3 +473,60 @@ fn changesets_serialize_for_the_http_api() {
     let back: pgrealm_runtime::Changeset = serde_json::from_value(json).unwrap();
     assert_eq!(&back, c);
 }
+
+#[test]
+fn move_object_carries_unnamed_properties_between_realms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let (a, b) = (path("/u1/r"), path("/u2/r"));
+    let mut seven = bus(7, "seven");
+    seven.seats = Some(30);
+    seven.tags = vec!["x".into()];
+    let mut tx = store.begin_write("postgres");
+    tx.realm(&a).put(&seven).unwrap();
+    tx.commit().unwrap();
+
+    // The routing column changed and the row arrived without its unchanged (TOASTed) values.
+    let mut tx = store.begin_write("postgres");
+    let partial = Object::new("Bus")
+        .with("id", Value::Int(7))
+        .with("name", Value::String("renamed".into()));
+    tx.move_object(&a, &b, partial).unwrap();
+    let info = tx.commit().unwrap();
+    assert_eq!(
+        (info.version_of(&a), info.version_of(&b)),
+        (Some(2), Some(1))
+    );
+
+    let moved = store
+        .realm(&b)
+        .unwrap()
+        .unwrap()
+        .get::<Bus>(7)
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.name, "renamed");
+    assert_eq!((moved.seats, moved.tags), (Some(30), vec!["x".to_owned()]));
+    assert_eq!(
+        store.realm(&a).unwrap().unwrap().get::<Bus>(7).unwrap(),
+        None
+    );
+    assert_eq!(
+        store.locate("Bus", &PrimaryKey::Int(7)).unwrap(),
+        vec![b.clone()]
+    );
+    let removed = &store.changes(&a, 1, 10).unwrap()[0].instructions;
+    assert!(
+        matches!(&removed[..], [Instruction::Delete { .. }]),
+        "{removed:?}"
+    );
+
+    // Moving what the source does not hold is a put into the target.
+    let mut tx = store.begin_write("postgres");
+    let nine = Object::new("Bus")
+        .with("id", Value::Int(9))
+        .with("name", Value::String("nine".into()));
+    tx.move_object(&a, &b, nine).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.locate("Bus", &PrimaryKey::Int(9)).unwrap(), vec![b]);
+}

@@ -25,6 +25,13 @@ enum Op {
         realm: usize,
         id: i64,
     },
+    /// Move bus `id` from realm `from` to realm `to`, renaming it on the way if `name` is given.
+    Move {
+        from: usize,
+        to: usize,
+        id: i64,
+        name: Option<String>,
+    },
     Commit,
 }
 
@@ -36,7 +43,7 @@ fn realm_path(i: usize) -> RealmPath {
 
 fn op() -> impl Strategy<Value = Op> {
     let name = proptest::option::of(prop_oneof![Just("a".to_owned()), Just("b".to_owned())]);
-    let seats = proptest::option::of(proptest::option::of(0i16..3));
+    let seats = proptest::option::weighted(0.7, proptest::option::weighted(0.8, 0i16..3));
     let tags = proptest::option::of(proptest::collection::vec(
         prop_oneof![
             Just("x".to_owned()),
@@ -50,6 +57,8 @@ fn op() -> impl Strategy<Value = Op> {
             Op::Put { realm, id, name, seats, tags }
         }),
         2 => (0..REALMS, 0i64..5).prop_map(|(realm, id)| Op::Delete { realm, id }),
+        2 => (0..REALMS, 0..REALMS, 0i64..5, proptest::option::of(Just("m".to_owned())))
+            .prop_map(|(from, to, id, name)| Op::Move { from, to, id, name }),
         2 => Just(Op::Commit),
     ]
 }
@@ -99,6 +108,32 @@ fn model_commit(model: &Model, ops: &[Op]) -> Option<Model> {
             }
             Op::Delete { realm, id } => {
                 next[*realm].remove(id);
+            }
+            Op::Move { from, to, id, name } => {
+                let mut values = next[*from].remove(id);
+                if let (Some(v), Some(n)) = (&mut values, name) {
+                    v.insert("name".into(), Value::String(n.clone()));
+                }
+                match (next[*to].get_mut(id), values) {
+                    (Some(existing), Some(values)) => existing.extend(values),
+                    (Some(existing), None) => {
+                        if let Some(n) = name {
+                            existing.insert("name".into(), Value::String(n.clone()));
+                        }
+                    }
+                    (None, Some(values)) => {
+                        next[*to].insert(*id, values);
+                    }
+                    (None, None) => {
+                        let mut o = BTreeMap::new();
+                        o.insert("id".to_owned(), Value::Int(*id));
+                        o.insert("name".to_owned(), Value::String(name.clone()?));
+                        o.insert("seats".to_owned(), Value::Null);
+                        o.insert("route".to_owned(), Value::Null);
+                        o.insert("tags".to_owned(), Value::List(Vec::new()));
+                        next[*to].insert(*id, o);
+                    }
+                }
             }
             Op::Commit => unreachable!("transactions hold no commit"),
         }
@@ -156,6 +191,14 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::Delete { realm, id } => tx
                     .delete_object(&realm_path(*realm), "Bus", PrimaryKey::Int(*id))
                     .unwrap(),
+                Op::Move { from, to, id, name } => {
+                    let mut o = Object::new("Bus").with("id", Value::Int(*id));
+                    if let Some(n) = name {
+                        o = o.with("name", Value::String(n.clone()));
+                    }
+                    tx.move_object(&realm_path(*from), &realm_path(*to), o)
+                        .unwrap()
+                }
                 Op::Commit => unreachable!(),
             }
         }
@@ -226,7 +269,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
 
 proptest! {
     // Each case opens a store and fsyncs per commit: few, short sequences keep the suite fast.
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
     #[test]
     fn the_store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         check(ops)?;

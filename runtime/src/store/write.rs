@@ -47,6 +47,12 @@ enum Op {
         class: String,
         key: PrimaryKey,
     },
+    Move {
+        from: RealmPath,
+        to: RealmPath,
+        key: PrimaryKey,
+        object: Object,
+    },
 }
 
 /// What a commit did: the version each changed realm reached.
@@ -104,6 +110,40 @@ impl WriteTx {
     /// Create or update an object. Properties absent from `object` keep their value on update
     /// and are NULL (or an empty list) on create; the primary key must be present.
     pub fn put_object(&mut self, realm: &RealmPath, object: Object) -> Result<(), StoreError> {
+        let (key, object) = self.checked(realm, object)?;
+        self.ops.push(Op::Put {
+            realm: realm.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
+    /// Move an object from realm `from` to realm `to` (a row whose routing column changed),
+    /// changing the properties `object` names on the way; the others keep their value from
+    /// `from`. When `from` does not hold the object this is a put into `to`.
+    pub fn move_object(
+        &mut self,
+        from: &RealmPath,
+        to: &RealmPath,
+        object: Object,
+    ) -> Result<(), StoreError> {
+        let (key, object) = self.checked(to, object)?;
+        self.ops.push(Op::Move {
+            from: from.clone(),
+            to: to.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
+    /// Check an object's class, key and the values it names against the compiled schema.
+    fn checked(
+        &self,
+        realm: &RealmPath,
+        object: Object,
+    ) -> Result<(PrimaryKey, Object), StoreError> {
         let class = self.store.class(&object.class)?;
         let err = |key: String, source: ValueError| StoreError::Value {
             realm: realm.clone(),
@@ -129,15 +169,11 @@ impl WriteTx {
                 .map_err(|e| err(key.to_string(), e))?;
             values.insert(name, value);
         }
-        self.ops.push(Op::Put {
-            realm: realm.clone(),
-            key,
-            object: Object {
-                class: object.class,
-                values,
-            },
-        });
-        Ok(())
+        let object = Object {
+            class: object.class,
+            values,
+        };
+        Ok((key, object))
     }
 
     /// Delete an object; deleting one that is not there changes nothing.
@@ -352,6 +388,27 @@ impl<'t> Applier<'t> {
                 }
                 None => Ok(()),
             },
+            Op::Move {
+                from,
+                to,
+                key,
+                mut object,
+            } => {
+                let class = self.store.inner.classes[&object.class];
+                let carried = match self.realm(&from, false)? {
+                    Some(i) => {
+                        let t = self.touch(i, class, key.clone())?;
+                        self.touched[t].current.take()
+                    }
+                    None => None,
+                };
+                if let Some(mut values) = carried {
+                    values.append(&mut object.values);
+                    object.values = values;
+                }
+                let i = self.realm(&to, true)?.expect("created on demand");
+                self.put(i, key, object)
+            }
         }
     }
 
