@@ -85,6 +85,7 @@ pub use uuid::Uuid;
 /// imported. Not public API: it may change in any release.
 #[doc(hidden)]
 pub mod __private {
+    #[cfg(feature = "runtime")]
     pub use pgrealm_runtime::cli;
     pub use pgrealm_schema as schema;
     pub use serde;
@@ -93,6 +94,7 @@ pub mod __private {
 
 /// The runtime: the realm store, the object server and its client, the PostgreSQL side and the
 /// sync engine, for programs that embed pgrealm rather than run the generated binary.
+#[cfg(feature = "runtime")]
 pub use pgrealm_runtime as runtime;
 
 /// Turn a compiled schema into the sync binary: `run`, `serve`, `ddl`, `status`, `reset`,
@@ -110,6 +112,7 @@ pub use pgrealm_runtime as runtime;
 ///
 /// pgrealm::main!(Schema);
 /// ```
+#[cfg(feature = "runtime")]
 #[macro_export]
 macro_rules! main {
     ($schema:ty) => {
