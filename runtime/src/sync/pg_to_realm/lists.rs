@@ -172,7 +172,10 @@ impl Group {
             let object = Object::new(class_def.name.clone())
                 .with(key_name.clone(), owner.to_value())
                 .with(property.clone(), items.clone());
-            self.tx.put_object(realm, object)?;
+            // The owner may be deleted by the app between our read and this commit; then the
+            // entries have nothing to belong to, and the delete, on its way to PostgreSQL,
+            // removes them there too (ON DELETE CASCADE).
+            self.tx.update_object(realm, object)?;
         }
         if !realms.is_empty() {
             let mut set = BTreeMap::new();

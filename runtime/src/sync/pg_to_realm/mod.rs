@@ -43,7 +43,7 @@ use crate::replication::{
     ColumnValue, Lsn, PgConnectOptions, QualifiedTable, Relation, ReplicationError, StreamEvent,
     StreamOptions,
 };
-use crate::store::{RealmPath, Store};
+use crate::store::Store;
 use crate::sync::rejections::{Direction, RejectionLog};
 use crate::template::PathTemplate;
 
@@ -246,7 +246,24 @@ impl PgToRealm {
         }
         let mut mapper = self.mapper.clone();
         mapper.custom.enum_labels = load_enum_labels(&sql, &self.custom_type_names()).await?;
-        if self.options.initialize_realm_from_postgres && (reset || stored.is_none()) {
+        let slot_missing = slot_info(&sql, slot).await?.is_none();
+        if slot_missing && stored.is_some() && !reset {
+            // The slot was dropped behind pgrealm's back: changes since the checkpoint are gone
+            // from the WAL it kept.
+            tracing::warn!(
+                slot,
+                "the replication slot is gone but the store has a checkpoint: changes made \
+                 meanwhile were not streamed; {}",
+                if self.options.initialize_realm_from_postgres {
+                    "loading the realms again from PostgreSQL"
+                } else {
+                    "set initialize_realm_from_postgres to load them again"
+                }
+            );
+        }
+        if self.options.initialize_realm_from_postgres
+            && (reset || stored.is_none() || slot_missing)
+        {
             // A slot without a checkpoint is a load that never finished: start it over.
             drop_slot(&sql, slot).await?;
             let load = copy::initial_load(
@@ -268,7 +285,7 @@ impl PgToRealm {
         }
         let slot_created = ensure_slot(&sql, slot).await?;
         let checkpoint = match stored {
-            Some(lsn) if !reset => lsn,
+            Some(lsn) if !reset && !slot_created => lsn,
             _ => {
                 // A new (or reset) slot starts at its own position; record that as the
                 // checkpoint so `run` knows setup happened.
@@ -573,29 +590,4 @@ async fn load_enum_labels(
         }
     }
     Ok(out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
-}
-
-/// The realm a row would route to, for tools and tests: `Ok(None)` when a routing column is an
-/// unchanged TOAST value.
-pub fn route_row(
-    router: &RealmRouter,
-    table: &str,
-    columns: &[String],
-    values: &[Option<&str>],
-) -> Result<RealmPath, String> {
-    let values: Vec<ColumnValue> = values
-        .iter()
-        .map(|v| match v {
-            Some(t) => ColumnValue::Text(bytes::Bytes::copy_from_slice(t.as_bytes())),
-            None => ColumnValue::Null,
-        })
-        .collect();
-    let row = PgRow::new(columns, &values);
-    match router {
-        RealmRouter::Template(template) => {
-            let path = template.render(|name| row.get(name).map(str::to_owned))?;
-            RealmPath::parse(&path).map_err(|e| e.to_string())
-        }
-        RealmRouter::Closure(f) => f(table, &row),
-    }
 }

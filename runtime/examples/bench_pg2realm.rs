@@ -1,0 +1,435 @@
+//! Benchmark of PostgreSQL → realm, each figure next to PostgreSQL's own limit measured in the
+//! same run on the same WAL (issue 4, "Benchmark"):
+//!
+//! ```text
+//! cargo run --release -p pgrealm-runtime --example bench_pg2realm
+//! ```
+//!
+//! - (a) 1,000-row transactions and (b) single-row transactions from 8 concurrent clients:
+//!   changes/s applied into realms, next to `pg_recvlogical` draining an identical slot to
+//!   /dev/null and `pg_logical_slot_peek_binary_changes` over the same range (decoding alone);
+//! - the initial load's rows/s next to `psql -c "\copy … to '/dev/null'"` of the same table;
+//! - end-to-end lag (PostgreSQL commit returned → realm version visible) p50/p99 at a steady
+//!   1,000 transactions/s, next to the single-row commit latency.
+//!
+//! Sizes: `BENCH_ROWS` (default 200,000 changes per workload). Uses a private cluster from the
+//! test harness (127.0.0.1 only). Not a test: figures go in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgrealm_runtime::metrics::Metrics;
+use pgrealm_runtime::replication::{
+    ensure_publication, ensure_slot, Lsn, PgConnectOptions, QualifiedTable,
+};
+use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, PgToRealmStats, Progress};
+use pgrealm_runtime::testing::{PgCluster, TestDb};
+use pgrealm_runtime::{Store, StoreOptions, Subscription};
+use pgrealm_schema::{Class, IntWidth, Property, PropertyType, ScalarType, Schema};
+
+fn schema() -> Schema {
+    let scalar = PropertyType::Scalar;
+    Schema::new(vec![Class::new("Item")
+        .table("item")
+        .property(Property::new("id", scalar(ScalarType::Int(IntWidth::I64))).primary_key())
+        .property(Property::new("name", scalar(ScalarType::String)))
+        .property(Property::new(
+            "n",
+            scalar(ScalarType::Int(IntWidth::I64)),
+        ))])
+}
+
+const DDL: &str =
+    "CREATE TABLE item (id bigint PRIMARY KEY, name text NOT NULL, n bigint NOT NULL, \
+                   user_id text NOT NULL)";
+
+fn rows() -> i64 {
+    std::env::var("BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000)
+}
+
+struct Bench {
+    cluster: &'static PgCluster,
+    db: TestDb,
+    pg: PgConnectOptions,
+    sql: tokio_postgres::Client,
+}
+
+impl Bench {
+    async fn lsn(&self) -> Lsn {
+        let text: String = self
+            .sql
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        Lsn::parse(&text).unwrap()
+    }
+
+    async fn slot(&self, name: &str) {
+        ensure_slot(&self.sql, name).await.unwrap();
+    }
+
+    /// `pg_recvlogical` draining `slot` up to `end` into /dev/null.
+    fn recvlogical(&self, slot: &str, end: Lsn) -> Duration {
+        let started = Instant::now();
+        let status = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
+            .args([
+                "-d",
+                &self.db.url,
+                "--slot",
+                slot,
+                "--start",
+                "--no-loop",
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=pgrealm",
+                "-E",
+                &end.to_string(),
+                "-f",
+                "/dev/null",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_recvlogical failed");
+        started.elapsed()
+    }
+
+    /// `pg_logical_slot_peek_binary_changes` over the slot's whole range: decoding alone.
+    async fn peek(&self, slot: &str, end: Lsn) -> Duration {
+        let started = Instant::now();
+        self.sql
+            .query_one(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes($1, $2::text::pg_lsn, NULL, \
+                 'proto_version', '1', 'publication_names', 'pgrealm')",
+                &[&slot, &end.to_string()],
+            )
+            .await
+            .unwrap();
+        started.elapsed()
+    }
+
+    /// Our applier from `slot`'s start until it has confirmed `end`.
+    async fn ours(&self, slot: &str, end: Lsn) -> (Duration, Arc<PgToRealmStats>) {
+        let dir = tempfile::tempdir_in(".").unwrap();
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let sync = self.applier(slot, store, false);
+        sync.setup().await.unwrap();
+        let stats = sync.stats();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let task = tokio::spawn(sync.run(stopped));
+        while stats.confirmed_lsn.load(Ordering::Relaxed) < end.as_u64() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = started.elapsed();
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+        (elapsed, stats)
+    }
+
+    fn applier(&self, slot: &str, store: Store, initialize: bool) -> PgToRealm {
+        let mut options = PgToRealmOptions::new(
+            slot,
+            "pgrealm",
+            PgToRealmOptions::template("/{user_id}/bench").unwrap(),
+        );
+        options.progress = Progress::Quiet;
+        options.initialize_realm_from_postgres = initialize;
+        PgToRealm::new(
+            self.pg.clone(),
+            options,
+            store,
+            Arc::new(Metrics::default()),
+        )
+    }
+}
+
+fn rate(n: f64, d: Duration) -> f64 {
+    n / d.as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future<Output = ()>) {
+    let tag = label
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_matches(|c| c == '(' || c == ')');
+    let slots = [
+        format!("ours_{tag}"),
+        format!("recv_{tag}"),
+        format!("peek_{tag}"),
+    ];
+    for slot in &slots {
+        b.slot(slot).await;
+    }
+    let before: i64 = b
+        .sql
+        .query_one("SELECT count(*) FROM item", &[])
+        .await
+        .unwrap()
+        .get(0);
+    write.await;
+    let end = b.lsn().await;
+    let after: i64 = b
+        .sql
+        .query_one("SELECT count(*) FROM item", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let changes = (after - before) as f64;
+    let recv = b.recvlogical(&slots[1], end);
+    let peek = b.peek(&slots[2], end).await;
+    let (ours, stats) = b.ours(&slots[0], end).await;
+    let applied = stats.changes.load(Ordering::Relaxed) as f64;
+    assert_eq!(applied, changes, "every change applied");
+    println!(
+        "{label}: {changes} changes in {} transactions, {} store commits\n  \
+         pgrealm            {:>10.0} changes/s\n  \
+         pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×\n  \
+         peek (decode only) {:>10.0} changes/s   → pgrealm / peek = {:.2}×",
+        stats.transactions.load(Ordering::Relaxed),
+        stats.store_commits.load(Ordering::Relaxed),
+        rate(changes, ours),
+        rate(changes, recv),
+        recv.as_secs_f64() / ours.as_secs_f64(),
+        rate(changes, peek),
+        peek.as_secs_f64() / ours.as_secs_f64(),
+    );
+    for slot in &slots {
+        b.sql
+            .execute("SELECT pg_drop_replication_slot($1)", &[slot])
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cluster = PgCluster::shared();
+    let db = cluster.fresh_database().unwrap();
+    let pg = PgConnectOptions::from_url(&db.url).unwrap();
+    let sql = pg.connect_sql().await.unwrap();
+    sql.batch_execute(DDL).await.unwrap();
+    ensure_publication(&sql, "pgrealm", &[QualifiedTable::public("item")])
+        .await
+        .unwrap();
+    let b = Bench {
+        cluster,
+        db,
+        pg,
+        sql,
+    };
+    let n = rows();
+    println!("PostgreSQL → realm benchmark, {n} changes per workload\n");
+
+    // (a) 1,000-row transactions.
+    stream_workload(&b, "(a) 1,000-row transactions", async {
+        for start in (0..n).step_by(1000) {
+            b.sql
+                .execute(
+                    "INSERT INTO item SELECT i, 'item ' || i, i, 'u' || (i % 8) \
+                     FROM generate_series($1::bigint, $1::bigint + 999) i",
+                    &[&start],
+                )
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+
+    // (b) single-row transactions from 8 concurrent clients.
+    stream_workload(&b, "(b) single-row transactions, 8 clients", async {
+        let per_client = n / 8;
+        let mut clients = Vec::new();
+        for c in 0..8i64 {
+            let url = b.db.url.clone();
+            clients.push(tokio::spawn(async move {
+                let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
+                let insert = sql
+                    .prepare("INSERT INTO item VALUES ($1, 'single', $1, $2)")
+                    .await
+                    .unwrap();
+                let user = format!("u{c}");
+                for i in 0..per_client {
+                    let id = 10_000_000 + c * per_client + i;
+                    sql.execute(&insert, &[&id, &user]).await.unwrap();
+                }
+            }));
+        }
+        for client in clients {
+            client.await.unwrap();
+        }
+    })
+    .await;
+
+    // Initial load against \copy of the same table.
+    let total: i64 = b
+        .sql
+        .query_one("SELECT count(*) FROM item", &[])
+        .await
+        .unwrap()
+        .get(0);
+    b.sql.batch_execute("VACUUM ANALYZE item").await.unwrap();
+    let started = Instant::now();
+    let status = Command::new(cluster.bin_dir().join("psql"))
+        .args([&b.db.url, "-q", "-c", "\\copy item to '/dev/null'"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let copy = started.elapsed();
+    let dir = tempfile::tempdir_in(".").unwrap();
+    let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+    let sync = b.applier("load", store, true);
+    let started = Instant::now();
+    let report = sync.setup().await.unwrap();
+    let load = started.elapsed();
+    let loaded = report.load.unwrap().rows;
+    assert_eq!(loaded as i64, total);
+    println!(
+        "initial load: {total} rows\n  pgrealm            {:>10.0} rows/s\n  \\copy to /dev/null {:>10.0} rows/s   → pgrealm / \\copy = {:.2}×",
+        rate(total as f64, load),
+        rate(total as f64, copy),
+        copy.as_secs_f64() / load.as_secs_f64()
+    );
+
+    // Lag at a steady 1,000 transactions/s, against the single-row commit latency.
+    let store = Store::open(dir.path().join("lag"), schema(), StoreOptions::default()).unwrap();
+    let sync = b.applier("load", store.clone(), false);
+    let _ = sync.setup().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(sync.run(stopped));
+    let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let visible: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let watcher = {
+        let visible = visible.clone();
+        let mut feed = store.subscribe(Subscription::new(
+            regex::Regex::new("^/lag/bench$").unwrap(),
+        ));
+        tokio::spawn(async move {
+            loop {
+                let Ok(changeset) = feed.next().await else {
+                    break;
+                };
+                let now = Instant::now();
+                let mut seen = visible.lock().unwrap();
+                for instruction in &changeset.instructions {
+                    if let pgrealm_runtime::Instruction::Create {
+                        key: pgrealm_schema::PrimaryKey::Int(id),
+                        ..
+                    } = instruction
+                    {
+                        seen.push((*id, now));
+                    }
+                }
+            }
+        })
+    };
+    let seconds = 5u64;
+    let writers = 4i64;
+    let mut latencies = Vec::new();
+    let mut handles = Vec::new();
+    for w in 0..writers {
+        let url = b.db.url.clone();
+        let committed = committed.clone();
+        handles.push(tokio::spawn(async move {
+            let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
+            let insert = sql
+                .prepare("INSERT INTO item VALUES ($1, 'lag', 0, 'lag')")
+                .await
+                .unwrap();
+            let period = Duration::from_micros(1_000_000 * writers as u64 / 1000);
+            let mut tick = tokio::time::interval(period);
+            let mut out = Vec::new();
+            for i in 0..(1000 * seconds as i64 / writers) {
+                tick.tick().await;
+                let id = 50_000_000 + w * 1_000_000 + i;
+                let t0 = Instant::now();
+                sql.execute(&insert, &[&id]).await.unwrap();
+                let t1 = Instant::now();
+                committed.lock().unwrap().insert(id, t1);
+                out.push(t1 - t0);
+            }
+            out
+        }));
+    }
+    for h in handles {
+        latencies.extend(h.await.unwrap());
+    }
+    let expected = latencies.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while visible.lock().unwrap().len() < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    watcher.abort();
+    let committed = committed.lock().unwrap();
+    let mut lags: Vec<Duration> = visible
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    lags.sort();
+    latencies.sort();
+    println!(
+        "lag at 1,000 transactions/s ({} transactions, {writers} clients):\n  \
+         commit → visible in realm   p50 {:>8.2?}  p99 {:>8.2?}\n  \
+         single-row commit latency   p50 {:>8.2?}  p99 {:>8.2?}",
+        lags.len(),
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    );
+
+    // One 1,000,000-row transaction: how long, and how much memory the apply takes.
+    let big: i64 = std::env::var("BENCH_BIG_TX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    b.slot("big").await;
+    b.sql
+        .execute(
+            "INSERT INTO item SELECT i, 'big ' || i, i, 'u' || (i % 8) \
+             FROM generate_series(100000000::bigint, 100000000::bigint + $1 - 1) i",
+            &[&big],
+        )
+        .await
+        .unwrap();
+    let end = b.lsn().await;
+    let rss_before = peak_rss_kib();
+    let (took, stats) = b.ours("big", end).await;
+    println!(
+        "one {big}-row transaction: applied in {took:.2?} ({:.0} changes/s, {} store commit(s)); \
+         peak RSS {} MiB → {} MiB",
+        rate(big as f64, took),
+        stats.store_commits.load(Ordering::Relaxed),
+        rss_before / 1024,
+        peak_rss_kib() / 1024
+    );
+}
+
+/// The process's peak resident set (VmHWM), KiB.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
