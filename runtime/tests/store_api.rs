@@ -530,3 +530,45 @@ fn move_object_carries_unnamed_properties_between_realms() {
     tx.commit().unwrap();
     assert_eq!(store.locate("Bus", &PrimaryKey::Int(9)).unwrap(), vec![b]);
 }
+
+#[test]
+fn update_object_changes_only_objects_that_are_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = path("/t");
+    let seats = |n| {
+        Object::new("Bus")
+            .with("id", Value::Int(1))
+            .with("seats", Value::Int(n))
+    };
+    // Not there: nothing happens, not even the realm.
+    let mut tx = store.begin_write("postgres");
+    tx.update_object(&realm, seats(10)).unwrap();
+    assert!(tx.commit().unwrap().is_empty());
+    assert!(store.realm(&realm).unwrap().is_none());
+
+    let mut tx = store.begin_write("app");
+    tx.realm(&realm).put(&bus(1, "one")).unwrap();
+    tx.commit().unwrap();
+    let mut tx = store.begin_write("postgres");
+    tx.update_object(&realm, seats(20)).unwrap();
+    assert_eq!(tx.commit().unwrap().version_of(&realm), Some(2));
+    let b = store
+        .realm(&realm)
+        .unwrap()
+        .unwrap()
+        .get::<Bus>(1)
+        .unwrap()
+        .unwrap();
+    assert_eq!((b.name.as_str(), b.seats), ("one", Some(20)));
+
+    // Deleted earlier in the same transaction: the update is skipped.
+    let mut tx = store.begin_write("postgres");
+    tx.realm(&realm).delete::<Bus>(1).unwrap();
+    tx.update_object(&realm, seats(30)).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.realm(&realm).unwrap().unwrap().get::<Bus>(1).unwrap(),
+        None
+    );
+}

@@ -47,6 +47,11 @@ enum Op {
         class: String,
         key: PrimaryKey,
     },
+    Update {
+        realm: RealmPath,
+        key: PrimaryKey,
+        object: Object,
+    },
     Move {
         from: RealmPath,
         to: RealmPath,
@@ -112,6 +117,20 @@ impl WriteTx {
     pub fn put_object(&mut self, realm: &RealmPath, object: Object) -> Result<(), StoreError> {
         let (key, object) = self.checked(realm, object)?;
         self.ops.push(Op::Put {
+            realm: realm.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
+    /// Update an object only if the realm holds it when the commit applies (after this
+    /// transaction's earlier operations); otherwise do nothing. For changes to an object that
+    /// another writer may delete meanwhile — PostgreSQL's list entries of an owner the app has
+    /// just deleted: that delete is on its way to PostgreSQL, whose cascade removes the entries.
+    pub fn update_object(&mut self, realm: &RealmPath, object: Object) -> Result<(), StoreError> {
+        let (key, object) = self.checked(realm, object)?;
+        self.ops.push(Op::Update {
             realm: realm.clone(),
             key,
             object,
@@ -385,6 +404,18 @@ impl<'t> Applier<'t> {
                     let t = self.touch(i, class, key)?;
                     self.touched[t].current = None;
                     Ok(())
+                }
+                None => Ok(()),
+            },
+            Op::Update { realm, key, object } => match self.realm(&realm, false)? {
+                Some(i) => {
+                    let class = self.store.inner.classes[&object.class];
+                    let t = self.touch(i, class, key.clone())?;
+                    if self.touched[t].current.is_some() {
+                        self.put(i, key, object)
+                    } else {
+                        Ok(())
+                    }
                 }
                 None => Ok(()),
             },
