@@ -374,13 +374,15 @@ async fn main() {
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     watcher.abort();
-    let committed = committed.lock().unwrap();
-    let mut lags: Vec<Duration> = visible
-        .lock()
-        .unwrap()
-        .iter()
-        .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
-        .collect();
+    let mut lags: Vec<Duration> = {
+        let committed = committed.lock().unwrap();
+        visible
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
+            .collect()
+    };
     lags.sort();
     latencies.sort();
     println!(

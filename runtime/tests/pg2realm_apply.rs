@@ -561,7 +561,7 @@ async fn a_routing_closure_decides_the_realm_and_its_errors_are_rejections() {
     options.router =
         pgrealm_runtime::sync::pg_to_realm::RealmRouter::closure(|table, row| {
             match (table, row.get("user_id")) {
-                ("route", Some(user)) if user == "sync" => Ok(path("/sync/transit")),
+                ("route", Some("sync")) => Ok(path("/sync/transit")),
                 ("bus", Some(user)) if !user.starts_with('x') => {
                     Ok(path(&format!("/{table}/{user}")))
                 }
