@@ -109,7 +109,7 @@ async fn realm_writer(store: Store, mut rng: Rng, tally: Arc<Tally>) {
 }
 
 async fn pg_writer(url: String, mut rng: Rng, tally: Arc<Tally>) {
-    let mut client = testing::connect(&url).await.unwrap();
+    let mut client = connect_writer!(&url).await.unwrap();
     for _ in 0..OPS {
         let sql = pg_transaction(&mut rng);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -132,7 +132,7 @@ async fn pg_writer(url: String, mut rng: Rng, tally: Arc<Tally>) {
                     );
                     tally.pg_reconnects.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    if let Ok(c) = testing::connect(&url).await {
+                    if let Some(c) = connect_writer!(&url).await {
                         client = c;
                     }
                 }

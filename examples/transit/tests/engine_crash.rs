@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use engine_support::*;
 use pgrealm::runtime::client::{Client, RemoteRealm, RemoteTx};
 use pgrealm::runtime::sync::rejections::{self, Direction};
-use pgrealm::runtime::testing::{self, PgCluster, TestDb};
+use pgrealm::runtime::testing::{PgCluster, TestDb};
 use pgrealm::runtime::{Store, StoreOptions};
 use pgrealm::{Object, PrimaryKey, RealmObject, Value};
 
@@ -222,7 +222,7 @@ async fn api_writer(remote: RemoteRealm, mut rng: Rng, stop: Arc<AtomicBool>, ta
 }
 
 async fn pg_writer(url: String, mut rng: Rng, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let mut client = testing::connect(&url).await.unwrap();
+    let mut client = connect_writer!(&url).await.unwrap();
     while !stop.load(Ordering::Relaxed) {
         let sql = pg_transaction(&mut rng);
         match pg_write!(&mut client, &sql).await {
@@ -321,6 +321,12 @@ async fn crash_run(seed: u64, rounds: u64) {
         Duration::from_secs(90),
         Duration::from_millis(500),
         async || {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "seed {seed}: transit run exited ({status}) after the writers stopped:\n{}",
+                    setup.log_text()
+                );
+            }
             let realm_now = api_state(&remote).await?;
             let pg_now = pg_state(&db.url, None, |_| REALM.to_owned()).await;
             if realm_now != pg_now {

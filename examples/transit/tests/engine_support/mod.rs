@@ -411,6 +411,23 @@ macro_rules! pg_write {
 }
 pub(crate) use pg_write;
 
+/// A connection for a PostgreSQL writer (`Option<tokio_postgres::Client>`, `None` when
+/// PostgreSQL is not there). Writers collide on purpose: their deadlocks are found in 100 ms
+/// rather than the default second. A macro for the same reason as [`pg_write!`].
+macro_rules! connect_writer {
+    ($url:expr) => {
+        async {
+            let client = pgrealm::runtime::testing::connect($url).await.ok()?;
+            client
+                .batch_execute("SET deadlock_timeout = '100ms'")
+                .await
+                .ok()?;
+            Some(client)
+        }
+    };
+}
+pub(crate) use connect_writer;
+
 /// PostgreSQL's full contents as realms: each row in the realm `realm_of` names (`None`: the
 /// row is routed nowhere), lists read from their subtables in `idx` order.
 pub async fn pg_state(
