@@ -12,6 +12,15 @@
 //! or visible to readers before the commit holding it is durable, so no reader sees a version a
 //! crash could take back.
 //!
+//! Bad rows (out of range, NULL into a required property, an invalid realm path, an unknown enum
+//! label, unparsable text, a custom type configured as another realm type) are rejections,
+//! recorded in the same store commit (`crate::sync::rejections`) and counted; the stream goes on.
+//! A later update of the row carries its whole new tuple and heals it — except columns the
+//! update did not carry because their TOASTed value did not change: when the realm does not hold
+//! the row (it was rejected before), those values are unknown, so the update is rejected too
+//! (saying so) rather than writing NULL or guessing; the first update that sets those columns
+//! heals the row. A routing column that is an unchanged TOAST value keeps the row where it is.
+//!
 //! It never writes to PostgreSQL (realm → PostgreSQL does) and never decides conflicts: it applies
 //! every committed transaction in WAL order, including the engine's own (counted as echoes).
 
