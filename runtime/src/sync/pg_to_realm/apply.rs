@@ -77,6 +77,15 @@ pub(crate) struct GroupCounts {
 #[path = "lists.rs"]
 mod lists;
 
+/// A write transaction handed over for committing.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub(crate) tx: WriteTx,
+    pub(crate) counts: GroupCounts,
+    pub(crate) end_lsn: Option<Lsn>,
+    pub(crate) first_commit_time: Option<i64>,
+}
+
 /// One store write under construction.
 pub(crate) struct Group {
     tx: WriteTx,
@@ -140,6 +149,40 @@ impl Group {
     /// Whether the group holds anything to commit.
     pub(crate) fn is_empty(&self) -> bool {
         self.end_lsn.is_none()
+    }
+
+    /// Hand the write transaction over for committing, with what it holds, and go on with a
+    /// new one on top of the same state: reads of the next transactions still see everything
+    /// handed over (through the overlay), so they can be applied while the commit runs.
+    pub(crate) fn take_commit(&mut self, store: &Store) -> Handover {
+        debug_assert!(
+            !self.in_tx,
+            "a group is committed only between transactions"
+        );
+        self.started = Instant::now();
+        Handover {
+            tx: std::mem::replace(&mut self.tx, store.begin_write(ORIGIN)),
+            counts: std::mem::take(&mut self.counts),
+            end_lsn: self.end_lsn.take(),
+            first_commit_time: self.first_commit_time.take(),
+        }
+    }
+
+    /// Whether the state carried since the last refresh is large enough to start afresh.
+    pub(crate) fn overlay_is_large(&self) -> bool {
+        self.overlay.len() > PATCH_LIMIT
+    }
+
+    /// Start afresh from the store as it is now. Only when every handed-over commit is
+    /// durable and nothing is pending.
+    pub(crate) fn refresh(&mut self, store: &Store) -> Result<(), StoreError> {
+        debug_assert!(!self.in_tx && self.tx.is_empty());
+        self.snapshot = store.snapshot()?;
+        self.overlay.clear();
+        self.patched = 0;
+        self.lists.clear();
+        self.list_generation.clear();
+        Ok(())
     }
 
     /// The write transaction, to commit (only between PostgreSQL transactions).

@@ -374,33 +374,62 @@ impl PgToRealm {
         let mut options =
             StreamOptions::new(slot.clone(), self.options.publication.clone()).resume_after(resume);
         options.status_interval = self.options.status_interval;
-        let mut stream = ChangeStream::connect(&self.pg, &options).await?;
+        let stream = ChangeStream::connect(&self.pg, &options).await?;
         self.stats
             .confirmed_lsn
             .fetch_max(resume.as_u64(), Ordering::Relaxed);
-        let mut log = RejectionLog::open(&self.store, Direction::PostgresToRealm)?;
+        let mut session = Session {
+            stream,
+            log: RejectionLog::open(&self.store, Direction::PostgresToRealm)?,
+            group: Group::new(&self.store, slot)?,
+            inflight: None,
+        };
+        let result = self
+            .stream_loop(&mut session, shutdown, &sql, &mut mapper, &custom_names)
+            .await;
+        // A commit handed over must be finished (durable or failed) before anyone reads the
+        // checkpoint again, or a restart could apply its transactions a second time.
+        let finished = self.finish_inflight(&mut session).await;
+        result.and(finished)?;
+        if let Err(e) = session.stream.shutdown().await {
+            tracing::debug!(error = %e, "closing the replication stream");
+        }
+        Ok(())
+    }
+
+    async fn stream_loop(
+        &self,
+        s: &mut Session,
+        shutdown: &mut watch::Receiver<bool>,
+        sql: &tokio_postgres::Client,
+        mapper: &mut Mapper,
+        custom_names: &[String],
+    ) -> Result<(), PgToRealmError> {
         let mut plans: HashMap<u32, (Arc<Relation>, Arc<TablePlan>)> = HashMap::new();
-        let mut group = Group::new(&self.store, slot)?;
         let mut peeked: Option<Option<StreamEvent>> = None;
         let mut stopping = *shutdown.borrow();
         let mut labels_reloaded: Option<Instant> = None;
         loop {
-            if stopping && !group.in_transaction() {
-                if !group.is_empty() {
-                    self.flush(group, &mut stream, &mut log).await?;
+            if stopping && !s.group.in_transaction() {
+                if !s.group.is_empty() {
+                    self.hand_over(s).await?;
                 }
-                if let Err(e) = stream.shutdown().await {
-                    tracing::debug!(error = %e, "closing the replication stream");
-                }
-                return Ok(());
+                return self.finish_inflight(s).await;
             }
+            let listen = !s.group.in_transaction() && !stopping;
             let event = match peeked.take() {
                 Some(event) => event,
-                None if group.in_transaction() || stopping => stream.next_event().await?,
                 None => tokio::select! {
                     biased;
-                    event = stream.next_event() => event?,
-                    changed = shutdown.changed() => {
+                    done = async { (&mut s.inflight.as_mut().expect("guarded").handle).await },
+                        if s.inflight.is_some() =>
+                    {
+                        let inflight = s.inflight.take().expect("guarded");
+                        self.finished(s, inflight, done)?;
+                        continue;
+                    }
+                    event = s.stream.next_event() => event?,
+                    changed = shutdown.changed(), if listen => {
                         if changed.is_err() || *shutdown.borrow() {
                             stopping = true;
                         }
@@ -410,15 +439,19 @@ impl PgToRealm {
             };
             let Some(event) = event else {
                 return Err(ReplicationError::Protocol {
-                    lsn: stream.confirmed(),
+                    lsn: s.stream.confirmed(),
                     message: "the server ended the replication stream".into(),
                 }
                 .into());
             };
             match event {
                 StreamEvent::Begin(begin) => {
+                    if s.inflight.is_none() && s.group.is_empty() {
+                        // Everything handed over is durable: read the store afresh.
+                        s.group.refresh(&self.store)?;
+                    }
                     let origin = begin.origin.as_ref().map(|o| o.name.as_str());
-                    group.begin(begin.final_lsn, origin, begin.commit_time);
+                    s.group.begin(begin.final_lsn, origin, begin.commit_time);
                 }
                 StreamEvent::Change(change) => {
                     let relations: Vec<Arc<Relation>> = match &change {
@@ -428,7 +461,7 @@ impl PgToRealm {
                         Change::Truncate { relations, .. } => relations.clone(),
                     };
                     for relation in relations {
-                        let mut plan = plan_for(&mut plans, &mapper, &stream, &relation);
+                        let mut plan = plan_for(&mut plans, mapper, &s.stream, &relation);
                         if let Some(type_name) = unknown_label(&plan, &change) {
                             // A label added since the labels were read: read them again (at
                             // most once a second), then decide.
@@ -437,56 +470,83 @@ impl PgToRealm {
                                 labels_reloaded = Some(Instant::now());
                                 tracing::info!(type_name, "re-reading enum labels");
                                 mapper.custom.enum_labels =
-                                    load_enum_labels(&sql, &custom_names).await?;
+                                    load_enum_labels(sql, custom_names).await?;
                                 plans.clear();
-                                plan = plan_for(&mut plans, &mapper, &stream, &relation);
+                                plan = plan_for(&mut plans, mapper, &s.stream, &relation);
                             }
                         }
-                        group.change(&mapper, &mut log, &plan, &change)?;
+                        s.group.change(mapper, &mut s.log, &plan, &change)?;
                     }
                 }
                 StreamEvent::Message(_) => {}
                 StreamEvent::Commit(commit) => {
-                    group.commit(&mapper, &mut log, commit.end_lsn)?;
-                    let full = group.counts.changes >= self.options.group_max_changes
-                        || group.started.elapsed() >= self.options.group_max_delay;
+                    s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
+                    let full = s.group.counts.changes >= self.options.group_max_changes
+                        || s.group.started.elapsed() >= self.options.group_max_delay;
                     if !full && !stopping {
                         // More already waiting? Then it joins this store commit.
-                        if let Some(next) = stream.next_event().now_or_never() {
+                        if let Some(next) = s.stream.next_event().now_or_never() {
                             peeked = Some(next?);
                             continue;
                         }
                     }
-                    group = self.flush(group, &mut stream, &mut log).await?;
+                    self.hand_over(s).await?;
                 }
             }
         }
     }
 
-    /// Commit the group durably, then confirm its end LSN; a fresh group to go on with.
-    async fn flush(
+    /// Start committing the group on the blocking pool, after the previous commit finished
+    /// (commits stay in order); the stream goes on into the next group meanwhile.
+    async fn hand_over(&self, s: &mut Session) -> Result<(), PgToRealmError> {
+        self.finish_inflight(s).await?;
+        let handover = s.group.take_commit(&self.store);
+        let tx = handover.tx;
+        s.inflight = Some(InFlight {
+            handle: tokio::task::spawn_blocking(move || tx.commit()),
+            counts: handover.counts,
+            end_lsn: handover.end_lsn,
+            first_commit_time: handover.first_commit_time,
+        });
+        if s.group.overlay_is_large() {
+            // Keep the carried state bounded: wait for the commit, then start afresh.
+            self.finish_inflight(s).await?;
+            s.group.refresh(&self.store)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the commit in flight, if any, and confirm it.
+    async fn finish_inflight(&self, s: &mut Session) -> Result<(), PgToRealmError> {
+        if let Some(mut inflight) = s.inflight.take() {
+            let done = (&mut inflight.handle).await;
+            self.finished(s, inflight, done)?;
+        }
+        Ok(())
+    }
+
+    /// A commit finished: once durable, confirm its end LSN and count it.
+    fn finished(
         &self,
-        group: Group,
-        stream: &mut ChangeStream,
-        log: &mut RejectionLog,
-    ) -> Result<Group, PgToRealmError> {
-        let counts = group.counts;
-        let end_lsn = group.end_lsn;
-        let first_commit_time = group.first_commit_time;
-        let tx = group.into_tx();
-        let result = tokio::task::spawn_blocking(move || tx.commit())
-            .await
-            .map_err(|e| PgToRealmError::Task(e.to_string()))?;
+        s: &mut Session,
+        inflight: InFlight,
+        done: Result<
+            Result<crate::store::CommitInfo, crate::store::StoreError>,
+            tokio::task::JoinError,
+        >,
+    ) -> Result<(), PgToRealmError> {
+        let result = done.map_err(|e| PgToRealmError::Task(e.to_string()))?;
         if let Err(e) = result {
-            log.reload(&self.store)?;
+            s.log.reload(&self.store)?;
             return Err(e.into());
         }
-        if let Some(lsn) = end_lsn {
-            stream.confirm(lsn);
+        if let Some(lsn) = inflight.end_lsn {
+            s.stream.confirm(lsn);
             self.stats
                 .confirmed_lsn
                 .fetch_max(lsn.as_u64(), Ordering::Relaxed);
         }
+        let counts = inflight.counts;
         let stats = &self.stats;
         stats
             .transactions
@@ -499,14 +559,31 @@ impl PgToRealm {
         stats.store_commits.fetch_add(1, Ordering::Relaxed);
         Metrics::add(&self.metrics.changes_postgres_to_realm, counts.changes);
         Metrics::add(&self.metrics.rejections, counts.rejections);
-        if let Some(commit_time) = first_commit_time {
+        if let Some(commit_time) = inflight.first_commit_time {
             Metrics::set(
                 &self.metrics.replication_lag_millis,
                 lag_millis(commit_time),
             );
         }
-        Ok(Group::new(&self.store, &self.options.slot)?)
+        Ok(())
     }
+}
+
+/// One replication session's state.
+struct Session {
+    stream: ChangeStream,
+    log: RejectionLog,
+    group: Group,
+    /// The store commit running on the blocking pool, at most one.
+    inflight: Option<InFlight>,
+}
+
+/// A store commit in flight, and what to confirm and count once it is durable.
+struct InFlight {
+    handle: tokio::task::JoinHandle<Result<crate::store::CommitInfo, crate::store::StoreError>>,
+    counts: apply::GroupCounts,
+    end_lsn: Option<Lsn>,
+    first_commit_time: Option<i64>,
 }
 
 /// Milliseconds from a PostgreSQL commit time (µs since 2000-01-01 UTC) to now.
