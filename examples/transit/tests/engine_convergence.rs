@@ -17,8 +17,9 @@ use std::time::Duration;
 use engine_support::*;
 use pgrealm::runtime::config::Config;
 use pgrealm::runtime::sync::engine::{self, RunningEngine};
+use pgrealm::runtime::sync::realm_to_pg::BOOKKEEPING_DDL;
 use pgrealm::runtime::sync::rejections::{self, Direction};
-use pgrealm::runtime::testing::{self, PgCluster, TestDb};
+use pgrealm::runtime::testing::{self, PasswordAuth, PgCluster, TestDb};
 use pgrealm::runtime::{RealmPath, Store};
 use pgrealm::{Object, Value};
 
@@ -249,22 +250,63 @@ fn assert_no_echo_loop(
     );
 }
 
-async fn converge(seed: u64, cluster: &PgCluster, restart_postgres: bool) {
-    eprintln!(
-        "seed {seed}: convergence{}",
-        if restart_postgres {
-            " with PostgreSQL restarted mid-run"
-        } else {
-            ""
-        }
-    );
-    let db = cluster.fresh_database().unwrap();
+/// What else happens during a convergence run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Nothing: the engine runs as the superuser.
+    Plain,
+    /// PostgreSQL restarts once mid-run.
+    RestartPostgres,
+    /// The engine runs as a role with REPLICATION and its own tables only, as on a managed
+    /// database: no replication origin, so its transactions carry marker rows.
+    ReplicationRole,
+}
+
+/// Give database `db` to a new REPLICATION role that is not a superuser: it creates the tables
+/// and the engine's bookkeeping, so it owns them (a publication needs that). Its URL.
+async fn replication_role(cluster: &PgCluster, db: &TestDb) -> String {
+    let role: String = format!("r_{}", slot_name(&db.name))
+        .chars()
+        .take(60)
+        .collect();
+    let password = "convergence-secret";
     cluster
-        .batch_execute(&db.name, transit::Schema::DDL)
+        .create_login_role(&role, password, PasswordAuth::Scram, true)
         .unwrap();
-    cluster.batch_execute(&db.name, COUNTERS_DDL).unwrap();
+    cluster
+        .batch_execute(
+            &db.name,
+            &format!(
+                "GRANT CREATE, CONNECT ON DATABASE \"{}\" TO \"{role}\";
+                 GRANT ALL ON SCHEMA public TO \"{role}\";",
+                db.name
+            ),
+        )
+        .unwrap();
+    let url = cluster.url_as(&role, password, &db.name);
+    let client = testing::connect(&url).await.unwrap();
+    client.batch_execute(transit::Schema::DDL).await.unwrap();
+    client.batch_execute(BOOKKEEPING_DDL).await.unwrap();
+    url
+}
+
+async fn converge(seed: u64, cluster: &PgCluster, mode: Mode) {
+    eprintln!("seed {seed}: convergence, {mode:?}");
+    let db = cluster.fresh_database().unwrap();
+    let engine_db = if mode == Mode::ReplicationRole {
+        TestDb {
+            url: replication_role(cluster, &db).await,
+            ..db.clone()
+        }
+    } else {
+        cluster
+            .batch_execute(&db.name, transit::Schema::DDL)
+            .unwrap();
+        db.clone()
+    };
+    install_counters(cluster, &db.name);
     let data = tempfile::tempdir().unwrap();
-    let engine = start_engine(&db, data.path(), &[]).await;
+    let engine = start_engine(&engine_db, data.path(), &[]).await;
 
     let tally = Arc::new(Tally::default());
     let mut writers = Vec::new();
@@ -280,7 +322,7 @@ async fn converge(seed: u64, cluster: &PgCluster, restart_postgres: bool) {
             tally.clone(),
         )));
     }
-    if restart_postgres {
+    if mode == Mode::RestartPostgres {
         // Restart once a third of PostgreSQL's transactions are done, so writes on both sides
         // continue while it is down and after it is back.
         while tally.pg_done.load(Ordering::Relaxed) < WRITERS * OPS / 3 {
@@ -299,7 +341,19 @@ async fn converge(seed: u64, cluster: &PgCluster, restart_postgres: bool) {
     }
 
     let idle = wait_until_idle(seed, &engine, &db.url).await;
-    assert_no_echo_loop(seed, &engine, &idle, &tally, !restart_postgres);
+    assert_no_echo_loop(seed, &engine, &idle, &tally, mode != Mode::RestartPostgres);
+    if mode == Mode::ReplicationRole {
+        let client = db.connect().await.unwrap();
+        let markers: i64 = client
+            .query_one("SELECT count(*) FROM pgrealm.marker", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            markers > 0,
+            "seed {seed}: the engine's transactions carry no marker rows"
+        );
+    }
 
     // Idle means idle: nothing keeps going round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -308,7 +362,7 @@ async fn converge(seed: u64, cluster: &PgCluster, restart_postgres: bool) {
         later, idle,
         "seed {seed}: the engine kept writing after it was idle"
     );
-    if restart_postgres {
+    if mode == Mode::RestartPostgres {
         assert!(
             engine.pg_to_realm.reconnects.load(Ordering::Relaxed) > 0,
             "seed {seed}: PostgreSQL → realm did not notice the restart"
@@ -323,7 +377,7 @@ async fn converge(seed: u64, cluster: &PgCluster, restart_postgres: bool) {
 async fn concurrent_writers_on_both_sides_converge() {
     let cluster = tokio::task::block_in_place(PgCluster::shared);
     for seed in seeds(&[0x5EED_0001, 0x5EED_0002]) {
-        converge(seed, cluster, false).await;
+        converge(seed, cluster, Mode::Plain).await;
     }
 }
 
@@ -332,7 +386,15 @@ async fn converges_with_postgres_restarted_mid_run() {
     // Its own cluster: restarting the shared one would break the other tests.
     let cluster = tokio::task::block_in_place(|| PgCluster::start().unwrap());
     for seed in seeds(&[0x5EED_1001]) {
-        converge(seed, &cluster, true).await;
+        converge(seed, &cluster, Mode::RestartPostgres).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn converges_as_a_replication_role_without_superuser() {
+    let cluster = tokio::task::block_in_place(PgCluster::shared);
+    for seed in seeds(&[0x5EED_3001]) {
+        converge(seed, cluster, Mode::ReplicationRole).await;
     }
 }
 

@@ -271,7 +271,7 @@ async fn crash_run(seed: u64, rounds: u64) {
     cluster
         .batch_execute(&db.name, transit::Schema::DDL)
         .unwrap();
-    cluster.batch_execute(&db.name, COUNTERS_DDL).unwrap();
+    install_counters(cluster, &db.name);
     let setup = Setup::new(&db);
     let mut child = setup.start().await;
     let client = Client::new(&setup.base_url(), ADMIN_TOKEN, schema().clone());

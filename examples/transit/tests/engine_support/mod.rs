@@ -322,20 +322,22 @@ fn pg_statement(rng: &mut Rng) -> String {
 }
 
 /// Counters kept by PostgreSQL itself: every transaction that wrote `pgrealm.progress` (the
-/// engine's realm → PostgreSQL writes) and every transaction that changed a row of a synced
-/// table (what logical replication streams). Install before the engine starts.
+/// engine's realm → PostgreSQL writes) and every transaction that changed a row of a published
+/// table (the synced tables and `pgrealm.marker`: what logical replication streams). The
+/// functions run as their owner, the superuser, whichever role writes. Install with
+/// [`install_counters`] before the engine starts.
 pub const COUNTERS_DDL: &str = "
-CREATE SCHEMA IF NOT EXISTS pgrealm;
-CREATE TABLE IF NOT EXISTS pgrealm.progress (realm_path text PRIMARY KEY, version bigint NOT NULL);
 CREATE SCHEMA conv;
 CREATE TABLE conv.engine_tx (xid xid8 PRIMARY KEY);
 CREATE TABLE conv.touched_tx (xid xid8 PRIMARY KEY);
-CREATE FUNCTION conv.note_engine() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION conv.note_engine() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN INSERT INTO conv.engine_tx VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING; RETURN NULL; END $$;
-CREATE FUNCTION conv.note_touched() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION conv.note_touched() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
 BEGIN INSERT INTO conv.touched_tx VALUES (pg_current_xact_id()) ON CONFLICT DO NOTHING; RETURN NULL; END $$;
 CREATE TRIGGER note_engine AFTER INSERT OR UPDATE ON pgrealm.progress
     FOR EACH ROW EXECUTE FUNCTION conv.note_engine();
+CREATE TRIGGER note_touched AFTER INSERT OR UPDATE OR DELETE ON pgrealm.marker
+    FOR EACH ROW EXECUTE FUNCTION conv.note_touched();
 CREATE TRIGGER note_touched AFTER INSERT OR UPDATE OR DELETE ON route
     FOR EACH ROW EXECUTE FUNCTION conv.note_touched();
 CREATE TRIGGER note_touched AFTER INSERT OR UPDATE OR DELETE ON route_schedules
@@ -348,15 +350,24 @@ CREATE TRIGGER note_touched AFTER INSERT OR UPDATE OR DELETE ON driver
     FOR EACH ROW EXECUTE FUNCTION conv.note_touched();
 ";
 
+/// Create the engine's bookkeeping tables (unless they exist) and the counters on them and on
+/// the transit tables of database `db`.
+pub fn install_counters(cluster: &PgCluster, db: &str) {
+    cluster
+        .batch_execute(db, pgrealm::runtime::sync::realm_to_pg::BOOKKEEPING_DDL)
+        .unwrap();
+    cluster.batch_execute(db, COUNTERS_DDL).unwrap();
+}
+
 /// What PostgreSQL counted (see [`COUNTERS_DDL`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgCounts {
     /// Transactions of the engine's realm → PostgreSQL writer.
     pub engine: i64,
-    /// Transactions that changed a row of a synced table (anyone's).
+    /// Transactions that changed a row of a published table (anyone's).
     pub touched: i64,
-    /// The engine's transactions that changed a row of a synced table: each must come back as
-    /// exactly one echo.
+    /// The engine's transactions that changed a row of a published table: each must come back
+    /// as exactly one echo.
     pub engine_touched: i64,
 }
 
