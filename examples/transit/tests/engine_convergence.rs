@@ -627,3 +627,91 @@ async fn list_edits_in_postgres_race_deletes_of_their_owner_in_the_realm() {
     .await;
     stop_engine(engine, &db).await.unwrap();
 }
+
+const USERS: &[&str] = &["u1", "u2", "u3"];
+
+/// Per-user realms under concurrent writers: PostgreSQL moves buses between users and the
+/// realms write the same bus ids in different users' realms; once idle, every row is in exactly
+/// its user's realm and every object is a row of that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn per_user_realms_converge_under_concurrent_writers() {
+    let cluster = tokio::task::block_in_place(PgCluster::shared);
+    for seed in seeds(&[0x5EED_4001]) {
+        eprintln!("seed {seed}: per-user realms under concurrent writers");
+        let db = cluster.fresh_database().unwrap();
+        cluster
+            .batch_execute(&db.name, transit::Schema::DDL)
+            .unwrap();
+        cluster
+            .batch_execute(&db.name, "ALTER TABLE bus ADD COLUMN user_id text NOT NULL")
+            .unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let engine = start_engine(
+            &db,
+            data.path(),
+            &[
+                "sync.realm_path=/{user_id}/myRealm",
+                "sync.realm_regex=^/[^/]+/myRealm$",
+            ],
+        )
+        .await;
+        let mut writers = Vec::new();
+        for n in 0..WRITERS {
+            let store = engine.store.clone();
+            let mut rng = Rng::fork(seed, n);
+            writers.push(tokio::spawn(async move {
+                for _ in 0..OPS {
+                    let user = USERS[rng.below(USERS.len() as u64) as usize];
+                    let realm = RealmPath::parse(&user_realm(Some(user))).unwrap();
+                    let id = rng.below(5) as i64;
+                    let mut tx = store.begin_write("app");
+                    if rng.percent(25) {
+                        tx.delete_object(&realm, "Bus", id.into()).unwrap();
+                    } else {
+                        tx.put_object(&realm, bus(id, &format!("n{}", rng.below(1000))))
+                            .unwrap();
+                    }
+                    tokio::task::spawn_blocking(move || tx.commit())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
+                }
+            }));
+            let url = db.url.clone();
+            let mut rng = Rng::fork(seed, 100 + n);
+            writers.push(tokio::spawn(async move {
+                let mut client = connect_writer!(&url).await.unwrap();
+                for _ in 0..OPS {
+                    let user = USERS[rng.below(USERS.len() as u64) as usize];
+                    let id = rng.below(5);
+                    let name = rng.below(1000);
+                    let sql = match rng.below(4) {
+                        0 => format!(
+                            "INSERT INTO bus (id, name, user_id) VALUES ({id}, 'n{name}', '{user}') \
+                             ON CONFLICT (id) DO UPDATE SET name = excluded.name, user_id = excluded.user_id"
+                        ),
+                        1 => format!("UPDATE bus SET user_id = '{user}' WHERE id = {id}"),
+                        2 => format!("UPDATE bus SET name = 'n{name}' WHERE id = {id}"),
+                        _ => format!("DELETE FROM bus WHERE id = {id}"),
+                    };
+                    pg_write!(&mut client, &sql).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(rng.below(4))).await;
+                }
+            }));
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        if engine.any_finished() {
+            let why = engine.stop().await;
+            panic!("seed {seed}: a part of the engine ended during the run: {why:?}");
+        }
+        let state = wait_for_state(&engine, &db.url, &format!("seed {seed}")).await;
+        eprintln!(
+            "seed {seed}: buses per realm at the end: {:?}",
+            state.iter().map(|(r, o)| (r, o.len())).collect::<Vec<_>>()
+        );
+        stop_engine(engine, &db).await.unwrap();
+    }
+}
