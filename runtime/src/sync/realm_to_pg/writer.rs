@@ -10,6 +10,7 @@
 //! quoted.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use pgrealm_schema::ddl::quote_ident;
 use pgrealm_schema::{Class, Object, PrimaryKey, Schema, Value};
@@ -35,6 +36,17 @@ const MAX_ROWS: usize = 1_000;
 /// Prepared statements kept per connection before the cache starts over.
 const STATEMENT_CACHE: usize = 512;
 
+/// `parameter 1`, `parameter 2`, …: how bound values are named in conversion errors, made
+/// once rather than per statement.
+fn parameter_labels() -> &'static [String] {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        (1..=MAX_PARAMS + 64)
+            .map(|i| format!("parameter {i}"))
+            .collect()
+    })
+}
+
 /// One changeset of a batch, and whether its data was already dealt with (a compensated
 /// refusal whose progress row is all that is left to write).
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +68,7 @@ pub(crate) enum Outcome {
 /// The writer's connection and caches.
 pub(crate) struct Writer {
     pub(crate) client: Client,
-    schema: Schema,
+    schema: Arc<Schema>,
     mapping: RealmMapping,
     statements: HashMap<String, Statement>,
     column_types: HashMap<(String, String), String>,
@@ -83,7 +95,7 @@ impl Writer {
         let mark = set_up_echo_mark(&client).await;
         Ok(Writer {
             client,
-            schema,
+            schema: Arc::new(schema),
             mapping,
             statements: HashMap::new(),
             column_types: HashMap::new(),
@@ -456,7 +468,8 @@ impl Writer {
         object: &Object,
         sets: Vec<(String, Value)>,
     ) -> Result<(), Failure> {
-        let Some(class_def) = self.schema.class(class).cloned() else {
+        let schema = self.schema.clone();
+        let Some(class_def) = schema.class(class) else {
             return Ok(());
         };
         let Some(target) = self.mapping.target(realm, &class_def.table, object) else {
@@ -481,7 +494,7 @@ impl Writer {
         if assignments.is_empty() {
             return Ok(());
         }
-        let key_column = key_column(&class_def)?;
+        let key_column = key_column(class_def)?;
         values.push((key.to_value(), None));
         let mut sql = format!(
             "UPDATE {} SET {} WHERE {} = ${}",
@@ -554,12 +567,17 @@ impl Writer {
         values: &BTreeMap<String, Value>,
         creates: &mut Creates,
     ) -> Result<(), Failure> {
-        let Some(class_def) = self.schema.class(class).cloned() else {
+        let schema = self.schema.clone();
+        let Some(class_def) = schema.class(class) else {
             return Ok(());
         };
-        let object = Object {
-            class: class.to_owned(),
-            values: values.clone(),
+        // Only a closure looks at the object: spare the copy otherwise.
+        let object = match &self.mapping {
+            RealmMapping::Closure(_) => Object {
+                class: class.to_owned(),
+                values: values.clone(),
+            },
+            _ => Object::new(class),
         };
         let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
             return Ok(());
@@ -588,7 +606,7 @@ impl Writer {
                 cast,
             });
         }
-        let key_column = key_column(&class_def)?;
+        let key_column = key_column(class_def)?;
         let shape: Vec<(String, Option<String>)> = cells
             .iter()
             .map(|c| (c.column.clone(), c.cast.clone()))
@@ -609,7 +627,7 @@ impl Writer {
         }
         let owner = key.to_value();
         for p in class_def.list_properties() {
-            let list = list_target(&class_def, &target.table, p);
+            let list = list_target(class_def, &target.table, p);
             let group = creates
                 .lists
                 .entry(list.table)
@@ -681,12 +699,10 @@ impl Writer {
         action: &str,
     ) -> Result<u64, Failure> {
         let statement = self.statement(sql).await?;
-        let labels: Vec<String> = (1..=values.len())
-            .map(|i| format!("parameter {i}"))
-            .collect();
+        let labels = parameter_labels();
         let bound: Vec<PgValue<'_>> = values
             .iter()
-            .zip(&labels)
+            .zip(labels)
             .map(|((v, _), l)| PgValue::new(v, l))
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> =
@@ -704,12 +720,10 @@ impl Writer {
         values: &[(Value, Option<String>)],
     ) -> Result<Vec<tokio_postgres::Row>, Failure> {
         let statement = self.statement(sql).await?;
-        let labels: Vec<String> = (1..=values.len())
-            .map(|i| format!("parameter {i}"))
-            .collect();
+        let labels = parameter_labels();
         let bound: Vec<PgValue<'_>> = values
             .iter()
-            .zip(&labels)
+            .zip(labels)
             .map(|((v, _), l)| PgValue::new(v, l))
             .collect();
         let params: Vec<&(dyn ToSql + Sync)> =
