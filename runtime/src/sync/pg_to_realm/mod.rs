@@ -10,7 +10,9 @@
 //! commit (bounded by [`PgToRealmOptions::group_max_changes`] and
 //! [`PgToRealmOptions::group_max_delay`]); a transaction is never split, and nothing is confirmed
 //! or visible to readers before the commit holding it is durable, so no reader sees a version a
-//! crash could take back.
+//! crash could take back. Commits are pipelined: while one runs on the blocking pool, the next
+//! transactions are applied into the next write transaction (reading through the overlay of what
+//! is still in flight); commits stay in order, and a session never ends with one in flight.
 //!
 //! Bad rows (out of range, NULL into a required property, an invalid realm path, an unknown enum
 //! label, unparsable text, a custom type configured as another realm type) are rejections,
