@@ -23,7 +23,8 @@ use std::time::Instant;
 use chrono::Utc;
 use pgrealm_schema::{Object, PrimaryKey, Value};
 
-use super::mapping::{raw_values, Mapper, Route, TableKind, TablePlan};
+use super::mapping::{raw_values, Mapper, TableKind, TablePlan};
+use super::route::Route;
 use crate::replication::{Change, ColumnValue, Lsn, OldTuple};
 use crate::store::{RealmPath, Snapshot, Store, StoreError, WriteTx};
 use crate::sync::rejections::{Direction, Rejection, RejectionLog};

@@ -5,153 +5,17 @@
 //! a value that cannot convert, or a routing value that would make an invalid realm path, is a
 //! [`RowError`] with the reason and the raw values, which the apply step turns into a rejection.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use pgrealm_schema::pgtext::{parse_key_text, parse_text};
 use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Schema, Value};
 
-use crate::replication::{ColumnValue, Relation, RelationCache};
+use crate::replication::{ColumnValue, Relation};
 use crate::store::RealmPath;
-use crate::template::PathTemplate;
 
-/// A row's column values as text, for a routing closure: `get("user_id")`.
-#[derive(Debug)]
-pub struct PgRow<'a> {
-    columns: &'a [String],
-    values: &'a [ColumnValue],
-}
-
-impl<'a> PgRow<'a> {
-    pub(crate) fn new(columns: &'a [String], values: &'a [ColumnValue]) -> Self {
-        PgRow { columns, values }
-    }
-
-    /// The text of `column`; `None` when it is NULL, absent, or a TOASTed value the change did
-    /// not carry because it did not change.
-    pub fn get(&self, column: &str) -> Option<&str> {
-        let i = self.columns.iter().position(|c| c == column)?;
-        self.values.get(i)?.as_text()
-    }
-
-    /// Whether `column` is a TOASTed value this change did not carry (it did not change).
-    pub fn is_unchanged(&self, column: &str) -> bool {
-        let i = self.columns.iter().position(|c| c == column);
-        matches!(
-            i.and_then(|i| self.values.get(i)),
-            Some(ColumnValue::UnchangedToast)
-        )
-    }
-}
-
-/// A routing closure: `(table, row) → realm path`, the original's `mapPostgresChangeToRealmPath`.
-pub type RouteFn = dyn Fn(&str, &PgRow<'_>) -> Result<RealmPath, String> + Send + Sync;
-
-/// Which realm a row of a class table belongs to.
-#[derive(Clone)]
-pub enum RealmRouter {
-    /// A template such as `/myRealm` or `/{user_id}/myRealm` (captures name columns).
-    Template(PathTemplate),
-    /// A closure.
-    Closure(Arc<RouteFn>),
-}
-
-impl fmt::Debug for RealmRouter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RealmRouter::Template(t) => write!(f, "Template({:?})", t.as_str()),
-            RealmRouter::Closure(_) => f.write_str("Closure(..)"),
-        }
-    }
-}
-
-impl RealmRouter {
-    /// Route with a closure.
-    pub fn closure(
-        f: impl Fn(&str, &PgRow<'_>) -> Result<RealmPath, String> + Send + Sync + 'static,
-    ) -> Self {
-        RealmRouter::Closure(Arc::new(f))
-    }
-}
-
-/// Where a row goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Route {
-    /// This realm.
-    Path(RealmPath),
-    /// A routing column is a TOASTed value that did not change: the row stays where it is.
-    Unchanged,
-}
-
-/// Custom PostgreSQL types (enums, domains): type name → the realm type its values read as.
-#[derive(Debug, Clone, Default)]
-pub struct CustomTypes {
-    /// `mood` → `string` (as in `[custom_postgres_types]`).
-    pub targets: BTreeMap<String, String>,
-    /// Enum labels by type name, read from the catalog (labels outside are rejected).
-    pub enum_labels: HashMap<String, Arc<HashSet<String>>>,
-}
-
-impl CustomTypes {
-    fn target(&self, type_name: &str) -> Option<&str> {
-        let short = type_name.rsplit('.').next().unwrap_or(type_name);
-        self.targets
-            .get(type_name)
-            .or_else(|| self.targets.get(short))
-            .map(String::as_str)
-    }
-
-    fn labels(&self, type_name: &str) -> Option<Arc<HashSet<String>>> {
-        let short = type_name.rsplit('.').next().unwrap_or(type_name);
-        self.enum_labels
-            .get(type_name)
-            .or_else(|| self.enum_labels.get(short))
-            .cloned()
-    }
-}
-
-/// A realm type name of `[custom_postgres_types]`.
-fn target_scalar(target: &str) -> Option<ScalarType> {
-    Some(match target {
-        "string" => ScalarType::String,
-        "int" => ScalarType::Int(pgrealm_schema::IntWidth::I64),
-        "float" => ScalarType::Float,
-        "double" => ScalarType::Double,
-        "bool" => ScalarType::Bool,
-        "date" => ScalarType::Date,
-        _ => return None,
-    })
-}
-
-/// The name PostgreSQL's `format_type` gives a built-in type oid; user-defined types are named
-/// by the stream's Type messages.
-pub(crate) fn builtin_type_name(oid: u32) -> Option<&'static str> {
-    Some(match oid {
-        16 => "boolean",
-        17 => "bytea",
-        18 => "\"char\"",
-        19 => "name",
-        20 => "bigint",
-        21 => "smallint",
-        23 => "integer",
-        25 => "text",
-        26 => "oid",
-        114 => "json",
-        700 => "real",
-        701 => "double precision",
-        1042 => "character",
-        1043 => "character varying",
-        1082 => "date",
-        1114 => "timestamp without time zone",
-        1184 => "timestamp with time zone",
-        1700 => "numeric",
-        2950 => "uuid",
-        3614 => "tsvector",
-        3802 => "jsonb",
-        _ => return None,
-    })
-}
+use super::route::{PgRow, RealmRouter, Route};
+use super::types::{builtin_type_name, same_family, target_scalar, CustomTypes};
 
 /// How one column converts.
 #[derive(Debug, Clone)]
@@ -623,14 +487,6 @@ fn placeholder() -> ColumnPlan {
     }
 }
 
-/// Whether a custom type's configured realm type can fill a property of type `property`.
-fn same_family(target: ScalarType, property: ScalarType) -> bool {
-    match (target, property) {
-        (ScalarType::Int(_), ScalarType::Int(_)) => true,
-        (a, b) => a == b,
-    }
-}
-
 fn read_key(plan: &ColumnPlan, values: &[ColumnValue]) -> Result<PrimaryKey, String> {
     match values.get(plan.index) {
         Some(ColumnValue::Text(_)) => {
@@ -675,17 +531,4 @@ fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
             .map_err(|e| e.to_string());
     }
     parse_text(plan.read_as, &plan.pg_type, text, &plan.label).map_err(|e| e.to_string())
-}
-
-/// Type names of a stream's relation cache.
-pub(crate) fn stream_type_name(cache: &RelationCache) -> impl Fn(u32) -> Option<String> + '_ {
-    move |oid| {
-        cache.type_info(oid).map(|t| {
-            if t.namespace == "public" || t.namespace.is_empty() {
-                t.name.clone()
-            } else {
-                format!("{}.{}", t.namespace, t.name)
-            }
-        })
-    }
 }

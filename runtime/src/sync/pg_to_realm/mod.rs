@@ -30,32 +30,33 @@ mod apply;
 mod copy;
 mod error;
 mod mapping;
+mod route;
+mod session;
+mod types;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use tokio::sync::watch;
 
 pub use apply::{checkpoint_key, stored_checkpoint, ORIGIN};
 pub use copy::{LoadReport, Progress};
 pub use error::PgToRealmError;
-pub use mapping::{CustomTypes, PgRow, RealmRouter, RouteFn};
+pub use route::{PgRow, RealmRouter, RouteFn};
+pub use types::CustomTypes;
 
-use apply::Group;
-use mapping::{stream_type_name, Mapper, TableKind, TablePlan};
+use mapping::Mapper;
+use types::load_enum_labels;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::replication::{
-    drop_slot, ensure_publication, ensure_slot, preflight, slot_info, Change, ChangeStream,
-    ColumnValue, Lsn, PgConnectOptions, QualifiedTable, Relation, ReplicationError, StreamEvent,
-    StreamOptions,
+    drop_slot, ensure_publication, ensure_slot, preflight, slot_info, Lsn, PgConnectOptions,
+    QualifiedTable, ReplicationError,
 };
 use crate::store::Store;
-use crate::sync::rejections::{Direction, RejectionLog};
 use crate::template::PathTemplate;
 
 /// The replication origin realm → PostgreSQL writes under; transactions carrying it (or a row of
@@ -360,239 +361,6 @@ impl PgToRealm {
             }
         }
     }
-
-    /// One replication session: from connecting to shutdown or the first error.
-    async fn session(&self, shutdown: &mut watch::Receiver<bool>) -> Result<(), PgToRealmError> {
-        let slot = &self.options.slot;
-        let resume =
-            stored_checkpoint(&self.store, slot)?.ok_or_else(|| PgToRealmError::NotSetUp {
-                slot: slot.clone(),
-                lsn: Lsn::ZERO,
-            })?;
-        let sql = self.pg.connect_sql().await?;
-        let mut mapper = self.mapper.clone();
-        let custom_names = self.custom_type_names();
-        mapper.custom.enum_labels = load_enum_labels(&sql, &custom_names).await?;
-        let mut options =
-            StreamOptions::new(slot.clone(), self.options.publication.clone()).resume_after(resume);
-        options.status_interval = self.options.status_interval;
-        let stream = ChangeStream::connect(&self.pg, &options).await?;
-        self.stats
-            .confirmed_lsn
-            .fetch_max(resume.as_u64(), Ordering::Relaxed);
-        let mut session = Session {
-            stream,
-            log: RejectionLog::open(&self.store, Direction::PostgresToRealm)?,
-            group: Group::new(&self.store, slot)?,
-            inflight: None,
-        };
-        let result = self
-            .stream_loop(&mut session, shutdown, &sql, &mut mapper, &custom_names)
-            .await;
-        // A commit handed over must be finished (durable or failed) before anyone reads the
-        // checkpoint again, or a restart could apply its transactions a second time.
-        let finished = self.finish_inflight(&mut session).await;
-        result.and(finished)?;
-        if let Err(e) = session.stream.shutdown().await {
-            tracing::debug!(error = %e, "closing the replication stream");
-        }
-        Ok(())
-    }
-
-    async fn stream_loop(
-        &self,
-        s: &mut Session,
-        shutdown: &mut watch::Receiver<bool>,
-        sql: &tokio_postgres::Client,
-        mapper: &mut Mapper,
-        custom_names: &[String],
-    ) -> Result<(), PgToRealmError> {
-        let mut plans: HashMap<u32, (Arc<Relation>, Arc<TablePlan>)> = HashMap::new();
-        let mut peeked: Option<Option<StreamEvent>> = None;
-        let mut stopping = *shutdown.borrow();
-        let mut labels_reloaded: Option<Instant> = None;
-        loop {
-            if stopping && !s.group.in_transaction() {
-                if !s.group.is_empty() {
-                    self.hand_over(s).await?;
-                }
-                return self.finish_inflight(s).await;
-            }
-            let listen = !s.group.in_transaction() && !stopping;
-            let event = match peeked.take() {
-                Some(event) => event,
-                None => tokio::select! {
-                    biased;
-                    done = async { (&mut s.inflight.as_mut().expect("guarded").handle).await },
-                        if s.inflight.is_some() =>
-                    {
-                        let inflight = s.inflight.take().expect("guarded");
-                        self.finished(s, inflight, done)?;
-                        continue;
-                    }
-                    event = s.stream.next_event() => event?,
-                    changed = shutdown.changed(), if listen => {
-                        if changed.is_err() || *shutdown.borrow() {
-                            stopping = true;
-                        }
-                        continue;
-                    }
-                },
-            };
-            let Some(event) = event else {
-                return Err(ReplicationError::Protocol {
-                    lsn: s.stream.confirmed(),
-                    message: "the server ended the replication stream".into(),
-                }
-                .into());
-            };
-            match event {
-                StreamEvent::Begin(begin) => {
-                    if s.inflight.is_none() && s.group.is_empty() {
-                        // Everything handed over is durable: read the store afresh.
-                        s.group.refresh(&self.store)?;
-                    }
-                    let origin = begin.origin.as_ref().map(|o| o.name.as_str());
-                    s.group.begin(begin.final_lsn, origin, begin.commit_time);
-                }
-                StreamEvent::Change(change) => {
-                    let relations: Vec<Arc<Relation>> = match &change {
-                        Change::Insert { relation, .. }
-                        | Change::Update { relation, .. }
-                        | Change::Delete { relation, .. } => vec![relation.clone()],
-                        Change::Truncate { relations, .. } => relations.clone(),
-                    };
-                    for relation in relations {
-                        let mut plan = plan_for(&mut plans, mapper, &s.stream, &relation);
-                        if let Some(type_name) = unknown_label(&plan, &change) {
-                            // A label added since the labels were read: read them again (at
-                            // most once a second), then decide.
-                            if labels_reloaded.is_none_or(|t| t.elapsed() > Duration::from_secs(1))
-                            {
-                                labels_reloaded = Some(Instant::now());
-                                tracing::info!(type_name, "re-reading enum labels");
-                                mapper.custom.enum_labels =
-                                    load_enum_labels(sql, custom_names).await?;
-                                plans.clear();
-                                plan = plan_for(&mut plans, mapper, &s.stream, &relation);
-                            }
-                        }
-                        s.group.change(mapper, &mut s.log, &plan, &change)?;
-                    }
-                }
-                StreamEvent::Message(_) => {}
-                StreamEvent::Commit(commit) => {
-                    s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
-                    let full = s.group.counts.changes >= self.options.group_max_changes
-                        || s.group.started.elapsed() >= self.options.group_max_delay;
-                    if !full && !stopping {
-                        // More already waiting? Then it joins this store commit.
-                        if let Some(next) = s.stream.next_event().now_or_never() {
-                            peeked = Some(next?);
-                            continue;
-                        }
-                    }
-                    self.hand_over(s).await?;
-                }
-            }
-        }
-    }
-
-    /// Start committing the group on the blocking pool, after the previous commit finished
-    /// (commits stay in order); the stream goes on into the next group meanwhile.
-    async fn hand_over(&self, s: &mut Session) -> Result<(), PgToRealmError> {
-        self.finish_inflight(s).await?;
-        let handover = s.group.take_commit(&self.store);
-        let tx = handover.tx;
-        s.inflight = Some(InFlight {
-            handle: tokio::task::spawn_blocking(move || tx.commit()),
-            counts: handover.counts,
-            end_lsn: handover.end_lsn,
-            first_commit_time: handover.first_commit_time,
-        });
-        if s.group.overlay_is_large() {
-            // Keep the carried state bounded: wait for the commit, then start afresh.
-            self.finish_inflight(s).await?;
-            s.group.refresh(&self.store)?;
-        }
-        Ok(())
-    }
-
-    /// Wait for the commit in flight, if any, and confirm it.
-    async fn finish_inflight(&self, s: &mut Session) -> Result<(), PgToRealmError> {
-        if let Some(mut inflight) = s.inflight.take() {
-            let done = (&mut inflight.handle).await;
-            self.finished(s, inflight, done)?;
-        }
-        Ok(())
-    }
-
-    /// A commit finished: once durable, confirm its end LSN and count it.
-    fn finished(
-        &self,
-        s: &mut Session,
-        inflight: InFlight,
-        done: Result<
-            Result<crate::store::CommitInfo, crate::store::StoreError>,
-            tokio::task::JoinError,
-        >,
-    ) -> Result<(), PgToRealmError> {
-        let result = done.map_err(|e| PgToRealmError::Task(e.to_string()))?;
-        if let Err(e) = result {
-            s.log.reload(&self.store)?;
-            return Err(e.into());
-        }
-        if let Some(lsn) = inflight.end_lsn {
-            s.stream.confirm(lsn);
-            self.stats
-                .confirmed_lsn
-                .fetch_max(lsn.as_u64(), Ordering::Relaxed);
-        }
-        let counts = inflight.counts;
-        let stats = &self.stats;
-        stats
-            .transactions
-            .fetch_add(counts.transactions, Ordering::Relaxed);
-        stats.changes.fetch_add(counts.changes, Ordering::Relaxed);
-        stats
-            .rejections
-            .fetch_add(counts.rejections, Ordering::Relaxed);
-        stats.echoes.fetch_add(counts.echoes, Ordering::Relaxed);
-        stats.store_commits.fetch_add(1, Ordering::Relaxed);
-        Metrics::add(&self.metrics.changes_postgres_to_realm, counts.changes);
-        Metrics::add(&self.metrics.rejections, counts.rejections);
-        if let Some(commit_time) = inflight.first_commit_time {
-            Metrics::set(
-                &self.metrics.replication_lag_millis,
-                lag_millis(commit_time),
-            );
-        }
-        Ok(())
-    }
-}
-
-/// One replication session's state.
-struct Session {
-    stream: ChangeStream,
-    log: RejectionLog,
-    group: Group,
-    /// The store commit running on the blocking pool, at most one.
-    inflight: Option<InFlight>,
-}
-
-/// A store commit in flight, and what to confirm and count once it is durable.
-struct InFlight {
-    handle: tokio::task::JoinHandle<Result<crate::store::CommitInfo, crate::store::StoreError>>,
-    counts: apply::GroupCounts,
-    end_lsn: Option<Lsn>,
-    first_commit_time: Option<i64>,
-}
-
-/// Milliseconds from a PostgreSQL commit time (µs since 2000-01-01 UTC) to now.
-fn lag_millis(commit_time: i64) -> i64 {
-    const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-    let now = chrono::Utc::now().timestamp_micros();
-    (now - (commit_time + PG_EPOCH_UNIX_MICROS)) / 1000
 }
 
 fn retryable(e: &PgToRealmError) -> bool {
@@ -605,77 +373,4 @@ fn retryable(e: &PgToRealmError) -> bool {
                 | ReplicationError::Protocol { .. }
         ) | PgToRealmError::Sql { .. }
     )
-}
-
-fn plan_for(
-    plans: &mut HashMap<u32, (Arc<Relation>, Arc<TablePlan>)>,
-    mapper: &Mapper,
-    stream: &ChangeStream,
-    relation: &Arc<Relation>,
-) -> Arc<TablePlan> {
-    if let Some((known, plan)) = plans.get(&relation.id) {
-        if Arc::ptr_eq(known, relation) {
-            return plan.clone();
-        }
-    }
-    let plan = Arc::new(mapper.plan(relation, &stream_type_name(stream.relations())));
-    plans.insert(relation.id, (relation.clone(), plan.clone()));
-    plan
-}
-
-/// The type of an enum label in `change` that the loaded labels do not know.
-fn unknown_label(plan: &TablePlan, change: &Change) -> Option<String> {
-    let new = match change {
-        Change::Insert { new, .. } | Change::Update { new, .. } => new,
-        _ => return None,
-    };
-    let columns: Vec<&mapping::ColumnPlan> = match &plan.kind {
-        TableKind::Class { columns, .. } => columns.iter().collect(),
-        TableKind::List { item, .. } => vec![item],
-        _ => return None,
-    };
-    columns.into_iter().find_map(|column| {
-        let (type_name, labels) = column.enum_labels.as_ref()?;
-        let text = new.get(column.index).and_then(ColumnValue::as_text)?;
-        (!labels.contains(text)).then(|| type_name.clone())
-    })
-}
-
-/// The labels of the enum types among `names` (schema-qualified or not).
-async fn load_enum_labels(
-    sql: &tokio_postgres::Client,
-    names: &[String],
-) -> Result<HashMap<String, Arc<HashSet<String>>>, PgToRealmError> {
-    if names.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let short: Vec<String> = names
-        .iter()
-        .map(|n| n.rsplit('.').next().unwrap_or(n).to_owned())
-        .collect();
-    let rows = sql
-        .query(
-            "SELECT n.nspname::text, t.typname::text, e.enumlabel::text \
-             FROM pg_catalog.pg_type t \
-             JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace \
-             JOIN pg_catalog.pg_enum e ON e.enumtypid = t.oid \
-             WHERE t.typname = ANY($1)",
-            &[&short],
-        )
-        .await
-        .map_err(PgToRealmError::sql(
-            "reading the labels of custom enum types",
-        ))?;
-    let mut out: HashMap<String, HashSet<String>> = HashMap::new();
-    for row in rows {
-        let (namespace, name, label): (String, String, String) =
-            (row.get(0), row.get(1), row.get(2));
-        out.entry(format!("{namespace}.{name}"))
-            .or_default()
-            .insert(label.clone());
-        if namespace == "public" {
-            out.entry(name).or_default().insert(label);
-        }
-    }
-    Ok(out.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
