@@ -615,3 +615,31 @@ async fn custom_postgres_types_that_do_not_fit_the_property_are_rejections() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_the_transaction_in_hand_and_confirms_it() {
+    let f = Fixture::new().await;
+    let running = f.start(f.options()).await;
+    f.exec(
+        "INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(1, 30000) i",
+    )
+    .await;
+    // Stop while the 30,000-row transaction is (most likely) streaming.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    running.stop().await;
+    let buses = f.objects("Bus").len();
+    assert!(
+        buses == 0 || buses == 30_000,
+        "a transaction was split: {buses} rows"
+    );
+    // Whatever was applied was confirmed before the session ended.
+    let checkpoint = stored_checkpoint(&f.store, &f.slot).unwrap().unwrap();
+    assert!(f.confirmed_flush_lsn().await >= checkpoint.as_u64());
+    // And a restart completes it exactly once.
+    let mut f = f;
+    let running = f.start(f.options()).await;
+    f.sync_point().await;
+    assert_eq!(f.objects("Bus").len(), 30_000);
+    running.stop().await;
+}

@@ -58,6 +58,10 @@ impl PgToRealm {
         // checkpoint again, or a restart could apply its transactions a second time.
         let finished = self.finish_inflight(&mut session).await;
         result.and(finished)?;
+        // The replication client sends a raised position at its next status interval, and its
+        // shutdown (CopyDone) does not send a pending one first: give it two intervals, so the
+        // server learns the last confirmed commit before the session ends.
+        tokio::time::sleep(self.options.status_interval * 2).await;
         if let Err(e) = session.stream.shutdown().await {
             tracing::debug!(error = %e, "closing the replication stream");
         }
