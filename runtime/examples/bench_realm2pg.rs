@@ -273,6 +273,14 @@ async fn main() {
         tx.commit().expect("commit");
     }
     let rows_b = (per_realm * 1000) as usize;
+    // How fast the change feed alone delivers these changesets (no PostgreSQL at all).
+    let mut feed = store.subscribe(pgrealm_runtime::Subscription::all());
+    let start = Instant::now();
+    for _ in 0..rows_b {
+        feed.next().await.expect("a changeset");
+    }
+    let feed_b = start.elapsed();
+    drop(feed);
     let (db, client) = database(&cluster).await;
     let took_b = engine_catch_up(&store, &db, &client, 1000, per_realm).await;
     let ids: Vec<i64> = (0..rows_b as i64).collect();
@@ -367,6 +375,10 @@ async fn main() {
         rows_b,
         took_b,
         &baselines_b,
+    );
+    println!(
+        "    the change feed alone delivers these changesets at {:.0} /s\n",
+        rate(rows_b, feed_b)
     );
     println!(
         "lag realm commit → PostgreSQL commit at {:.0} commits/s ({} commits, {} arrived): p50 {}, p99 {}, max {}",
