@@ -198,23 +198,15 @@ impl Writer {
         &mut self,
         progress: &BTreeMap<&RealmPath, u64>,
     ) -> Result<bool, Failure> {
-        let mut sql = String::from("INSERT INTO pgrealm.progress (realm_path, version) VALUES ");
+        // One statement text for any number of realms, so it is prepared once.
+        let sql = "INSERT INTO pgrealm.progress (realm_path, version) \
+                   SELECT * FROM unnest($1::text[], $2::bigint[]) \
+                   ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
+                   WHERE pgrealm.progress.version < EXCLUDED.version";
         let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
         let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-        for (i, (path, version)) in paths.iter().zip(&versions).enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${})", 2 * i + 1, 2 * i + 2));
-            params.push(path);
-            params.push(version);
-        }
-        sql.push_str(
-            " ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
-             WHERE pgrealm.progress.version < EXCLUDED.version",
-        );
-        let statement = self.statement(&sql).await?;
+        let params: [&(dyn ToSql + Sync); 2] = [&paths, &versions];
+        let statement = self.statement(sql).await?;
         let n = self
             .client
             .execute(&statement, &params)
