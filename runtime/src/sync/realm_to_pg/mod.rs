@@ -218,6 +218,10 @@ impl RealmToPg {
         )));
         let mut log = RejectionLog::open(&self.store, Direction::RealmToPostgres)?;
         let mut compensated: HashMap<RealmPath, u64> = HashMap::new();
+        // A compensation mark is stored in the same commit as its rejection: with no rejection
+        // recorded there is no mark to read (later ones are remembered as they are made).
+        let marks_stored =
+            crate::sync::rejections::count(&self.store, Direction::RealmToPostgres)? > 0;
         let mut writer = Some(writer);
         let mut pending: VecDeque<Changeset> = VecDeque::new();
         // After a refused batch, its changesets go one at a time to isolate the bad one.
@@ -292,6 +296,7 @@ impl RealmToPg {
             for cs in pending.iter().take(n) {
                 let done = match compensated.get(&cs.realm) {
                     Some(v) => *v,
+                    None if !marks_stored => 0,
                     None => {
                         let v = compensated_version(&self.store, &cs.realm)?;
                         compensated.insert(cs.realm.clone(), v);
