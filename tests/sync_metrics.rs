@@ -92,3 +92,34 @@ async fn metrics_report_both_directions_and_the_slot() {
     assert_eq!(gauge(&text, "pgrealm_rejections_total"), 0.0, "{text}");
     running.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_refuses_a_database_that_differs_from_the_schema() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "ALTER TABLE bus ALTER COLUMN name TYPE integer USING 0",
+        )
+        .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let overrides = vec![
+        format!("postgres.url={}", db.url),
+        format!("realm.data_dir={}", data.path().display()),
+        "realm.listen=127.0.0.1:0".to_owned(),
+        "sync.create_postgres_db=false".to_owned(),
+        "sync.apply_realm_schema_changes_to_postgres=false".to_owned(),
+    ];
+    let config = Config::from_parts("", None, |_| None, &overrides).unwrap();
+    let err = engine::start(transit::Schema::schema(), &config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not match the compiled schema") && err.contains("\"bus\".\"name\""),
+        "{err}"
+    );
+}

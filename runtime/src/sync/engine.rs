@@ -143,6 +143,22 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
                 .await?
                 .log();
         }
+        // Preflight: the live catalog must hold the compiled schema (after any additive
+        // changes above); a difference is named in plain words rather than found row by row.
+        let catalog = crate::pg::read_catalog(&client, "public")
+            .await
+            .map_err(|e| EngineError::Config(format!("reading the PostgreSQL catalog: {e}")))?;
+        let problems: Vec<String> = pgrealm_schema::catalog::check_catalog(schema, &catalog)
+            .into_iter()
+            .filter(|p| !p.is_warning())
+            .map(|p| format!("  - {p}"))
+            .collect();
+        if !problems.is_empty() {
+            return Err(EngineError::Config(format!(
+                "the database does not match the compiled schema:\n{}\n(set sync.apply_realm_schema_changes_to_postgres = true to add missing tables and columns, or migrate by hand)",
+                problems.join("\n")
+            )));
+        }
         ensure_bookkeeping(&client).await?;
     }
 
