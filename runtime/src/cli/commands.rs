@@ -15,34 +15,8 @@ use crate::metrics::Metrics;
 use crate::replication::{drop_slot, slot_info, PgConnectOptions};
 use crate::server::{Server, ServerOptions};
 use crate::store::{Store, StoreError, StoreOptions, STORE_FILE};
+use crate::sync::engine::{given_admin_token, open_store};
 use crate::sync::rejections::{self, Direction};
-
-/// The admin token given by the operator: `PGREALM_ADMIN_TOKEN`, else `realm.admin_token_file`.
-fn given_admin_token(config: &Config) -> anyhow::Result<Option<String>> {
-    if let Ok(t) = std::env::var("PGREALM_ADMIN_TOKEN") {
-        return Ok(Some(t));
-    }
-    match &config.realm.admin_token_file {
-        Some(path) => Ok(Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading realm.admin_token_file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        )),
-        None => Ok(None),
-    }
-}
-
-pub(super) fn open_store(schema: &Schema, config: &Config) -> Result<Store, StoreError> {
-    Store::open(
-        &config.realm.data_dir,
-        schema.clone(),
-        StoreOptions {
-            log_retention: config.realm.log_retention,
-            ..StoreOptions::default()
-        },
-    )
-}
 
 pub(super) fn server_options(config: &Config) -> anyhow::Result<ServerOptions> {
     let readable = config

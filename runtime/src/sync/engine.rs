@@ -77,19 +77,21 @@ pub struct RunningEngine {
     tasks: Vec<(&'static str, JoinHandle<Result<(), EngineError>>)>,
 }
 
-/// Open the store of the embedded object server.
-pub fn open_store(schema: &Schema, config: &Config) -> Result<Store, EngineError> {
-    Ok(Store::open(
+/// Open the store of the embedded object server (`realm.data_dir`, `realm.log_retention`).
+pub fn open_store(schema: &Schema, config: &Config) -> Result<Store, crate::store::StoreError> {
+    Store::open(
         &config.realm.data_dir,
         schema.clone(),
         StoreOptions {
             log_retention: config.realm.log_retention,
             ..StoreOptions::default()
         },
-    )?)
+    )
 }
 
-fn given_admin_token(config: &Config) -> Result<Option<String>, EngineError> {
+/// The admin token the operator gives: `PGREALM_ADMIN_TOKEN`, else `realm.admin_token_file`;
+/// `None` lets the server use (or create) `<data_dir>/keys/admin.token`.
+pub(crate) fn given_admin_token(config: &Config) -> Result<Option<String>, EngineError> {
     if let Ok(t) = std::env::var("PGREALM_ADMIN_TOKEN") {
         return Ok(Some(t));
     }
