@@ -589,29 +589,34 @@ impl Group {
         Ok(())
     }
 
+    /// The keys of every object of `class` in any realm: those committed before the group
+    /// and those this group created (a key held by several realms may appear more than once).
+    fn keys_of_class(&self, mapper: &Mapper, class: usize) -> Result<Vec<PrimaryKey>, StoreError> {
+        let name = &mapper.schema.classes[class].name;
+        let mut keys = Vec::new();
+        for info in self.snapshot.realms()? {
+            if let Some(view) = self.snapshot.realm(&info.path)? {
+                for object in view.objects(name)? {
+                    if let Ok(key) = object.primary_key(&mapper.schema) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.extend(
+            self.overlay
+                .iter()
+                .filter(|((c, _), found)| *c == class && !found.realms.is_empty())
+                .map(|((_, k), _)| k.clone()),
+        );
+        Ok(keys)
+    }
+
     fn truncate(&mut self, mapper: &Mapper, plan: &TablePlan) -> Result<(), StoreError> {
         match &plan.kind {
             TableKind::Class { class, .. } => {
                 let class = *class;
-                let name = mapper.schema.classes[class].name.clone();
-                // Objects committed before the group…
-                let mut keys = Vec::new();
-                for info in self.snapshot.realms()? {
-                    if let Some(view) = self.snapshot.realm(&info.path)? {
-                        for object in view.objects(&name)? {
-                            if let Ok(key) = object.primary_key(&mapper.schema) {
-                                keys.push(key);
-                            }
-                        }
-                    }
-                }
-                // …and those this group created.
-                keys.extend(
-                    self.overlay
-                        .iter()
-                        .filter(|((c, _), found)| *c == class && !found.realms.is_empty())
-                        .map(|((_, k), _)| k.clone()),
-                );
+                let keys = self.keys_of_class(mapper, class)?;
                 let mut seen = HashSet::new();
                 for key in keys {
                     if seen.insert(key.clone()) {
@@ -632,24 +637,7 @@ impl Group {
                 self.lists
                     .retain(|(c, p, _), _| !(*c == class && p == property));
                 // Every owner's list is now empty.
-                let name = mapper.schema.classes[class].name.clone();
-                let mut owners = Vec::new();
-                for info in self.snapshot.realms()? {
-                    if let Some(view) = self.snapshot.realm(&info.path)? {
-                        for object in view.objects(&name)? {
-                            if let Ok(key) = object.primary_key(&mapper.schema) {
-                                owners.push(key);
-                            }
-                        }
-                    }
-                }
-                owners.extend(
-                    self.overlay
-                        .iter()
-                        .filter(|((c, _), found)| *c == class && !found.realms.is_empty())
-                        .map(|((_, k), _)| k.clone()),
-                );
-                for owner in owners {
+                for owner in self.keys_of_class(mapper, class)? {
                     let list = (class, property.clone(), owner);
                     self.lists.insert(list.clone(), BTreeMap::new());
                     self.mark(list);
