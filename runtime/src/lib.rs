@@ -22,5 +22,5 @@ pub mod testing;
 pub use store::{
     apply, ChangeFeed, Changeset, CodecError, CommitInfo, Instruction, PathError, RealmInfo,
     RealmObjects, RealmPath, RealmView, RealmWriter, Snapshot, Store, StoreError, StoreOptions,
-    Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN, MAX_SEGMENT_LEN, STORE_FILE,
+    StreamingTx, Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN, MAX_SEGMENT_LEN, STORE_FILE,
 };

@@ -19,6 +19,7 @@ mod error;
 mod feed;
 mod path;
 mod read;
+mod streaming;
 mod write;
 
 use std::collections::HashMap;
@@ -36,10 +37,12 @@ pub use error::StoreError;
 pub use feed::{ChangeFeed, Subscription};
 pub use path::{PathError, RealmPath, MAX_PATH_LEN, MAX_SEGMENT_LEN};
 pub use read::{RealmInfo, RealmView, Snapshot};
+pub use streaming::StreamingTx;
 pub use write::{CommitInfo, RealmWriter, WriteTx};
 
-/// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u64 = 1;
+/// The on-disk format this build writes and the newest it reads. Format 2 added changesets
+/// written in parts ([`StreamingTx`]); a format-1 file is raised to 2 by its first such commit.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// The store file's name inside the data directory.
 pub const STORE_FILE: &str = "realms.redb";
@@ -58,6 +61,9 @@ const REALM_CLASSES: TableDefinition<(u64, &str), &str> = TableDefinition::new("
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// (realm id, version) → changeset record.
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
+/// (realm id, version, part) → the leading instructions of a changeset written in parts
+/// (format 2; see `streaming.rs`).
+const LOG_PARTS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("log_parts");
 /// class ‖ 0 ‖ key → ids of the realms holding such an object.
 const LOCATOR: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new("locator");
 /// commit metadata key → latest value.
@@ -72,6 +78,10 @@ pub struct StoreOptions {
     /// How many commit notifications a slow subscriber may fall behind before it re-reads the
     /// realm list (it never loses changesets, it only does more work).
     pub feed_buffer: usize,
+    /// The most memory redb's page cache and write buffer may use, in bytes (redb's default is
+    /// 1 GiB). It also bounds what one large [`StreamingTx`] keeps in memory: redb writes dirty
+    /// pages past half of it to the file before the commit.
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -79,6 +89,7 @@ impl Default for StoreOptions {
         StoreOptions {
             log_retention: 100_000,
             feed_buffer: 4096,
+            cache_bytes: 1 << 30,
         }
     }
 }
@@ -154,6 +165,7 @@ impl Store {
         })?;
         let file = dir.join(STORE_FILE);
         let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
             .create(&file)
             .map_err(|source| match source {
                 redb::DatabaseError::DatabaseAlreadyOpen => {
@@ -210,6 +222,13 @@ impl Store {
     /// Start a write transaction. Nothing touches the file until [`WriteTx::commit`].
     pub fn begin_write(&self, origin: impl Into<String>) -> WriteTx {
         WriteTx::new(self.clone(), origin.into())
+    }
+
+    /// Start a write transaction for a change too large to hold in memory: it takes the store's
+    /// write lock now (waiting for a commit in progress) and applies operations as they come.
+    /// See [`StreamingTx`].
+    pub fn begin_streaming(&self, origin: impl Into<String>) -> Result<StreamingTx, StoreError> {
+        StreamingTx::new(self.clone(), origin.into())
     }
 
     /// A consistent read-only view of every realm as of now.
@@ -306,6 +325,7 @@ fn stamp_format(db: &Database, file: &Path) -> Result<(), StoreError> {
         tx.open_table(REALM_CLASSES)?;
         tx.open_table(OBJECTS)?;
         tx.open_table(LOG)?;
+        tx.open_table(LOG_PARTS)?;
         tx.open_multimap_table(LOCATOR)?;
         tx.open_table(METADATA)?;
     }

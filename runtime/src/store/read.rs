@@ -157,13 +157,16 @@ impl Snapshot {
             });
         }
         let log = self.txn.open_table(LOG)?;
+        let parts = super::streaming::PartReader::open(&self.txn)?;
         let mut out = Vec::new();
         for row in log.range((id, after + 1)..=(id, info.version))?.take(limit) {
             let (k, v) = row?;
-            let (committed_at, origin, instructions) = decode_log(v.value())?;
+            let (committed_at, origin, mut instructions) = decode_log(v.value())?;
+            let version = k.value().1;
+            parts.prepend(id, version, &mut instructions)?;
             out.push(Changeset {
                 realm: realm.clone(),
-                version: k.value().1,
+                version,
                 origin,
                 committed_at,
                 instructions,
@@ -297,7 +300,7 @@ impl RealmView {
 }
 
 /// Fill properties an object predates (added to its class later) with NULL or the empty list.
-fn complete(class: &Class, mut object: Object) -> Object {
+pub(super) fn complete(class: &Class, mut object: Object) -> Object {
     for property in &class.properties {
         if !object.values.contains_key(&property.name) {
             let empty = if property.ty.is_list() {

@@ -36,7 +36,7 @@ pub struct WriteTx {
 }
 
 #[derive(Debug)]
-enum Op {
+pub(super) enum Op {
     Put {
         realm: RealmPath,
         key: PrimaryKey,
@@ -90,6 +90,15 @@ impl WriteTx {
             ops: Vec::new(),
             metadata: BTreeMap::new(),
         }
+    }
+
+    /// Take the operations and metadata collected so far, leaving the transaction empty (for
+    /// `streaming.rs`, which applies them to its open redb transaction in batches).
+    pub(super) fn drain(&mut self) -> (Vec<Op>, BTreeMap<String, Vec<u8>>) {
+        (
+            std::mem::take(&mut self.ops),
+            std::mem::take(&mut self.metadata),
+        )
     }
 
     /// The origin tag this transaction's changesets carry.
@@ -289,20 +298,20 @@ impl RealmWriter<'_> {
 }
 
 /// A realm as the commit being applied sees it.
-struct RealmState {
-    path: RealmPath,
-    id: u64,
-    version: u64,
-    oldest: u64,
-    is_new: bool,
+pub(super) struct RealmState {
+    pub(super) path: RealmPath,
+    pub(super) id: u64,
+    pub(super) version: u64,
+    pub(super) oldest: u64,
+    pub(super) is_new: bool,
     /// The realm's classes loaded so far, with this commit's additions (`None`: the realm does
     /// not have the class).
-    classes: HashMap<String, Option<Class>>,
+    pub(super) classes: HashMap<String, Option<Class>>,
     /// Classes whose definition this commit extends, and the instructions saying so.
-    changed_classes: Vec<String>,
-    schema_changes: Vec<Instruction>,
+    pub(super) changed_classes: Vec<String>,
+    pub(super) schema_changes: Vec<Instruction>,
     /// The objects this commit touches, first-touched first (indices into `Applier::touched`).
-    objects: Vec<usize>,
+    pub(super) objects: Vec<usize>,
 }
 
 /// One object a commit touches: as it was before the commit and as it is now.
@@ -320,7 +329,7 @@ struct Touched {
 /// Operations edit the touched objects in memory; [`Applier::finish`] compares each with what it
 /// was before the commit, so a changeset holds the net change (a create then delete in one
 /// commit is nothing, and makes no version) and each object is written once.
-struct Applier<'t> {
+pub(super) struct Applier<'t> {
     store: &'t Store,
     realms: Table<'t, &'static str, (u64, u64, u64)>,
     realm_paths: Table<'t, u64, &'static str>,
@@ -329,15 +338,15 @@ struct Applier<'t> {
     log: Table<'t, (u64, u64), &'static [u8]>,
     locator: MultimapTable<'t, &'static [u8], u64>,
     meta: Table<'t, &'static str, u64>,
-    states: Vec<RealmState>,
-    by_path: HashMap<RealmPath, usize>,
+    pub(super) states: Vec<RealmState>,
+    pub(super) by_path: HashMap<RealmPath, usize>,
     touched: Vec<Touched>,
     by_record: HashMap<Vec<u8>, usize>,
-    next_id: Option<u64>,
+    pub(super) next_id: Option<u64>,
 }
 
 impl<'t> Applier<'t> {
-    fn open(store: &'t Store, txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    pub(super) fn open(store: &'t Store, txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Applier {
             store,
             realms: txn.open_table(REALMS)?,
@@ -392,7 +401,7 @@ impl<'t> Applier<'t> {
         Ok(Some(self.states.len() - 1))
     }
 
-    fn op(&mut self, op: Op) -> Result<(), StoreError> {
+    pub(super) fn op(&mut self, op: Op) -> Result<(), StoreError> {
         match op {
             Op::Put { realm, key, object } => {
                 let i = self.realm(&realm, true)?.expect("created on demand");
@@ -550,7 +559,11 @@ impl<'t> Applier<'t> {
     }
 
     /// The net instructions of one touched object, writing it and the locator.
-    fn settle(&mut self, t: usize, out: &mut Vec<Instruction>) -> Result<(), StoreError> {
+    pub(super) fn settle(
+        &mut self,
+        t: usize,
+        out: &mut Vec<Instruction>,
+    ) -> Result<(), StoreError> {
         // Each object settles once: its new state moves into the instructions.
         let current = self.touched[t].current.take();
         let touched = &self.touched[t];

@@ -13,9 +13,12 @@
 //! besides list entries of the owners it touched). The overlay keeps each touched object's
 //! location, and — for the first [`PATCH_LIMIT`] touched objects of a group — the values the
 //! group gave it, needed only when a row touched earlier in the same group later moves to
-//! another realm or changes its key. Past that limit such a move is refused with a rejection
-//! that says so (a later update heals it), so a 1,000,000-row transaction costs the store's
-//! write buffer and a location per row, not two copies of every row.
+//! another realm or changes its key. A transaction larger than
+//! [`PgToRealmOptions::stream_after_changes`](super::PgToRealmOptions::stream_after_changes)
+//! makes the group *stream* (see [`Group`]): its operations go in batches into one open store
+//! transaction that also answers its reads, and the overlay and list entries start afresh after
+//! each batch, so a 1,000,000-row transaction costs a few batches and the store's cache, not a
+//! copy of every row.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
@@ -26,11 +29,16 @@ use pgrealm_schema::{Object, PrimaryKey, Value};
 use super::mapping::{raw_values, Mapper, TableKind, TablePlan};
 use super::route::Route;
 use crate::replication::{Change, ColumnValue, Lsn, OldTuple};
-use crate::store::{RealmPath, Snapshot, Store, StoreError, WriteTx};
+use crate::store::{CommitInfo, RealmPath, Snapshot, Store, StoreError, StreamingTx, WriteTx};
 use crate::sync::rejections::{Direction, Rejection, RejectionLog};
 
 /// Touched objects per group whose values the overlay keeps (see the module header).
 pub(crate) const PATCH_LIMIT: usize = 100_000;
+
+/// Operations a streaming group collects before applying them to its open store transaction
+/// (this bounds the write buffer, the overlay and the list entries kept in memory); smaller
+/// when `stream_after` is smaller, so a test can stream small transactions in many batches.
+const STREAM_BATCH: usize = 8_192;
 
 /// The origin of every store commit PostgreSQL → realm makes (sync.md, decision 1).
 pub const ORIGIN: &str = "postgres";
@@ -82,14 +90,36 @@ mod lists;
 #[derive(Debug)]
 pub(crate) struct Handover {
     pub(crate) tx: WriteTx,
+    /// The open store transaction `tx`'s earlier batches went into, for a streaming group.
+    pub(crate) streaming: Option<StreamingTx>,
     pub(crate) counts: GroupCounts,
     pub(crate) end_lsn: Option<Lsn>,
     pub(crate) first_commit_time: Option<i64>,
 }
 
+impl Handover {
+    /// Commit (blocking: run it on the blocking pool) and return once durable.
+    pub(crate) fn commit(self) -> Result<CommitInfo, StoreError> {
+        match self.streaming {
+            Some(streaming) => streaming.apply(&mut { self.tx })?.commit(),
+            None => self.tx.commit(),
+        }
+    }
+}
+
 /// One store write under construction.
+///
+/// A group that grows past `stream_after` operations inside one PostgreSQL transaction becomes
+/// a *streaming* group ([`Group::start_streaming`]): from then on its operations go, every
+/// [`STREAM_BATCH`], into one open store transaction ([`StreamingTx`]), which it also reads
+/// from instead of the snapshot, and its overlay and list entries start afresh after each
+/// batch. Memory then stays bounded whatever the size of the PostgreSQL transaction, which
+/// still becomes one atomic, durable store commit holding its LSN.
 pub(crate) struct Group {
     tx: WriteTx,
+    streaming: Option<StreamingTx>,
+    /// Operations in one PostgreSQL transaction past which the group streams.
+    pub(crate) stream_after: usize,
     snapshot: Snapshot,
     slot: String,
     overlay: HashMap<(usize, PrimaryKey), Located>,
@@ -107,6 +137,8 @@ pub(crate) struct Group {
     in_tx: bool,
     tx_lsn: Lsn,
     tx_echo: bool,
+    /// Operations the group held when the transaction in hand began.
+    tx_first_op: usize,
     dirty: Vec<ListKey>,
     dirty_set: HashSet<ListKey>,
 }
@@ -124,6 +156,8 @@ impl Group {
     pub(crate) fn new(store: &Store, slot: &str) -> Result<Self, StoreError> {
         Ok(Group {
             tx: store.begin_write(ORIGIN),
+            streaming: None,
+            stream_after: usize::MAX,
             snapshot: store.snapshot()?,
             slot: slot.to_owned(),
             overlay: HashMap::new(),
@@ -137,6 +171,7 @@ impl Group {
             in_tx: false,
             tx_lsn: Lsn::ZERO,
             tx_echo: false,
+            tx_first_op: 0,
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
         })
@@ -163,6 +198,7 @@ impl Group {
         self.started = Instant::now();
         Handover {
             tx: std::mem::replace(&mut self.tx, store.begin_write(ORIGIN)),
+            streaming: self.streaming.take(),
             counts: std::mem::take(&mut self.counts),
             end_lsn: self.end_lsn.take(),
             first_commit_time: self.first_commit_time.take(),
@@ -174,10 +210,99 @@ impl Group {
         self.overlay.len() > PATCH_LIMIT
     }
 
+    /// Whether the transaction in hand has grown large enough to stream (see [`Group`]). The
+    /// caller then waits for the commit in flight and calls [`Group::start_streaming`].
+    pub(crate) fn wants_streaming(&self) -> bool {
+        self.streaming.is_none()
+            && self.in_tx
+            && self.tx.len().saturating_sub(self.tx_first_op) >= self.stream_after
+    }
+
+    /// Open the store transaction this group streams into. Only when no commit is in flight
+    /// (it takes the store's write lock, which that commit holds).
+    pub(crate) fn start_streaming(&mut self, store: &Store) -> Result<(), StoreError> {
+        if self.streaming.is_none() {
+            tracing::info!(
+                operations = self.tx.len(),
+                "a large PostgreSQL transaction: applying it to the store as it streams"
+            );
+            self.streaming = Some(store.begin_streaming(ORIGIN)?);
+        }
+        Ok(())
+    }
+
+    /// Whether the group streams (its commit must be durable before the next group reads the
+    /// store again: see `session.rs`).
+    pub(crate) fn is_streaming(&self) -> bool {
+        self.streaming.is_some()
+    }
+
+    /// A streaming group: once a batch is collected, apply it to the open store transaction
+    /// (with the lists the transaction touched so far) and start the overlay afresh, since the
+    /// store transaction now answers every read.
+    fn stream_batch(&mut self, mapper: &Mapper, log: &mut RejectionLog) -> Result<(), StoreError> {
+        if self.streaming.is_none() || self.tx.len() < STREAM_BATCH.min(self.stream_after).max(1) {
+            return Ok(());
+        }
+        // The lists written now are written again at the transaction's end if it changes them
+        // further; only the last write is PostgreSQL's state, the earlier ones are never
+        // visible (the commit is atomic).
+        for list in std::mem::take(&mut self.dirty) {
+            self.write_list(mapper, log, &list)?;
+        }
+        self.dirty_set.clear();
+        let streaming = self.streaming.take().expect("checked above");
+        self.streaming = Some(streaming.apply(&mut self.tx)?);
+        self.overlay.clear();
+        self.patched = 0;
+        self.lists.clear();
+        Ok(())
+    }
+
+    /// Where an object is, as of the group's start (or, streaming, its last applied batch).
+    fn base_locate(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        key: &PrimaryKey,
+    ) -> Result<Vec<RealmPath>, StoreError> {
+        let name = &mapper.schema.classes[class].name;
+        match &self.streaming {
+            Some(streaming) => streaming.locate(name, key),
+            None => self.snapshot.locate(name, key),
+        }
+    }
+
+    /// An object's values in `realm`, as of the group's start (or its last applied batch).
+    fn base_values(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        key: &PrimaryKey,
+        realm: &RealmPath,
+    ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        let name = &mapper.schema.classes[class].name;
+        match &self.streaming {
+            Some(streaming) => streaming.object(realm, name, key),
+            None => Ok(match self.snapshot.realm(realm)? {
+                Some(view) => view.object(name, key)?.map(|o| o.values),
+                None => None,
+            }),
+        }
+    }
+
+    /// Store metadata as of the group's start (or its last applied batch).
+    pub(super) fn base_metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.streaming {
+            Some(streaming) => streaming.metadata(key),
+            None => self.snapshot.metadata(key),
+        }
+    }
+
     /// Start afresh from the store as it is now. Only when every handed-over commit is
     /// durable and nothing is pending.
     pub(crate) fn refresh(&mut self, store: &Store) -> Result<(), StoreError> {
-        debug_assert!(!self.in_tx && self.tx.is_empty());
+        debug_assert!(!self.in_tx && self.tx.is_empty() && self.streaming.is_none());
         self.snapshot = store.snapshot()?;
         self.overlay.clear();
         self.patched = 0;
@@ -197,6 +322,7 @@ impl Group {
 
     pub(crate) fn begin(&mut self, final_lsn: Lsn, origin: Option<&str>, commit_time: i64) {
         self.in_tx = true;
+        self.tx_first_op = self.tx.len();
         self.tx_lsn = final_lsn;
         self.tx_echo = origin == Some(super::ECHO_ORIGIN);
         self.first_commit_time.get_or_insert(commit_time);
@@ -239,6 +365,17 @@ impl Group {
 
     /// Apply one change of the transaction in hand.
     pub(crate) fn change(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+        plan: &TablePlan,
+        change: &Change,
+    ) -> Result<(), StoreError> {
+        self.apply_change(mapper, log, plan, change)?;
+        self.stream_batch(mapper, log)
+    }
+
+    fn apply_change(
         &mut self,
         mapper: &Mapper,
         log: &mut RejectionLog,
@@ -298,8 +435,7 @@ impl Group {
         if let Some(found) = self.overlay.get(&(class, key.clone())) {
             return Ok(found.realms.clone());
         }
-        self.snapshot
-            .locate(&mapper.schema.classes[class].name, key)
+        self.base_locate(mapper, class, key)
     }
 
     /// The object's current values in `realm`, when they can be known.
@@ -310,13 +446,7 @@ impl Group {
         key: &PrimaryKey,
         realm: &RealmPath,
     ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
-        let class_name = &mapper.schema.classes[class].name;
-        let from_snapshot = || -> Result<Option<BTreeMap<String, Value>>, StoreError> {
-            Ok(match self.snapshot.realm(realm)? {
-                Some(view) => view.object(class_name, key)?.map(|o| o.values),
-                None => None,
-            })
-        };
+        let from_snapshot = || self.base_values(mapper, class, key, realm);
         match self.overlay.get(&(class, key.clone())) {
             None => from_snapshot(),
             Some(found) => match &found.patch {
@@ -594,11 +724,15 @@ impl Group {
     fn keys_of_class(&self, mapper: &Mapper, class: usize) -> Result<Vec<PrimaryKey>, StoreError> {
         let name = &mapper.schema.classes[class].name;
         let mut keys = Vec::new();
-        for info in self.snapshot.realms()? {
-            if let Some(view) = self.snapshot.realm(&info.path)? {
-                for object in view.objects(name)? {
-                    if let Ok(key) = object.primary_key(&mapper.schema) {
-                        keys.push(key);
+        if let Some(streaming) = &self.streaming {
+            keys = streaming.keys(name)?;
+        } else {
+            for info in self.snapshot.realms()? {
+                if let Some(view) = self.snapshot.realm(&info.path)? {
+                    for object in view.objects(name)? {
+                        if let Ok(key) = object.primary_key(&mapper.schema) {
+                            keys.push(key);
+                        }
                     }
                 }
             }

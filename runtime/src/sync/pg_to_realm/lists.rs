@@ -45,8 +45,7 @@ impl Group {
             return Ok(*g);
         }
         let stored = self
-            .snapshot
-            .metadata(&self.generation_key(mapper, class, property))?
+            .base_metadata(&self.generation_key(mapper, class, property))?
             .and_then(|b| b.try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
         self.list_generation
@@ -62,7 +61,7 @@ impl Group {
     ) -> Result<&mut BTreeMap<i64, Value>, StoreError> {
         if !self.lists.contains_key(list) {
             let key = self.list_meta_key(mapper, list)?;
-            let entries = match self.snapshot.metadata(&key)? {
+            let entries = match self.base_metadata(&key)? {
                 Some(bytes) => serde_json::from_slice::<Vec<(i64, Value)>>(&bytes)
                     .map(|v| v.into_iter().collect())
                     .unwrap_or_default(),

@@ -13,6 +13,8 @@
 //! crash could take back. Commits are pipelined: while one runs on the blocking pool, the next
 //! transactions are applied into the next write transaction (reading through the overlay of what
 //! is still in flight); commits stay in order, and a session never ends with one in flight.
+//! A transaction too large to hold in memory is applied to one store transaction as it streams
+//! in ([`crate::store::StreamingTx`]) and committed once at its end, like any other.
 //!
 //! Bad rows (out of range, NULL into a required property, an invalid realm path, an unknown enum
 //! label, unparsable text, a custom type configured as another realm type) are rejections,
@@ -83,6 +85,10 @@ pub struct PgToRealmOptions {
     pub group_max_changes: u64,
     /// … or once it has been open this long (at a transaction boundary).
     pub group_max_delay: Duration,
+    /// A PostgreSQL transaction with more store operations (about one per row change) than this
+    /// is applied to the store as it streams in (one store transaction held open, written in batches, committed at the
+    /// transaction's end), so memory stays bounded whatever its size.
+    pub stream_after_changes: usize,
     /// How often the position is reported to the server.
     pub status_interval: Duration,
     /// Progress reporting of the initial load.
@@ -105,6 +111,7 @@ impl PgToRealmOptions {
             custom_postgres_types: BTreeMap::new(),
             group_max_changes: 20_000,
             group_max_delay: Duration::from_millis(20),
+            stream_after_changes: 10_000,
             status_interval: Duration::from_millis(20),
             progress: Progress::Auto,
         }

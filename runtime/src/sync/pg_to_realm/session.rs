@@ -45,10 +45,12 @@ impl PgToRealm {
         self.stats
             .confirmed_lsn
             .fetch_max(resume.as_u64(), Ordering::Relaxed);
+        let mut group = Group::new(&self.store, slot)?;
+        group.stream_after = self.options.stream_after_changes;
         let mut session = Session {
             stream,
             log: RejectionLog::open(&self.store, Direction::PostgresToRealm)?,
-            group: Group::new(&self.store, slot)?,
+            group,
             inflight: None,
         };
         let result = self
@@ -148,6 +150,12 @@ impl PgToRealm {
                         }
                         s.group.change(mapper, &mut s.log, &plan, &change)?;
                     }
+                    if s.group.wants_streaming() {
+                        // The store transaction it streams into takes the write lock the
+                        // commit in flight holds.
+                        self.finish_inflight(s).await?;
+                        s.group.start_streaming(&self.store)?;
+                    }
                 }
                 StreamEvent::Message(_) => {}
                 StreamEvent::Commit(commit) => {
@@ -171,16 +179,21 @@ impl PgToRealm {
     /// (commits stay in order); the stream goes on into the next group meanwhile.
     async fn hand_over(&self, s: &mut Session) -> Result<(), PgToRealmError> {
         self.finish_inflight(s).await?;
-        let handover = s.group.take_commit(&self.store);
-        let tx = handover.tx;
+        let streamed = s.group.is_streaming();
+        let mut handover = s.group.take_commit(&self.store);
+        let counts = std::mem::take(&mut handover.counts);
+        let end_lsn = handover.end_lsn.take();
+        let first_commit_time = handover.first_commit_time.take();
         s.inflight = Some(InFlight {
-            handle: tokio::task::spawn_blocking(move || tx.commit()),
-            counts: handover.counts,
-            end_lsn: handover.end_lsn,
-            first_commit_time: handover.first_commit_time,
+            handle: tokio::task::spawn_blocking(move || handover.commit()),
+            counts,
+            end_lsn,
+            first_commit_time,
         });
-        if s.group.overlay_is_large() {
-            // Keep the carried state bounded: wait for the commit, then start afresh.
+        if streamed || s.group.overlay_is_large() {
+            // Keep the carried state bounded: wait for the commit, then start afresh. A
+            // streamed group carries no overlay of what it wrote: the next reads need the
+            // store as that commit leaves it.
             self.finish_inflight(s).await?;
             s.group.refresh(&self.store)?;
         }

@@ -1,0 +1,535 @@
+//! Streaming writes: one atomic, durable commit too large to hold in memory (a 1,000,000-row
+//! PostgreSQL transaction).
+//!
+//! A [`StreamingTx`] holds one redb write transaction open from its start to its commit and
+//! applies operations to it in batches as they come (each batch collected in an ordinary
+//! [`WriteTx`] and applied by the same code as [`WriteTx::commit`]). redb keeps the dirty pages
+//! in its write buffer and writes those past half of [`StoreOptions::cache_bytes`] to the file
+//! before the commit, so memory stays bounded by the cache, not by the size of the commit.
+//! Nothing is visible to readers before [`StreamingTx::commit`] returns, and nothing survives a
+//! crash before it: the commit is as atomic as any other.
+//!
+//! The changeset of a realm is written in parts as the batches settle (table `log_parts`,
+//! `(realm id, version, part)` → a log record whose instructions lead the changeset), and the
+//! version's own log record, written at the commit, holds the header. Readers
+//! ([`Snapshot::changes`](super::Snapshot::changes), the feed) put the parts back in front of
+//! the record's instructions. Within one part each object's instructions are its net change;
+//! an object touched in several batches gets instructions in each (a create then a set, say),
+//! which applied in order give the same state — a streaming changeset is exact, but not always
+//! the shortest. A file holding parts is stamped format 2, which older pgrealm refuses to open.
+//!
+//! It owns nothing else: validation, versions and the locator are [`WriteTx`]'s rules, applied
+//! through the hooks of `write.rs`.
+//!
+//! [`StoreOptions::cache_bytes`]: super::StoreOptions::cache_bytes
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::Utc;
+use pgrealm_schema::{PrimaryKey, Value};
+use redb::{
+    Durability, ReadOnlyTable, ReadTransaction, ReadableMultimapTable, ReadableTable,
+    ReadableTableMetadata, WriteTransaction,
+};
+
+use super::changeset::Instruction;
+use super::codec::{decode_log, decode_object, encode_log, key_from};
+use super::error::StoreError;
+use super::path::RealmPath;
+use super::read::complete;
+use super::write::{Applier, CommitInfo, RealmState, WriteTx};
+use super::{
+    locator_key, object_key, object_prefix, Committed, Store, FORMAT_VERSION, LOCATOR, LOG,
+    LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
+};
+
+/// The first format that may hold changesets in parts.
+const PARTS_FORMAT: u64 = 2;
+
+/// A write transaction applied as it is built; see the module header.
+///
+/// ```
+/// use pgrealm_runtime::{RealmPath, Store, StoreOptions};
+/// use pgrealm_schema::{Class, IntWidth, Object, Property, PropertyType, ScalarType, Schema, Value};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let schema = Schema::new(vec![Class::new("Bus")
+///     .property(Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64))).primary_key())]);
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(dir.path(), schema, StoreOptions::default())?;
+/// let realm = RealmPath::parse("/transit")?;
+///
+/// let mut streaming = store.begin_streaming("import")?;
+/// let mut batch = store.begin_write("import");
+/// for id in 0..10_000 {
+///     batch.put_object(&realm, Object::new("Bus").with("id", Value::Int(id)))?;
+///     if batch.len() == 1_000 {
+///         streaming = streaming.apply(&mut batch)?; // into the open transaction, not visible yet
+///     }
+/// }
+/// let streaming = streaming.apply(&mut batch)?;
+/// let commit = streaming.commit()?; // one version, durable
+/// assert_eq!(commit.version_of(&realm), Some(1));
+/// assert_eq!(store.changes(&realm, 0, 10)?[0].instructions.len(), 1 + 10_000); // AddClass + creates
+/// # Ok(()) }
+/// ```
+pub struct StreamingTx {
+    store: Store,
+    origin: String,
+    txn: WriteTransaction,
+    /// The realms touched so far, carried from batch to batch (see `write::Applier`).
+    states: Vec<RealmState>,
+    by_path: HashMap<RealmPath, usize>,
+    next_id: Option<u64>,
+    /// Per realm (same index as `states`): changeset parts written, and how many of their
+    /// instructions change objects (a realm whose only instructions are schema additions gets
+    /// no version, as in [`WriteTx::commit`]).
+    written: Vec<Written>,
+    metadata_set: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Written {
+    parts: u64,
+    object_instructions: u64,
+}
+
+impl std::fmt::Debug for StreamingTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamingTx")
+            .field("origin", &self.origin)
+            .field("realms", &self.states.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StreamingTx {
+    pub(super) fn new(store: Store, origin: String) -> Result<Self, StoreError> {
+        let mut txn = store.inner.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Ok(StreamingTx {
+            store,
+            origin,
+            txn,
+            states: Vec::new(),
+            by_path: HashMap::new(),
+            next_id: None,
+            written: Vec::new(),
+            metadata_set: false,
+        })
+    }
+
+    /// The origin tag this transaction's changesets carry.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Apply everything `batch` collected (its operations and metadata) to the open
+    /// transaction, leaving `batch` empty to collect the next batch. `batch`'s own origin is
+    /// ignored: the changesets carry this transaction's.
+    ///
+    /// On error the whole transaction is abandoned (it is consumed): nothing of it is applied.
+    pub fn apply(mut self, batch: &mut WriteTx) -> Result<Self, StoreError> {
+        let (ops, metadata) = batch.drain();
+        if !ops.is_empty() {
+            let settled = {
+                let mut apply = Applier::open(&self.store, &self.txn)?;
+                apply.states = std::mem::take(&mut self.states);
+                apply.by_path = std::mem::take(&mut self.by_path);
+                apply.next_id = self.next_id;
+                let mut settled = Vec::new();
+                for op in ops {
+                    apply.op(op)?;
+                }
+                for i in 0..apply.states.len() {
+                    let mut instructions = std::mem::take(&mut apply.states[i].schema_changes);
+                    let schema_len = instructions.len();
+                    for t in std::mem::take(&mut apply.states[i].objects) {
+                        apply.settle(t, &mut instructions)?;
+                    }
+                    if !instructions.is_empty() {
+                        settled.push((i, instructions.len() - schema_len, instructions));
+                    }
+                }
+                self.states = std::mem::take(&mut apply.states);
+                self.by_path = std::mem::take(&mut apply.by_path);
+                self.next_id = apply.next_id;
+                settled
+            };
+            self.written.resize(self.states.len(), Written::default());
+            let now = Utc::now();
+            let mut parts = self.txn.open_table(LOG_PARTS)?;
+            for (i, object_instructions, instructions) in settled {
+                let state = &self.states[i];
+                let written = &mut self.written[i];
+                let record = encode_log(now, &self.origin, &instructions);
+                parts.insert(
+                    (state.id, state.version + 1, written.parts),
+                    record.as_slice(),
+                )?;
+                written.parts += 1;
+                written.object_instructions += object_instructions as u64;
+            }
+        }
+        if !metadata.is_empty() {
+            let mut table = self.txn.open_table(METADATA)?;
+            for (key, value) in &metadata {
+                table.insert(key.as_str(), value.as_slice())?;
+            }
+            self.metadata_set = true;
+        }
+        Ok(self)
+    }
+
+    /// The realms holding an object of `class` with this key, as of the batches applied so far.
+    pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
+        self.store.class(class)?;
+        let locator = self.txn.open_multimap_table(LOCATOR)?;
+        let mut ids = Vec::new();
+        for id in locator.get(locator_key(class, key).as_slice())? {
+            ids.push(id?.value());
+        }
+        drop(locator);
+        let paths = self.txn.open_table(REALM_PATHS)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.states.iter().find(|s| s.id == id) {
+                Some(state) => out.push(state.path.clone()),
+                None => {
+                    if let Some(path) = paths.get(id)? {
+                        out.push(RealmPath::parse(path.value())?);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// An object's values (every property of the compiled class present), as of the batches
+    /// applied so far.
+    pub fn object(
+        &self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+    ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        let def = self.store.class(class)?;
+        let Some(id) = self.realm_id(realm)? else {
+            return Ok(None);
+        };
+        let objects = self.txn.open_table(OBJECTS)?;
+        let found = objects.get(object_key(id, class, key).as_slice())?;
+        match found {
+            Some(g) => Ok(Some(complete(def, decode_object(class, g.value())?).values)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys of every object of `class` in any realm (a key held by several realms appears
+    /// once per realm), as of the batches applied so far.
+    pub fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {
+        self.store.class(class)?;
+        let mut ids: Vec<u64> = Vec::new();
+        for row in self.txn.open_table(REALMS)?.iter()? {
+            ids.push(row?.1.value().0);
+        }
+        ids.extend(self.states.iter().filter(|s| s.is_new).map(|s| s.id));
+        let objects = self.txn.open_table(OBJECTS)?;
+        let mut keys = Vec::new();
+        for id in ids {
+            let prefix = object_prefix(id, class);
+            let mut end = prefix.clone();
+            *end.last_mut().expect("the prefix ends with a separator") += 1;
+            for row in objects.range(prefix.as_slice()..end.as_slice())? {
+                let (k, _) = row?;
+                keys.push(key_from(&k.value()[prefix.len()..])?);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The metadata stored under `key`, as of the batches applied so far.
+    pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let table = self.txn.open_table(METADATA)?;
+        let found = table.get(key)?.map(|g| g.value().to_vec());
+        Ok(found)
+    }
+
+    fn realm_id(&self, realm: &RealmPath) -> Result<Option<u64>, StoreError> {
+        if let Some(i) = self.by_path.get(realm) {
+            return Ok(Some(self.states[*i].id));
+        }
+        let realms = self.txn.open_table(REALMS)?;
+        let found = realms.get(realm.as_str())?.map(|g| g.value().0);
+        Ok(found)
+    }
+
+    /// Give every changed realm its next version (its changeset: the parts written, in order),
+    /// and return once the whole transaction is durable. Only then do readers see any of it.
+    pub fn commit(self) -> Result<CommitInfo, StoreError> {
+        let StreamingTx {
+            store,
+            origin,
+            txn,
+            mut states,
+            next_id,
+            written,
+            metadata_set,
+            ..
+        } = self;
+        let now = Utc::now();
+        let retention = store.inner.options.log_retention.max(1);
+        let mut info = CommitInfo::default();
+        {
+            let mut realms = txn.open_table(REALMS)?;
+            let mut realm_paths = txn.open_table(REALM_PATHS)?;
+            let mut realm_classes = txn.open_table(REALM_CLASSES)?;
+            let mut log = txn.open_table(LOG)?;
+            let mut parts = txn.open_table(LOG_PARTS)?;
+            let mut meta = txn.open_table(META)?;
+            let mut any_new = false;
+            let mut any_parts = false;
+            for (state, written) in states.iter_mut().zip(written) {
+                let next = state.version + 1;
+                if written.object_instructions == 0 {
+                    // Nothing happened to any object: no version, and the realm's schema stays
+                    // as it was.
+                    remove_parts(&mut parts, state.id, next..next + 1)?;
+                    continue;
+                }
+                any_parts |= written.parts > 0;
+                for name in &state.changed_classes {
+                    let class = state.classes[name]
+                        .as_ref()
+                        .expect("a changed class is known");
+                    let def = serde_json::to_string(class).expect("a class serializes to JSON");
+                    realm_classes.insert((state.id, name.as_str()), def.as_str())?;
+                }
+                state.version = next;
+                let record = encode_log(now, &origin, &[]);
+                log.insert((state.id, state.version), record.as_slice())?;
+                let keep_from = (state.version + 1).saturating_sub(retention).max(1);
+                while state.oldest < keep_from {
+                    log.remove((state.id, state.oldest))?;
+                    state.oldest += 1;
+                }
+                // Also the parts of versions an ordinary commit pruned (it does not look for
+                // parts): they are never read, this only gives their space back.
+                remove_parts(&mut parts, state.id, 0..state.oldest)?;
+                realms.insert(state.path.as_str(), (state.id, state.version, state.oldest))?;
+                if state.is_new {
+                    realm_paths.insert(state.id, state.path.as_str())?;
+                    any_new = true;
+                }
+                info.versions.push((state.path.clone(), state.version));
+            }
+            if any_new {
+                meta.insert("next_realm_id", next_id.expect("a new realm took an id"))?;
+            }
+            if any_parts {
+                let stamped = meta.get("format_version")?.map(|g| g.value()).unwrap_or(1);
+                if stamped < PARTS_FORMAT {
+                    meta.insert("format_version", PARTS_FORMAT.min(FORMAT_VERSION))?;
+                }
+            }
+        }
+        if info.is_empty() && !metadata_set {
+            txn.abort()?;
+            return Ok(info);
+        }
+        txn.commit()?;
+        for (path, version) in &info.versions {
+            // Nobody listening is fine: subscribers catch up from the log.
+            let _ = store.inner.feed.send(Committed {
+                path: path.clone(),
+                version: *version,
+            });
+        }
+        Ok(info)
+    }
+}
+
+/// Remove the parts of `realm`'s versions in `versions`.
+fn remove_parts(
+    parts: &mut redb::Table<'_, (u64, u64, u64), &'static [u8]>,
+    realm: u64,
+    versions: std::ops::Range<u64>,
+) -> Result<(), StoreError> {
+    if versions.is_empty() || parts.is_empty()? {
+        return Ok(());
+    }
+    let mut keys = Vec::new();
+    for row in parts.range((realm, versions.start, 0)..(realm, versions.end, 0))? {
+        keys.push(row?.0.value());
+    }
+    for key in keys {
+        parts.remove(key)?;
+    }
+    Ok(())
+}
+
+/// `log_parts` opened for reading.
+type PartsTable = ReadOnlyTable<(u64, u64, u64), &'static [u8]>;
+
+/// Reads the parts of changesets written by a [`StreamingTx`] (none in a format-1 file).
+pub(super) struct PartReader {
+    table: Option<PartsTable>,
+}
+
+impl PartReader {
+    pub(super) fn open(txn: &ReadTransaction) -> Result<Self, StoreError> {
+        let table = match txn.open_table(LOG_PARTS) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(PartReader { table })
+    }
+
+    /// Put the parts of `realm`'s `version` (if any) in front of `instructions`.
+    pub(super) fn prepend(
+        &self,
+        realm: u64,
+        version: u64,
+        instructions: &mut Vec<Instruction>,
+    ) -> Result<(), StoreError> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        let mut leading = Vec::new();
+        for row in table.range((realm, version, 0)..(realm, version + 1, 0))? {
+            let (_, record) = row?;
+            let (_, _, part) = decode_log(record.value())?;
+            leading.extend(part);
+        }
+        if !leading.is_empty() {
+            leading.append(instructions);
+            *instructions = leading;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgrealm_schema::{Class, IntWidth, Object, Property, PropertyType, ScalarType, Schema};
+
+    use super::*;
+    use crate::store::{StoreOptions, FORMAT_VERSION};
+
+    fn store(dir: &std::path::Path, retention: u64) -> Store {
+        let schema = Schema::new(vec![Class::new("Bus")
+            .property(
+                Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64)))
+                    .primary_key(),
+            )
+            .property(Property::new(
+                "n",
+                PropertyType::Scalar(ScalarType::Int(IntWidth::I64)),
+            ))]);
+        let options = StoreOptions {
+            log_retention: retention,
+            ..StoreOptions::default()
+        };
+        Store::open(dir, schema, options).unwrap()
+    }
+
+    fn bus(id: i64, n: i64) -> Object {
+        Object::new("Bus")
+            .with("id", Value::Int(id))
+            .with("n", Value::Int(n))
+    }
+
+    fn stored_format(store: &Store) -> u64 {
+        let read = redb::ReadableDatabase::begin_read(&store.inner.db).unwrap();
+        let meta = read.open_table(META).unwrap();
+        let format = meta.get("format_version").unwrap().unwrap().value();
+        format
+    }
+
+    #[test]
+    fn batches_read_their_own_writes_and_commit_as_one_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let realm = RealmPath::parse("/r").unwrap();
+        let mut streaming = store.begin_streaming("test").unwrap();
+        let mut batch = store.begin_write("ignored");
+        for id in 0..5 {
+            batch.put_object(&realm, bus(id, 0)).unwrap();
+        }
+        streaming = streaming.apply(&mut batch).unwrap();
+        assert_eq!(
+            streaming.locate("Bus", &PrimaryKey::Int(3)).unwrap(),
+            vec![realm.clone()]
+        );
+        assert_eq!(streaming.keys("Bus").unwrap().len(), 5);
+        // Not visible to readers before the commit.
+        assert!(store.realm(&realm).unwrap().is_none());
+        // A second batch changes and deletes objects of the first.
+        batch.put_object(&realm, bus(1, 7)).unwrap();
+        batch
+            .delete_object(&realm, "Bus", PrimaryKey::Int(2))
+            .unwrap();
+        batch.set_metadata("k", b"v".to_vec());
+        streaming = streaming.apply(&mut batch).unwrap();
+        let one = streaming
+            .object(&realm, "Bus", &PrimaryKey::Int(1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(one.get("n"), Some(&Value::Int(7)));
+        assert_eq!(streaming.metadata("k").unwrap(), Some(b"v".to_vec()));
+        let info = streaming.commit().unwrap();
+        assert_eq!(info.version_of(&realm), Some(1));
+        assert_eq!(stored_format(&store), FORMAT_VERSION);
+
+        // The parts come back in order, in front of the record's own (empty) instructions,
+        // and replay to what the realm holds.
+        let changes = store.changes(&realm, 0, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].origin, "test");
+        let mut replica = crate::store::RealmObjects::new();
+        crate::store::apply(&mut replica, &changes[0].instructions).unwrap();
+        let view = store.realm(&realm).unwrap().unwrap();
+        assert_eq!(replica.len(), view.count("Bus").unwrap());
+        assert_eq!(replica.len(), 4);
+        let replayed = &replica[&("Bus".to_owned(), PrimaryKey::Int(1))];
+        assert_eq!(replayed.get("n"), Some(&Value::Int(7)));
+    }
+
+    #[test]
+    fn an_abandoned_transaction_leaves_nothing_and_parts_are_pruned_with_their_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 1);
+        let realm = RealmPath::parse("/r").unwrap();
+        let mut batch = store.begin_write("test");
+        batch.put_object(&realm, bus(1, 0)).unwrap();
+        let streaming = store
+            .begin_streaming("test")
+            .unwrap()
+            .apply(&mut batch)
+            .unwrap();
+        drop(streaming);
+        assert!(store.realm(&realm).unwrap().is_none());
+        assert!(store.locate("Bus", &PrimaryKey::Int(1)).unwrap().is_empty());
+
+        for n in 0..3 {
+            batch.put_object(&realm, bus(1, n)).unwrap();
+            let streaming = store.begin_streaming("test").unwrap();
+            streaming.apply(&mut batch).unwrap().commit().unwrap();
+        }
+        // Retention 1: only version 3 and its one part remain.
+        let read = redb::ReadableDatabase::begin_read(&store.inner.db).unwrap();
+        let parts = read.open_table(LOG_PARTS).unwrap();
+        let left: Vec<_> = parts
+            .iter()
+            .unwrap()
+            .map(|row| row.unwrap().0.value())
+            .collect();
+        assert_eq!(left, vec![(1, 3, 0)]);
+        assert!(matches!(
+            store.changes(&realm, 1, 10),
+            Err(StoreError::Pruned { .. })
+        ));
+        assert_eq!(store.changes(&realm, 2, 10).unwrap().len(), 1);
+    }
+}
