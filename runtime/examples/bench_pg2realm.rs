@@ -12,8 +12,10 @@
 //! - end-to-end lag (PostgreSQL commit returned → realm version visible) p50/p99 at a steady
 //!   1,000 transactions/s, next to the single-row commit latency.
 //!
-//! Sizes: `BENCH_ROWS` (default 200,000 changes per workload). Uses a private cluster from the
-//! test harness (127.0.0.1 only). Not a test: figures go in BENCHMARKS.md.
+//! Sizes: `BENCH_ROWS` (default 200,000 changes per workload), `BENCH_BIG_TX` (default
+//! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
+//! copies what (a) and (b) wrote). Uses a private cluster from the test harness (127.0.0.1
+//! only). Not a test: figures go in BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -45,6 +47,14 @@ fn schema() -> Schema {
 const DDL: &str =
     "CREATE TABLE item (id bigint PRIMARY KEY, name text NOT NULL, n bigint NOT NULL, \
                    user_id text NOT NULL)";
+
+/// Whether `BENCH_ONLY` (unset: every workload) names this workload.
+fn runs(workload: &str) -> bool {
+    match std::env::var("BENCH_ONLY") {
+        Ok(only) => only.split(',').any(|w| w.trim() == workload),
+        Err(_) => true,
+    }
+}
 
 fn rows() -> i64 {
     std::env::var("BENCH_ROWS")
@@ -233,8 +243,8 @@ async fn main() {
     let n = rows();
     println!("PostgreSQL → realm benchmark, {n} changes per workload\n");
 
-    // (a) 1,000-row transactions.
-    stream_workload(&b, "(a) 1,000-row transactions", async {
+    // (a) 1,000-row transactions (when only the load runs, they are its rows).
+    let write_a = || async {
         for start in (0..n).step_by(1000) {
             b.sql
                 .execute(
@@ -245,66 +255,82 @@ async fn main() {
                 .await
                 .unwrap();
         }
-    })
-    .await;
+    };
+    if runs("a") {
+        stream_workload(&b, "(a) 1,000-row transactions", write_a()).await;
+    } else if runs("load") {
+        write_a().await;
+    }
 
     // (b) single-row transactions from 8 concurrent clients.
-    stream_workload(&b, "(b) single-row transactions, 8 clients", async {
-        let per_client = n / 8;
-        let mut clients = Vec::new();
-        for c in 0..8i64 {
-            let url = b.db.url.clone();
-            clients.push(tokio::spawn(async move {
-                let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
-                let insert = sql
-                    .prepare("INSERT INTO item VALUES ($1, 'single', $1, $2)")
-                    .await
-                    .unwrap();
-                let user = format!("u{c}");
-                for i in 0..per_client {
-                    let id = 10_000_000 + c * per_client + i;
-                    sql.execute(&insert, &[&id, &user]).await.unwrap();
-                }
-            }));
-        }
-        for client in clients {
-            client.await.unwrap();
-        }
-    })
-    .await;
+    if runs("b") {
+        stream_workload(&b, "(b) single-row transactions, 8 clients", async {
+            let per_client = n / 8;
+            let mut clients = Vec::new();
+            for c in 0..8i64 {
+                let url = b.db.url.clone();
+                clients.push(tokio::spawn(async move {
+                    let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
+                    let insert = sql
+                        .prepare("INSERT INTO item VALUES ($1, 'single', $1, $2)")
+                        .await
+                        .unwrap();
+                    let user = format!("u{c}");
+                    for i in 0..per_client {
+                        let id = 10_000_000 + c * per_client + i;
+                        sql.execute(&insert, &[&id, &user]).await.unwrap();
+                    }
+                }));
+            }
+            for client in clients {
+                client.await.unwrap();
+            }
+        })
+        .await;
+    }
 
     // Initial load against \copy of the same table.
-    let total: i64 = b
-        .sql
-        .query_one("SELECT count(*) FROM item", &[])
-        .await
-        .unwrap()
-        .get(0);
-    b.sql.batch_execute("VACUUM ANALYZE item").await.unwrap();
-    let started = Instant::now();
-    let status = Command::new(cluster.bin_dir().join("psql"))
-        .args([&b.db.url, "-q", "-c", "\\copy item to '/dev/null'"])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let copy = started.elapsed();
     let dir = tempfile::tempdir_in(".").unwrap();
-    let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
-    let sync = b.applier("load", store, true);
-    let started = Instant::now();
-    let report = sync.setup().await.unwrap();
-    let load = started.elapsed();
-    let loaded = report.load.unwrap().rows;
-    assert_eq!(loaded as i64, total);
-    println!(
+    if runs("load") {
+        let total: i64 = b
+            .sql
+            .query_one("SELECT count(*) FROM item", &[])
+            .await
+            .unwrap()
+            .get(0);
+        b.sql.batch_execute("VACUUM ANALYZE item").await.unwrap();
+        let started = Instant::now();
+        let status = Command::new(cluster.bin_dir().join("psql"))
+            .args([&b.db.url, "-q", "-c", "\\copy item to '/dev/null'"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let copy = started.elapsed();
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let sync = b.applier("load", store, true);
+        let started = Instant::now();
+        let report = sync.setup().await.unwrap();
+        let load = started.elapsed();
+        let loaded = report.load.unwrap().rows;
+        assert_eq!(loaded as i64, total);
+        println!(
         "initial load: {total} rows\n  pgrealm            {:>10.0} rows/s\n  \\copy to /dev/null {:>10.0} rows/s   → pgrealm / \\copy = {:.2}×",
         rate(total as f64, load),
         rate(total as f64, copy),
         copy.as_secs_f64() / load.as_secs_f64()
     );
+    }
+    if runs("lag") {
+        lag(&b, dir.path()).await;
+    }
+    if runs("big") {
+        big_transaction(&b).await;
+    }
+}
 
-    // Lag at a steady 1,000 transactions/s, against the single-row commit latency.
-    let store = Store::open(dir.path().join("lag"), schema(), StoreOptions::default()).unwrap();
+/// Lag at a steady 1,000 transactions/s, against the single-row commit latency.
+async fn lag(b: &Bench, dir: &std::path::Path) {
+    let store = Store::open(dir.join("lag"), schema(), StoreOptions::default()).unwrap();
     let sync = b.applier("load", store.clone(), false);
     let _ = sync.setup().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -395,7 +421,9 @@ async fn main() {
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
     );
+}
 
+async fn big_transaction(b: &Bench) {
     // One 1,000,000-row transaction: how long, and how much memory the apply takes.
     let big: i64 = std::env::var("BENCH_BIG_TX")
         .ok()

@@ -120,6 +120,13 @@ pub(crate) struct Group {
     streaming: Option<StreamingTx>,
     /// Operations in one PostgreSQL transaction past which the group streams.
     pub(crate) stream_after: usize,
+    /// The initial load (`copy.rs`): classes the store held no object of when it began. A row
+    /// of such a class table is not looked up in the store: it cannot be there (the table's
+    /// primary key gives each key once, and nothing else writes these realms meanwhile).
+    pub(crate) fresh_classes: Vec<bool>,
+    /// Whether the overlay keeps the values the group gave each object (not during the initial
+    /// load: no row comes twice, so none moves after an earlier change of the same group).
+    pub(crate) keep_values: bool,
     snapshot: Snapshot,
     slot: String,
     overlay: HashMap<(usize, PrimaryKey), Located>,
@@ -158,6 +165,8 @@ impl Group {
             tx: store.begin_write(ORIGIN),
             streaming: None,
             stream_after: usize::MAX,
+            fresh_classes: Vec::new(),
+            keep_values: true,
             snapshot: store.snapshot()?,
             slot: slot.to_owned(),
             overlay: HashMap::new(),
@@ -309,15 +318,6 @@ impl Group {
         self.lists.clear();
         self.list_generation.clear();
         Ok(())
-    }
-
-    /// The write transaction, to commit (only between PostgreSQL transactions).
-    pub(crate) fn into_tx(self) -> WriteTx {
-        debug_assert!(
-            !self.in_tx,
-            "a group is committed only between transactions"
-        );
-        self.tx
     }
 
     pub(crate) fn begin(&mut self, final_lsn: Lsn, origin: Option<&str>, commit_time: i64) {
@@ -475,7 +475,7 @@ impl Group {
         set: BTreeMap<String, Value>,
         replace: bool,
     ) {
-        let keep_patch = self.patched < PATCH_LIMIT;
+        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
         match self.overlay.entry((class, key)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let found = e.get_mut();
@@ -598,7 +598,14 @@ impl Group {
             previous_realms = realms.clone();
             self.delete(mapper, class, old_key.clone())?;
         }
-        let held = self.locate(mapper, class, &image.key)?;
+        let fresh = old.is_none()
+            && self.fresh_classes.get(class) == Some(&true)
+            && !self.overlay.contains_key(&(class, image.key.clone()));
+        let held = if fresh {
+            Vec::new()
+        } else {
+            self.locate(mapper, class, &image.key)?
+        };
         let target = match route {
             Route::Path(path) => path,
             Route::Unchanged => match (held.as_slice(), previous_realms.as_slice()) {

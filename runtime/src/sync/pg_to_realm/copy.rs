@@ -4,6 +4,9 @@
 //! commit stores the slot's consistent point as the checkpoint, so streaming resumes exactly
 //! after the snapshot: no row missed, none twice.
 //!
+//! Commits are pipelined as in streaming: while one chunk commits on the blocking pool, the next
+//! is read and mapped (reading through the group's overlay of what is in flight).
+//!
 //! A crash before that last commit leaves no checkpoint: the next start drops the slot and loads
 //! again from a new snapshot (rows are upserts, so the repeat converges).
 
@@ -23,7 +26,7 @@ use crate::replication::{
     import_snapshot, Change, ColumnValue, Lsn, PgConnectOptions, Relation, RelationColumn,
     ReplicaIdentity, SnapshotSlot, StreamOptions,
 };
-use crate::store::Store;
+use crate::store::{CommitInfo, Store, StoreError};
 use crate::sync::rejections::RejectionLog;
 
 /// Rows per store commit during the load.
@@ -146,6 +149,9 @@ pub(crate) async fn initial_load(
         consistent_point,
     };
     let mut group = Group::new(store, slot)?;
+    group.fresh_classes = fresh_classes(store, mapper)?;
+    group.keep_values = false;
+    let mut inflight: Option<Inflight> = None;
     group.begin(consistent_point, None, 0);
     // Class tables first, so list entries find their owners.
     let mut ordered: Vec<&String> = tables
@@ -220,9 +226,14 @@ pub(crate) async fn initial_load(
                     rows_in_group = 0;
                     report.rejections += group.counts.rejections;
                     group.end_chunk(mapper, &mut log)?;
-                    let tx = group.into_tx();
-                    commit_blocking(tx, store, &mut log).await?;
-                    group = Group::new(store, slot)?;
+                    // Commits stay in order: one in flight at most.
+                    finish(inflight.take(), store, &mut log).await?;
+                    let handover = group.take_commit(store);
+                    inflight = Some(tokio::task::spawn_blocking(move || handover.commit()));
+                    if group.overlay_is_large() {
+                        finish(inflight.take(), store, &mut log).await?;
+                        group.refresh(store)?;
+                    }
                     group.begin(consistent_point, None, 0);
                 }
             }
@@ -241,7 +252,14 @@ pub(crate) async fn initial_load(
         .map_err(PgToRealmError::sql("ending the snapshot transaction"))?;
     report.rejections += group.counts.rejections;
     group.commit(mapper, &mut log, consistent_point)?;
-    commit_blocking(group.into_tx(), store, &mut log).await?;
+    finish(inflight.take(), store, &mut log).await?;
+    let handover = group.take_commit(store);
+    finish(
+        Some(tokio::task::spawn_blocking(move || handover.commit())),
+        store,
+        &mut log,
+    )
+    .await?;
     reporter.finish();
     // The snapshot is no longer needed; the slot stays and `run` streams from its consistent
     // point.
@@ -249,12 +267,19 @@ pub(crate) async fn initial_load(
     Ok(report)
 }
 
-async fn commit_blocking(
-    tx: crate::store::WriteTx,
+/// A chunk's store commit running on the blocking pool.
+type Inflight = tokio::task::JoinHandle<Result<CommitInfo, StoreError>>;
+
+/// Wait for the commit in flight, if any.
+async fn finish(
+    inflight: Option<Inflight>,
     store: &Store,
     log: &mut RejectionLog,
 ) -> Result<(), PgToRealmError> {
-    let result = tokio::task::spawn_blocking(move || tx.commit())
+    let Some(inflight) = inflight else {
+        return Ok(());
+    };
+    let result = inflight
         .await
         .map_err(|e| PgToRealmError::Task(e.to_string()))?;
     if let Err(e) = result {
@@ -262,6 +287,26 @@ async fn commit_blocking(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// For each class of the schema, whether the store holds no object of it in any realm.
+fn fresh_classes(store: &Store, mapper: &Mapper) -> Result<Vec<bool>, StoreError> {
+    let snapshot = store.snapshot()?;
+    let realms = snapshot.realms()?;
+    let mut fresh = Vec::with_capacity(mapper.schema.classes.len());
+    for class in &mapper.schema.classes {
+        let mut empty = true;
+        for info in &realms {
+            if let Some(view) = snapshot.realm(&info.path)? {
+                if view.count(&class.name)? > 0 {
+                    empty = false;
+                    break;
+                }
+            }
+        }
+        fresh.push(empty);
+    }
+    Ok(fresh)
 }
 
 /// The shape of `public.<table>` as a pgoutput Relation would give it.
