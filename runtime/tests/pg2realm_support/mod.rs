@@ -293,3 +293,16 @@ impl Running {
 pub fn text(v: &str) -> Value {
     Value::String(v.into())
 }
+
+/// Wait until `holds` (a counter of the applier: they are updated just after a commit is
+/// durable, so a reader of the store can see the commit a moment before its counts).
+pub async fn eventually(what: &str, holds: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !holds() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

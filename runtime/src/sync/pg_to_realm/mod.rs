@@ -6,8 +6,8 @@
 //! that same commit (store metadata `postgres/<slot>/lsn`); the LSN is confirmed to the server
 //! only after that commit is durable, and a restart resumes after the stored LSN.
 //!
-//! Group commit: consecutive transactions that are already waiting in the stream share one store
-//! commit (bounded by [`PgToRealmOptions::group_max_changes`] and
+//! Group commit: consecutive transactions that are already waiting in the stream, or that
+//! arrive while the previous store commit runs, share one store commit (bounded by [`PgToRealmOptions::group_max_changes`] and
 //! [`PgToRealmOptions::group_max_delay`]); a transaction is never split, and nothing is confirmed
 //! or visible to readers before the commit holding it is durable, so no reader sees a version a
 //! crash could take back. Commits are pipelined: while one runs on the blocking pool, the next

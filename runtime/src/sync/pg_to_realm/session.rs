@@ -99,6 +99,10 @@ impl PgToRealm {
                     {
                         let inflight = s.inflight.take().expect("guarded");
                         self.finished(s, inflight, done)?;
+                        if !s.group.in_transaction() && !s.group.is_empty() {
+                            // What arrived while that commit ran goes now, as one commit.
+                            self.hand_over(s).await?;
+                        }
                         continue;
                     }
                     event = s.stream.next_event() => event?,
@@ -162,10 +166,16 @@ impl PgToRealm {
                     s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
                     let full = s.group.counts.changes >= self.options.group_max_changes
                         || s.group.started.elapsed() >= self.options.group_max_delay;
-                    if !full && !stopping {
+                    if !full && !stopping && !s.group.is_streaming() {
                         // More already waiting? Then it joins this store commit.
                         if let Some(next) = s.stream.next_event().now_or_never() {
                             peeked = Some(next?);
+                            continue;
+                        }
+                        if s.inflight.is_some() {
+                            // A commit is running: this group is handed over the moment that
+                            // one is durable (above), with whatever arrives meanwhile, and the
+                            // stream is read on instead of waiting.
                             continue;
                         }
                     }
