@@ -642,3 +642,36 @@ async fn the_engine_refuses_to_start_with_a_wrong_admin_token() {
     .await;
     assert_eq!(slots[0].get::<_, i64>(0), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_without_the_admin_api_is_named_as_such() {
+    // What a server from before the admin endpoints answers to any unknown route.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"error":{"code":"not_found","message":"no such endpoint; the API lives under /v1/realms/<realm path>/-/<action>"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let schema = transit::Schema::schema().clone();
+    let err = tokio::task::spawn_blocking(move || {
+        Store::connect_remote(&format!("http://{addr}"), "x".repeat(32).as_str(), schema)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no admin sync API") && err.contains("upgrade the server"),
+        "{err}"
+    );
+}

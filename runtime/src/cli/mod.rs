@@ -59,7 +59,8 @@ pub enum Command {
     Ddl,
     /// Serve the realms over HTTP + WebSocket without syncing (the object server alone).
     Serve,
-    /// Issue a user token for the object server's API.
+    /// Issue a user token for the object server's API (with realm.url, the remote server
+    /// issues it).
     Token {
         /// The user id (one realm path segment: letters, digits, `_`, `.`, `-`).
         user: String,
