@@ -29,7 +29,7 @@ struct RemoteServer {
     base: String,
     addr: std::net::SocketAddr,
     token_file: std::path::PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -44,32 +44,7 @@ impl RemoteServer {
         let keys = Keys::load_or_create(&dir.path().join("server"), None).unwrap();
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, keys.admin_token()).unwrap();
-        let server = Server::new(
-            store.clone(),
-            keys.clone(),
-            Arc::new(Metrics::default()),
-            ServerOptions::default(),
-        );
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                server
-                    .serve(listener, async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (addr, stop, thread) = serve(&store, &keys, "127.0.0.1:0");
         RemoteServer {
             _dir: dir,
             store,
@@ -80,6 +55,16 @@ impl RemoteServer {
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    /// Stop the server (dropping every connection) and serve the same store again on the
+    /// same address, as a restarted server process would.
+    fn restart(&mut self) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+        let (_, stop, thread) = serve(&self.store, &self.keys, &self.addr.to_string());
+        self.stop = Some(stop);
+        self.thread = Some(thread);
     }
 
     fn config(&self, db_url: &str, data: &std::path::Path, token_file: &std::path::Path) -> Config {
@@ -149,6 +134,45 @@ impl Drop for RemoteServer {
             let _ = t.join();
         }
     }
+}
+
+type Stop = tokio::sync::oneshot::Sender<()>;
+
+/// Serve `store` on `bind` from a runtime on a thread of its own, until the sender is dropped.
+fn serve(
+    store: &Store,
+    keys: &Keys,
+    bind: &str,
+) -> (std::net::SocketAddr, Stop, std::thread::JoinHandle<()>) {
+    let server = Server::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(Metrics::default()),
+        ServerOptions::default(),
+    );
+    let bind = bind.to_owned();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&bind).await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            server
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        // Dropping the runtime here ends the upgraded WebSocket tasks too.
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (addr, stop, thread)
 }
 
 /// Poll `probe` (on the blocking pool: remote store calls block) until it returns `Some`.
@@ -674,4 +698,66 @@ async fn an_older_server_without_the_admin_api_is_named_as_such() {
         err.contains("no admin sync API") && err.contains("upgrade the server"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_feed_and_reads_survive_a_server_restart() {
+    let mut server = RemoteServer::start();
+    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
+    let schema = transit::Schema::schema().clone();
+    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+        .await
+        .unwrap()
+        .unwrap();
+    fn commit(store: &Store, id: i64) {
+        let mut tx = store.begin_write("app");
+        tx.put_object(
+            &RealmPath::parse("/r").unwrap(),
+            Object::new("Bus")
+                .with("id", Value::Int(id))
+                .with("name", Value::String(format!("bus {id}"))),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut feed = remote.subscribe(Subscription::all());
+    commit(&server.store, 1);
+    let first = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 1);
+
+    server.restart();
+    commit(&server.store, 2);
+    // The feed reports the interruption, reconnects from version 1 and goes on: version 2 next,
+    // nothing delivered twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut interruptions = 0;
+    let next = loop {
+        match tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap()
+        {
+            Ok(cs) => break cs,
+            Err(StoreError::Remote { .. }) => interruptions += 1,
+            Err(e) => panic!("unexpected feed error: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the feed never came back");
+    };
+    assert_eq!((next.realm.as_str(), next.version), ("/r", 2));
+    assert!(interruptions >= 1, "the interruption was not reported");
+
+    // Reads and commits go on over new connections.
+    let r = remote.clone();
+    let version = tokio::task::spawn_blocking(move || {
+        commit(&r, 3);
+        r.realm(&RealmPath::parse("/r").unwrap())
+            .unwrap()
+            .unwrap()
+            .version()
+    })
+    .await
+    .unwrap();
+    assert_eq!(version, 3);
 }
