@@ -113,7 +113,7 @@ impl RemoteServer {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
                 Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
             }
-            if out.starts_with(b"HTTP/1.1 101") && out.windows(4).any(|w| w == b"\r\n\r\n") {
+            if complete(&out) {
                 break;
             }
         }
@@ -125,6 +125,24 @@ impl RemoteServer {
             .unwrap_or(0);
         (status, text)
     }
+}
+
+/// Whether `out` holds a whole answer: the head of a 101, or a head and its body.
+fn complete(out: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    if head.starts_with("HTTP/1.1 101") {
+        return true;
+    }
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|n| body.len() >= n)
 }
 
 impl Drop for RemoteServer {
