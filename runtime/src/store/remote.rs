@@ -53,6 +53,10 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(600);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Changesets (and errors) the feed may hold ahead of its reader.
 const FEED_BUFFER: usize = 1024;
+/// How long the feed socket may stay silent before it counts as dead: the server pings an idle
+/// feed every 30 s, so this only fires when the connection is gone without a close (a crashed
+/// host, a dropped route).
+const FEED_SILENCE: Duration = Duration::from_secs(90);
 
 /// A connection to a remote object server, owned by one [`Store`](super::Store).
 pub(super) struct RemoteBackend {
@@ -542,10 +546,27 @@ async fn feed_task(
     let mut pruned: HashSet<String> = HashSet::new();
     loop {
         let subscribe = json!({"pattern": pattern, "resume": positions});
-        let problem = match client.admin_feed(subscribe).await {
-            Err(e) => remote_error(&url, e),
-            Ok(mut socket) => loop {
-                let json = match socket.next().await {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, client.admin_feed(subscribe)).await;
+        let problem = match connected {
+            Err(_) => StoreError::Remote {
+                url: url.clone(),
+                message: format!(
+                    "the change feed did not open within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            },
+            Ok(Err(e)) => remote_error(&url, e),
+            Ok(Ok(mut socket)) => loop {
+                let Ok(next) = tokio::time::timeout(FEED_SILENCE, socket.next()).await else {
+                    break StoreError::Remote {
+                        url: url.clone(),
+                        message: format!(
+                            "the change feed was silent for {}s (not even a ping); reconnecting",
+                            FEED_SILENCE.as_secs()
+                        ),
+                    };
+                };
+                let json = match next {
                     None => {
                         break StoreError::Remote {
                             url: url.clone(),
