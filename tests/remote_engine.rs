@@ -459,6 +459,20 @@ async fn connecting_with_a_wrong_token_or_to_nothing_says_what_to_do() {
     .to_string();
     assert!(err.contains("realm.url must be http://host:port"), "{err}");
 
+    let err = tokio::task::spawn_blocking(|| {
+        Store::connect_remote(
+            "http://admin:hunter2@127.0.0.1:1",
+            "x",
+            transit::Schema::schema().clone(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("must not hold credentials"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+
     // A schema with other classes is refused by name.
     let other = pgrealm_schema::Schema::new(vec![transit::Schema::schema().classes[0].clone()]);
     let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());

@@ -81,6 +81,16 @@ impl RemoteBackend {
             message,
         };
         match url.parse::<hyper::Uri>() {
+            Ok(uri) if uri.authority().is_some_and(|a| a.as_str().contains('@')) => {
+                // Never echo the URL: it holds a secret.
+                return Err(StoreError::Remote {
+                    url: "(realm.url)".into(),
+                    message: "realm.url must not hold credentials (user:password@): give the \
+                              server's admin token with realm.admin_token_file or \
+                              PGREALM_ADMIN_TOKEN"
+                        .into(),
+                });
+            }
             Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
             _ => {
                 return Err(fail(

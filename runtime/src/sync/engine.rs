@@ -101,10 +101,11 @@ pub async fn store_for(schema: &Schema, config: &Config) -> Result<Store, Engine
         return Ok(open_store(schema, config)?);
     };
     let token = given_admin_token(config)?.ok_or_else(|| {
-        EngineError::Config(format!(
-            "realm.url = {url} names a remote object server: give its admin token (keys/admin.token \
-             in its data_dir) with realm.admin_token_file or PGREALM_ADMIN_TOKEN"
-        ))
+        EngineError::Config(
+            "realm.url names a remote object server: give its admin token (keys/admin.token in \
+             its data_dir) with realm.admin_token_file or PGREALM_ADMIN_TOKEN"
+                .into(),
+        )
     })?;
     let schema = schema.clone();
     // Connecting blocks on the network: off the async threads.
