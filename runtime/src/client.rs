@@ -3,6 +3,10 @@
 //! Typed through the generated structs (`realm.write(|tx| tx.put(&bus))`, `objects::<Bus>()`)
 //! and dynamic where no struct is at hand; changesets come back typed by the schema, so the sync
 //! engine can follow a remote server exactly as it follows the embedded store.
+//!
+//! The admin-only sync endpoints (`/v1/admin/read`, `/v1/admin/commit`, `/v1/admin/feed`) are
+//! reached through crate-internal calls here; the store's remote backend (`store/remote.rs`)
+//! gives them meaning.
 
 use std::sync::Arc;
 
@@ -105,6 +109,80 @@ impl Client {
     /// The schema this client types values with.
     pub fn schema(&self) -> &Schema {
         &self.inner.schema
+    }
+
+    /// The server's base URL, as given (without a trailing `/`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// `POST /v1/admin/read`: one read of the store behind the server (admin only).
+    pub(crate) async fn admin_read(&self, read: Json) -> Result<Json, ClientError> {
+        self.request(Method::POST, "/v1/admin/read", Some(read))
+            .await
+    }
+
+    /// `POST /v1/admin/commit`: one whole store write transaction (admin only).
+    pub(crate) async fn admin_commit(&self, body: Json) -> Result<Json, ClientError> {
+        self.request(Method::POST, "/v1/admin/commit", Some(body))
+            .await
+    }
+
+    /// `GET /v1/admin/feed` upgraded to a WebSocket, subscribed with `subscribe` (admin only):
+    /// the changesets of every matching realm, as JSON messages.
+    pub(crate) async fn admin_feed(&self, subscribe: Json) -> Result<JsonSocket, ClientError> {
+        let mut socket = self.connect_ws("/v1/admin/feed").await?;
+        socket
+            .socket
+            .send(Message::Text(subscribe.to_string().into()))
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: self.inner.base.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(socket)
+    }
+
+    /// Open a WebSocket to `path_and_query`, presenting the token.
+    async fn connect_ws(&self, path_and_query: &str) -> Result<JsonSocket, ClientError> {
+        let base = self.inner.base.replacen("http", "ws", 1);
+        let url = format!("{base}{path_and_query}");
+        let mut req = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let auth = format!("Bearer {}", self.inner.token)
+            .parse()
+            .map_err(|_| ClientError::Protocol("the token is not a valid header value".into()))?;
+        req.headers_mut().insert(AUTHORIZATION, auth);
+        let (socket, _) = tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                    // The body is the API's JSON error when the server refused before upgrading.
+                    let raw = resp
+                        .body()
+                        .as_ref()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .unwrap_or_default();
+                    let body: Json = serde_json::from_str(&raw).unwrap_or_default();
+                    ClientError::Api {
+                        status: resp.status().as_u16(),
+                        code: body["error"]["code"]
+                            .as_str()
+                            .unwrap_or("refused")
+                            .to_owned(),
+                        message: body["error"]["message"]
+                            .as_str()
+                            .map_or(raw.clone(), str::to_owned),
+                    }
+                }
+                other => ClientError::Connect {
+                    url: self.inner.base.clone(),
+                    reason: other.to_string(),
+                },
+            })?;
+        Ok(JsonSocket { socket })
     }
 
     /// A realm by path (`/~/myRealm` is the caller's own).
@@ -335,33 +413,10 @@ impl RemoteRealm {
 
     /// Follow the realm's changesets after version `since`: catch up, then live.
     pub async fn watch(&self, since: u64) -> Result<Watch, ClientError> {
-        let base = self.client.inner.base.replacen("http", "ws", 1);
-        let url = format!("{base}{}", self.url(&format!("watch?since={since}")));
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let auth = format!("Bearer {}", self.client.inner.token)
-            .parse()
-            .map_err(|_| ClientError::Protocol("the token is not a valid header value".into()))?;
-        req.headers_mut().insert(AUTHORIZATION, auth);
-        let (socket, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| match e {
-                tokio_tungstenite::tungstenite::Error::Http(resp) => ClientError::Api {
-                    status: resp.status().as_u16(),
-                    code: "refused".into(),
-                    message: resp
-                        .body()
-                        .as_ref()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                        .unwrap_or_default(),
-                },
-                other => ClientError::Connect {
-                    url: base.clone(),
-                    reason: other.to_string(),
-                },
-            })?;
+        let socket = self
+            .client
+            .connect_ws(&self.url(&format!("watch?since={since}")))
+            .await?;
         Ok(Watch {
             socket,
             schema: self.client.schema().clone(),
@@ -369,11 +424,38 @@ impl RemoteRealm {
     }
 }
 
-/// A live stream of one realm's changesets; see [`RemoteRealm::watch`].
-pub struct Watch {
+/// A WebSocket whose messages are JSON texts.
+pub(crate) struct JsonSocket {
     socket: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+}
+
+impl JsonSocket {
+    /// The next JSON message (answering pings on the way); `None` when the server closed.
+    pub(crate) async fn next(&mut self) -> Option<Result<Json, ClientError>> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(
+                        serde_json::from_str(&text)
+                            .map_err(|e| ClientError::Protocol(e.to_string())),
+                    )
+                }
+                Ok(Message::Ping(p)) => {
+                    let _ = self.socket.send(Message::Pong(p)).await;
+                }
+                Ok(Message::Close(_)) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(ClientError::Protocol(e.to_string()))),
+            }
+        }
+    }
+}
+
+/// A live stream of one realm's changesets; see [`RemoteRealm::watch`].
+pub struct Watch {
+    socket: JsonSocket,
     schema: Schema,
 }
 
@@ -386,31 +468,17 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     /// The next changeset; `None` when the server closed the stream.
     pub async fn next(&mut self) -> Option<Result<Changeset, ClientError>> {
-        loop {
-            match self.socket.next().await? {
-                Ok(Message::Text(text)) => {
-                    let json: Json = match serde_json::from_str(&text) {
-                        Ok(j) => j,
-                        Err(e) => return Some(Err(ClientError::Protocol(e.to_string()))),
-                    };
-                    if let Some(err) = json.get("error") {
-                        return Some(Err(ClientError::Api {
-                            status: 0,
-                            code: err["code"].as_str().unwrap_or("feed").to_owned(),
-                            message: err["message"].as_str().unwrap_or("").to_owned(),
-                        }));
-                    }
-                    return Some(
-                        changeset_from_json(&self.schema, &json).map_err(ClientError::Protocol),
-                    );
-                }
-                Ok(Message::Ping(p)) => {
-                    let _ = self.socket.send(Message::Pong(p)).await;
-                }
-                Ok(Message::Close(_)) => return None,
-                Ok(_) => {}
-                Err(e) => return Some(Err(ClientError::Protocol(e.to_string()))),
-            }
+        let json = match self.socket.next().await? {
+            Ok(json) => json,
+            Err(e) => return Some(Err(e)),
+        };
+        if let Some(err) = json.get("error") {
+            return Some(Err(ClientError::Api {
+                status: 0,
+                code: err["code"].as_str().unwrap_or("feed").to_owned(),
+                message: err["message"].as_str().unwrap_or("").to_owned(),
+            }));
         }
+        Some(changeset_from_json(&self.schema, &json).map_err(ClientError::Protocol))
     }
 }

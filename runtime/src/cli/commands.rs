@@ -15,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::replication::{drop_slot, slot_info, PgConnectOptions};
 use crate::server::{Server, ServerOptions};
 use crate::store::{Store, StoreError, StoreOptions, STORE_FILE};
-use crate::sync::engine::{given_admin_token, open_store};
+use crate::sync::engine::{given_admin_token, open_store, store_for};
 use crate::sync::rejections::{self, Direction};
 
 pub(super) fn server_options(config: &Config) -> anyhow::Result<ServerOptions> {
@@ -73,9 +73,22 @@ pub(super) async fn serve(schema: &Schema, config: &Config) -> anyhow::Result<()
     Ok(())
 }
 
-pub(super) fn token(config: &Config, user: &str, ttl_seconds: i64) -> anyhow::Result<()> {
+pub(super) async fn token(config: &Config, user: &str, ttl_seconds: i64) -> anyhow::Result<()> {
     if ttl_seconds <= 0 {
         bail!("--ttl-seconds must be positive");
+    }
+    if let Some(url) = &config.realm.url {
+        // The signing key lives with the remote server: ask it.
+        let admin = given_admin_token(config)?.with_context(|| {
+            format!("realm.url = {url}: give the server's admin token with realm.admin_token_file or PGREALM_ADMIN_TOKEN to issue tokens there")
+        })?;
+        let client = Client::new(url, &admin, Schema::default());
+        let token = client
+            .issue_token(user, ttl_seconds)
+            .await
+            .with_context(|| format!("asking the object server at {url} for a token"))?;
+        println!("{token}");
+        return Ok(());
     }
     let keys = Keys::load_or_create(&config.realm.data_dir, given_admin_token(config)?)?;
     let token = keys.issue(user, ttl_seconds, chrono::Utc::now().timestamp())?;
@@ -128,43 +141,20 @@ pub(super) async fn status(
     recent: u64,
 ) -> anyhow::Result<()> {
     println!("{name} status");
-    // Realms: from the store when it is free, else from the running server.
-    match open_store(schema, config) {
+    // Realms: from the remote object server in remote mode; else from the store when it is
+    // free, else from the running server.
+    let local = match &config.realm.url {
+        Some(url) => {
+            let store = store_for(schema, config).await?;
+            println!("object server: {url} (remote mode)");
+            Ok(store)
+        }
+        None => open_store(schema, config),
+    };
+    match local {
         Ok(store) => {
-            let snapshot = store.snapshot()?;
-            let realms = snapshot.realms()?;
-            println!("realms ({}):", realms.len());
-            for info in &realms {
-                let mut counts = Vec::new();
-                if let Some(view) = snapshot.realm(&info.path)? {
-                    for class in &schema.classes {
-                        let n = view.count(&class.name)?;
-                        if n > 0 {
-                            counts.push(format!("{} {}", n, class.name));
-                        }
-                    }
-                }
-                println!(
-                    "  {}  version {}  {}",
-                    info.path,
-                    info.version,
-                    counts.join(", ")
-                );
-            }
-            for direction in [Direction::PostgresToRealm, Direction::RealmToPostgres] {
-                let total = rejections::count(&store, direction)?;
-                println!("rejections {direction:?}: {total}");
-                for r in rejections::recent(&store, direction, recent)? {
-                    println!(
-                        "  {} {} {} {}: {}",
-                        r.at.format("%Y-%m-%d %H:%M:%S"),
-                        r.realm.as_deref().unwrap_or("-"),
-                        r.class.as_deref().or(r.table.as_deref()).unwrap_or("-"),
-                        r.key.as_deref().unwrap_or("-"),
-                        r.reason
-                    );
-                }
-            }
+            let schema = schema.clone();
+            tokio::task::spawn_blocking(move || print_store(&store, &schema, recent)).await??;
         }
         Err(StoreError::Locked { .. }) => {
             let token = match given_admin_token(config)? {
@@ -243,6 +233,45 @@ pub(super) async fn status(
     Ok(())
 }
 
+/// Realms with object counts, and recent rejections, as the store holds them.
+fn print_store(store: &Store, schema: &Schema, recent: u64) -> anyhow::Result<()> {
+    let snapshot = store.snapshot()?;
+    let realms = snapshot.realms()?;
+    println!("realms ({}):", realms.len());
+    for info in &realms {
+        let mut counts = Vec::new();
+        if let Some(view) = snapshot.realm(&info.path)? {
+            for class in &schema.classes {
+                let n = view.count(&class.name)?;
+                if n > 0 {
+                    counts.push(format!("{} {}", n, class.name));
+                }
+            }
+        }
+        println!(
+            "  {}  version {}  {}",
+            info.path,
+            info.version,
+            counts.join(", ")
+        );
+    }
+    for direction in [Direction::PostgresToRealm, Direction::RealmToPostgres] {
+        let total = rejections::count(store, direction)?;
+        println!("rejections {direction:?}: {total}");
+        for r in rejections::recent(store, direction, recent)? {
+            println!(
+                "  {} {} {} {}: {}",
+                r.at.format("%Y-%m-%d %H:%M:%S"),
+                r.realm.as_deref().unwrap_or("-"),
+                r.class.as_deref().or(r.table.as_deref()).unwrap_or("-"),
+                r.key.as_deref().unwrap_or("-"),
+                r.reason
+            );
+        }
+    }
+    Ok(())
+}
+
 fn confirm(question: &str) -> anyhow::Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
@@ -256,6 +285,15 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 pub(super) async fn reset(config: &Config, realms: bool, yes: bool) -> anyhow::Result<()> {
+    if realms {
+        if let Some(url) = &config.realm.url {
+            bail!(
+                "--realms deletes the embedded store's file, but realm.url = {url} keeps the realms \
+                 on a remote object server: stop it and run `reset --realms` on its machine (its \
+                 data_dir), or run `reset` without --realms here for the PostgreSQL side"
+            );
+        }
+    }
     let mut what = format!(
         "drop replication slot {:?}, publication {:?} and the pgrealm schema (progress, marker) in PostgreSQL",
         config.postgres.slot, config.postgres.publication

@@ -42,12 +42,20 @@ pub struct Demo {
 /// `run`: the engine and the object server until Ctrl-C or SIGTERM.
 pub(super) async fn run(schema: &Schema, config: &Config) -> anyhow::Result<()> {
     let running = engine::start(schema, config).await?;
-    eprintln!(
-        "pgrealm is syncing; the object server listens on http://{}",
-        running.addr
-    );
-    if let Some(p) = running.keys.admin_token_path() {
-        eprintln!("admin token: {}", p.display());
+    match (running.store.remote_url(), &running.keys) {
+        (Some(url), _) => eprintln!(
+            "pgrealm is syncing with the remote object server at {url} (remote mode: no embedded \
+             object server here)"
+        ),
+        (None, keys) => {
+            eprintln!(
+                "pgrealm is syncing; the object server listens on http://{}",
+                running.addr
+            );
+            if let Some(p) = keys.as_ref().and_then(|k| k.admin_token_path()) {
+                eprintln!("admin token: {}", p.display());
+            }
+        }
     }
     running
         .run_until(super::commands::shutdown_signal())
@@ -126,7 +134,12 @@ async fn demo_on(
     let config = Config::from_parts("", None, |_| None, &overrides)?;
     let running = engine::start(schema, &config).await?;
     let base = format!("http://{}", running.addr);
-    let token = running.keys.admin_token().to_owned();
+    let token = running
+        .keys
+        .as_ref()
+        .context("the demo runs the embedded object server, which has keys")?
+        .admin_token()
+        .to_owned();
     let realm = RealmPath::parse("/myRealm")?;
     let client = Client::new(&base, &token, schema.clone());
 

@@ -42,7 +42,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the sync engine (both directions) and the embedded object server until Ctrl-C.
+    /// Run the sync engine (both directions) and the embedded object server until Ctrl-C; with
+    /// realm.url, sync that remote object server instead (no embedded server).
     Run,
     /// Start a throwaway PostgreSQL with sample data, sync it both ways and show the round trip.
     Demo {
@@ -58,7 +59,8 @@ pub enum Command {
     Ddl,
     /// Serve the realms over HTTP + WebSocket without syncing (the object server alone).
     Serve,
-    /// Issue a user token for the object server's API.
+    /// Issue a user token for the object server's API (with realm.url, the remote server
+    /// issues it).
     Token {
         /// The user id (one realm path segment: letters, digits, `_`, `.`, `-`).
         user: String,
@@ -77,7 +79,8 @@ pub enum Command {
     /// Drop the replication slot, the publication and pgrealm's progress and marker tables
     /// (the original's Reset.js); with --realms also wipe the realm data.
     Reset {
-        /// Also delete every realm in the data directory.
+        /// Also delete every realm in the data directory (embedded store only: with realm.url,
+        /// run it on the remote server's machine).
         #[arg(long)]
         realms: bool,
         /// Do not ask for confirmation.
@@ -156,7 +159,9 @@ fn run<S: CompiledSchema>(name: &str, cli: Cli, demo: Option<&Demo>) -> anyhow::
             Command::Ddl | Command::Demo { .. } => unreachable!("handled above"),
             Command::Run => demo::run(S::schema(), &config).await,
             Command::Serve => commands::serve(S::schema(), &config).await,
-            Command::Token { user, ttl_seconds } => commands::token(&config, &user, ttl_seconds),
+            Command::Token { user, ttl_seconds } => {
+                commands::token(&config, &user, ttl_seconds).await
+            }
             Command::Check => commands::check(S::schema(), &config).await,
             Command::Status { rejections } => {
                 commands::status(name, S::schema(), &config, rejections).await

@@ -6,6 +6,7 @@
 //! length — percent-encoded forms are decoded first, so they meet the same rules). Request bodies
 //! and WebSocket messages have size limits. This module never talks to PostgreSQL.
 
+mod admin;
 mod error;
 mod wire;
 
@@ -48,6 +49,10 @@ pub struct ServerOptions {
     pub max_changes_per_request: usize,
     /// Longest user token lifetime the token endpoint issues.
     pub max_token_ttl_seconds: i64,
+    /// Largest request body (and feed subscription message) of the admin-only sync endpoints,
+    /// in bytes: a remote engine sends each PostgreSQL transaction as one commit, so this
+    /// bounds the largest transaction it can apply. Checked only after the admin token.
+    pub max_admin_body_bytes: usize,
 }
 
 impl Default for ServerOptions {
@@ -58,6 +63,7 @@ impl Default for ServerOptions {
             max_ws_message_bytes: 64 * 1024,
             max_changes_per_request: 1000,
             max_token_ttl_seconds: 30 * 24 * 3600,
+            max_admin_body_bytes: 1024 * 1024 * 1024,
         }
     }
 }
@@ -100,12 +106,17 @@ impl Server {
     /// The axum router of the API.
     pub fn router(&self) -> Router {
         let limit = self.shared.options.max_body_bytes;
+        // A route's own limit replaces the router-wide one; the admin extractor runs first.
+        let admin_limit = DefaultBodyLimit::max(self.shared.options.max_admin_body_bytes);
         Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/metrics", get(metrics))
             .route("/v1/realms", get(list_realms))
             .route("/v1/tokens", post(issue_token))
             .route("/v1/realms/{*rest}", get(realm_get).post(realm_post))
+            .route("/v1/admin/read", post(admin::read).layer(admin_limit))
+            .route("/v1/admin/commit", post(admin::commit).layer(admin_limit))
+            .route("/v1/admin/feed", get(admin::feed))
             .fallback(|| async {
                 ApiError::not_found(
                     "no such endpoint; the API lives under /v1/realms/<realm path>/-/<action>",

@@ -102,6 +102,15 @@ pub enum StoreError {
     /// A blocking store task of the change feed panicked or was cancelled.
     #[error("a change feed read was cancelled: {0}")]
     FeedTask(String),
+    /// The remote object server (remote mode) could not be reached, refused, or answered
+    /// something unexpected; the message says which and what to do.
+    #[error("object server {url}: {message}")]
+    Remote {
+        /// The server's base URL.
+        url: String,
+        /// What happened and what to do next.
+        message: String,
+    },
 }
 
 macro_rules! from_redb {

@@ -4,6 +4,9 @@
 //! The log is the source of truth; commit notifications only say which realm to read next.
 //! A subscriber that falls behind the notification buffer re-reads the realm list, so it does
 //! more work but never misses a changeset. Reads run on tokio's blocking pool.
+//!
+//! On a remote store the server runs this feed and streams it over one WebSocket (see
+//! `remote.rs`); this side only keeps the positions.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Bound::{Excluded, Unbounded};
@@ -14,6 +17,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use super::changeset::Changeset;
 use super::error::StoreError;
 use super::path::RealmPath;
+use super::remote::RemoteFeed;
 use super::{Committed, Store};
 
 /// How many changesets one blocking read fetches for one realm.
@@ -27,6 +31,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The pattern and the positions to resume from (for a remote server's feed).
+    pub(super) fn parts(&self) -> (&Regex, &HashMap<RealmPath, u64>) {
+        (&self.pattern, &self.resume)
+    }
+
     /// Follow every realm whose path matches `pattern` anywhere (like JavaScript's
     /// `RegExp.test`, as the original's `realmRegex`; anchor with `^…$` for a whole match),
     /// including realms created later. Realms start from their first changeset unless
@@ -84,12 +93,15 @@ pub struct ChangeFeed {
     last_fetched: Option<RealmPath>,
     rescan: bool,
     failed: HashSet<RealmPath>,
+    /// The server's feed, on a remote store.
+    remote: Option<RemoteFeed>,
 }
 
 impl ChangeFeed {
     pub(super) fn new(store: Store, subscription: Subscription) -> Self {
         // Listen before the first scan, so a commit between the two is seen by one or the other.
         let rx = store.inner.feed.subscribe();
+        let remote = store.remote().map(|r| r.subscribe(&subscription));
         ChangeFeed {
             store,
             pattern: subscription.pattern,
@@ -100,6 +112,7 @@ impl ChangeFeed {
             last_fetched: None,
             rescan: true,
             failed: HashSet::new(),
+            remote,
         }
     }
 
@@ -115,6 +128,12 @@ impl ChangeFeed {
     /// stands; the feed skips that realm from then on (resynchronize it and subscribe again from
     /// its current version), other realms keep flowing.
     pub async fn next(&mut self) -> Result<Changeset, StoreError> {
+        if let Some(remote) = &mut self.remote {
+            let changeset = remote.next().await?;
+            self.delivered
+                .insert(changeset.realm.clone(), changeset.version);
+            return Ok(changeset);
+        }
         loop {
             if let Some(changeset) = self.pending.pop_front() {
                 self.delivered

@@ -5,13 +5,17 @@
 //! holds an object) and the per-key commit metadata the sync engine keeps its LSNs in. All of it
 //! lives in one redb file, `<data_dir>/realms.redb`, stamped with [`FORMAT_VERSION`].
 //!
+//! A store may instead be a remote object server's ([`Store::connect_remote`], the engine's
+//! remote mode): the same API, each operation going through the server's admin endpoints (see
+//! `remote.rs` for what that changes — notably, remote reads are not one snapshot).
+//!
 //! The core is synchronous and cheap to call from `spawn_blocking`: a [`WriteTx`] collects
 //! operations without touching the file and applies them in one redb write transaction when it
 //! commits; a [`Snapshot`] is a redb read transaction, so readers see one consistent state while
 //! writes go on. Only the [`ChangeFeed`] is async.
 //!
-//! This module never talks to PostgreSQL or the network and never decides conflicts: it stores
-//! what it is told, validated against the compiled schema.
+//! This module never talks to PostgreSQL and never decides conflicts: it stores what it is told,
+//! validated against the compiled schema. Only the remote backend talks to the network.
 
 mod changeset;
 mod codec;
@@ -19,6 +23,7 @@ mod error;
 mod feed;
 mod path;
 mod read;
+mod remote;
 mod streaming;
 mod write;
 
@@ -126,12 +131,18 @@ pub struct Store {
 }
 
 struct Inner {
-    db: Database,
+    backend: Backend,
     file: PathBuf,
     schema: Schema,
     classes: HashMap<String, usize>,
     options: StoreOptions,
     feed: broadcast::Sender<Committed>,
+}
+
+/// Where the realms live: the redb file, or a remote object server.
+enum Backend {
+    Local(Database),
+    Remote(remote::RemoteBackend),
 }
 
 /// A commit notification: realm `path` reached `version`.
@@ -143,9 +154,12 @@ struct Committed {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("file", &self.inner.file)
-            .field("classes", &self.inner.schema.classes.len())
+        let mut d = f.debug_struct("Store");
+        match &self.inner.backend {
+            Backend::Local(_) => d.field("file", &self.inner.file),
+            Backend::Remote(r) => d.field("remote", &r.url()),
+        };
+        d.field("classes", &self.inner.schema.classes.len())
             .field("options", &self.inner.options)
             .finish()
     }
@@ -186,7 +200,7 @@ impl Store {
         let (feed, _) = broadcast::channel(options.feed_buffer.max(1));
         Ok(Store {
             inner: Arc::new(Inner {
-                db,
+                backend: Backend::Local(db),
                 file,
                 schema,
                 classes,
@@ -194,6 +208,68 @@ impl Store {
                 feed,
             }),
         })
+    }
+
+    /// The realms of the object server at `url` (`http://host:9080`), for the classes of
+    /// `schema`, through its admin API with `admin_token` — the sync engine's remote mode.
+    ///
+    /// Checks at once that the server answers, takes the token as the admin's, has the admin API
+    /// and serves the same compiled schema; each failure says what to do. The operations block
+    /// the calling thread on a small runtime of the store's own (so they may be called from
+    /// async code, like the embedded store's, but not inside `block_on`). Reads are not one
+    /// snapshot: see [`Snapshot`].
+    pub fn connect_remote(
+        url: &str,
+        admin_token: &str,
+        schema: Schema,
+    ) -> Result<Store, StoreError> {
+        let backend = remote::RemoteBackend::connect(url, admin_token, &schema)?;
+        let classes = schema
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let options = StoreOptions::default();
+        let (feed, _) = broadcast::channel(1);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend: Backend::Remote(backend),
+                file: PathBuf::new(),
+                schema,
+                classes,
+                options,
+                feed,
+            }),
+        })
+    }
+
+    /// The remote object server's URL when this store is one ([`Store::connect_remote`]).
+    pub fn remote_url(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Remote(r) => Some(r.url()),
+        }
+    }
+
+    fn remote(&self) -> Option<&remote::RemoteBackend> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Remote(r) => Some(r),
+        }
+    }
+
+    /// The redb file of a local store. Remote stores dispatch before any file access.
+    fn db(&self) -> &Database {
+        match &self.inner.backend {
+            Backend::Local(db) => db,
+            Backend::Remote(r) => {
+                panic!(
+                    "a remote store ({}) has no local file; this is a dispatch bug",
+                    r.url()
+                )
+            }
+        }
     }
 
     /// Open the store for a schema compiled by `schema!`.
@@ -209,7 +285,7 @@ impl Store {
         &self.inner.schema
     }
 
-    /// The store file.
+    /// The store file (empty for a remote store).
     pub fn file(&self) -> &Path {
         &self.inner.file
     }
@@ -226,7 +302,7 @@ impl Store {
 
     /// Start a write transaction for a change too large to hold in memory: it takes the store's
     /// write lock now (waiting for a commit in progress) and applies operations as they come.
-    /// See [`StreamingTx`].
+    /// See [`StreamingTx`]. Only the embedded store streams: a remote one refuses.
     pub fn begin_streaming(&self, origin: impl Into<String>) -> Result<StreamingTx, StoreError> {
         StreamingTx::new(self.clone(), origin.into())
     }

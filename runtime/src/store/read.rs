@@ -1,5 +1,8 @@
 //! Reads: a [`Snapshot`] is one redb read transaction, so everything read through it (and the
 //! [`RealmView`]s it hands out) is one consistent state, whatever commits meanwhile.
+//!
+//! On a remote store ([`Store::connect_remote`]) each read is one request to the server and
+//! sees the server's state as of that request: see [`Snapshot`].
 
 use std::sync::Arc;
 
@@ -16,10 +19,17 @@ use super::{
 };
 
 /// A consistent read-only view of the whole store.
+///
+/// On a remote store it is not one state: each read answers as of its own request, so two
+/// reads may see different commits in between. The sync engine tolerates that because it is the
+/// only writer of origin `postgres` and already treats its snapshot as possibly older than the
+/// commit it prepares (operations such as update-if-present and move re-read the object when
+/// the commit applies, on the server).
 #[derive(Clone)]
 pub struct Snapshot {
     store: Store,
-    txn: Arc<ReadTransaction>,
+    /// `None` on a remote store.
+    txn: Option<Arc<ReadTransaction>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -43,15 +53,29 @@ pub struct RealmInfo {
 
 impl Snapshot {
     pub(super) fn new(store: Store) -> Result<Snapshot, StoreError> {
-        let txn = store.inner.db.begin_read()?;
+        if store.remote().is_some() {
+            return Ok(Snapshot { store, txn: None });
+        }
+        let txn = store.db().begin_read()?;
         Ok(Snapshot {
             store,
-            txn: Arc::new(txn),
+            txn: Some(Arc::new(txn)),
         })
     }
 
+    /// The read transaction of a local store (remote reads dispatch before this).
+    fn txn(&self) -> &ReadTransaction {
+        self.txn
+            .as_deref()
+            .expect("a local store's snapshot holds a read transaction")
+    }
+
     fn info(&self, path: &RealmPath) -> Result<Option<(u64, RealmInfo)>, StoreError> {
-        let realms = self.txn.open_table(REALMS)?;
+        if let Some(remote) = self.store.remote() {
+            // The realm number never leaves a store; remote views do not use it.
+            return Ok(remote.realm(path)?.map(|info| (0, info)));
+        }
+        let realms = self.txn().open_table(REALMS)?;
         let found = realms.get(path.as_str())?.map(|g| g.value());
         Ok(found.map(|(id, version, oldest)| {
             (
@@ -76,7 +100,10 @@ impl Snapshot {
 
     /// Every realm, in path order.
     pub fn realms(&self) -> Result<Vec<RealmInfo>, StoreError> {
-        let realms = self.txn.open_table(REALMS)?;
+        if let Some(remote) = self.store.remote() {
+            return remote.realms();
+        }
+        let realms = self.txn().open_table(REALMS)?;
         let mut out = Vec::new();
         for row in realms.iter()? {
             let (path, value) = row?;
@@ -92,15 +119,21 @@ impl Snapshot {
 
     /// The latest metadata a commit stored under `key`.
     pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let table = self.txn.open_table(METADATA)?;
+        if let Some(remote) = self.store.remote() {
+            return remote.metadata(key);
+        }
+        let table = self.txn().open_table(METADATA)?;
         Ok(table.get(key)?.map(|g| g.value().to_vec()))
     }
 
     /// The realms holding an object of `class` with this key (usually one).
     pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
         self.store.class(class)?;
-        let locator = self.txn.open_multimap_table(LOCATOR)?;
-        let paths = self.txn.open_table(REALM_PATHS)?;
+        if let Some(remote) = self.store.remote() {
+            return remote.locate(class, key);
+        }
+        let locator = self.txn().open_multimap_table(LOCATOR)?;
+        let paths = self.txn().open_table(REALM_PATHS)?;
         let mut out = Vec::new();
         for id in locator.get(locator_key(class, key).as_slice())? {
             let id = id?.value();
@@ -143,6 +176,9 @@ impl Snapshot {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changeset>, StoreError> {
+        if let Some(remote) = self.store.remote() {
+            return remote.changes(realm, after, limit);
+        }
         let Some((id, info)) = self.info(realm)? else {
             return Ok(Vec::new());
         };
@@ -156,8 +192,8 @@ impl Snapshot {
                 oldest: info.oldest,
             });
         }
-        let log = self.txn.open_table(LOG)?;
-        let parts = super::streaming::PartReader::open(&self.txn)?;
+        let log = self.txn().open_table(LOG)?;
+        let parts = super::streaming::PartReader::open(self.txn())?;
         let mut out = Vec::new();
         for row in log.range((id, after + 1)..=(id, info.version))?.take(limit) {
             let (k, v) = row?;
@@ -202,7 +238,10 @@ impl RealmView {
 
     /// The realm's own schema: the classes (and properties) it has been given so far.
     pub fn schema(&self) -> Result<Schema, StoreError> {
-        let table = self.snapshot.txn.open_table(REALM_CLASSES)?;
+        if let Some(remote) = self.snapshot.store.remote() {
+            return remote.realm_schema(&self.info.path);
+        }
+        let table = self.snapshot.txn().open_table(REALM_CLASSES)?;
         let mut classes = Vec::new();
         for row in table.range((self.id, "")..(self.id + 1, ""))? {
             let (_, def) = row?;
@@ -219,7 +258,10 @@ impl RealmView {
     /// An object by class name and key. Every property of the compiled class is present.
     pub fn object(&self, class: &str, key: &PrimaryKey) -> Result<Option<Object>, StoreError> {
         let def = self.snapshot.store.class(class)?;
-        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        if let Some(remote) = self.snapshot.store.remote() {
+            return remote.object(&self.info.path, class, key);
+        }
+        let objects = self.snapshot.txn().open_table(OBJECTS)?;
         let found = objects.get(object_key(self.id, class, key).as_slice())?;
         match found {
             Some(g) => Ok(Some(complete(def, decode_object(class, g.value())?))),
@@ -230,7 +272,10 @@ impl RealmView {
     /// Every object of a class, in key order.
     pub fn objects(&self, class: &str) -> Result<Vec<Object>, StoreError> {
         let def = self.snapshot.store.class(class)?;
-        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        if let Some(remote) = self.snapshot.store.remote() {
+            return remote.objects(&self.info.path, class);
+        }
+        let objects = self.snapshot.txn().open_table(OBJECTS)?;
         let prefix = object_prefix(self.id, class);
         let mut end = prefix.clone();
         *end.last_mut().expect("the prefix ends with a separator") += 1;
@@ -245,7 +290,10 @@ impl RealmView {
     /// How many objects of a class the realm holds.
     pub fn count(&self, class: &str) -> Result<usize, StoreError> {
         self.snapshot.store.class(class)?;
-        let objects = self.snapshot.txn.open_table(OBJECTS)?;
+        if let Some(remote) = self.snapshot.store.remote() {
+            return remote.count(&self.info.path, class);
+        }
+        let objects = self.snapshot.txn().open_table(OBJECTS)?;
         let prefix = object_prefix(self.id, class);
         let mut end = prefix.clone();
         *end.last_mut().expect("the prefix ends with a separator") += 1;

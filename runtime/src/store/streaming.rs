@@ -105,7 +105,15 @@ impl std::fmt::Debug for StreamingTx {
 
 impl StreamingTx {
     pub(super) fn new(store: Store, origin: String) -> Result<Self, StoreError> {
-        let mut txn = store.inner.db.begin_write()?;
+        if let Some(url) = store.remote_url() {
+            return Err(StoreError::Remote {
+                url: url.to_owned(),
+                message: "a streaming write needs the embedded store (the object server's admin \
+                          API commits a write in one request); write in ordinary transactions"
+                    .into(),
+            });
+        }
+        let mut txn = store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         Ok(StreamingTx {
             store,
@@ -441,7 +449,7 @@ mod tests {
     }
 
     fn stored_format(store: &Store) -> u64 {
-        let read = redb::ReadableDatabase::begin_read(&store.inner.db).unwrap();
+        let read = redb::ReadableDatabase::begin_read(store.db()).unwrap();
         let meta = read.open_table(META).unwrap();
         let format = meta.get("format_version").unwrap().unwrap().value();
         format
@@ -518,7 +526,7 @@ mod tests {
             streaming.apply(&mut batch).unwrap().commit().unwrap();
         }
         // Retention 1: only version 3 and its one part remain.
-        let read = redb::ReadableDatabase::begin_read(&store.inner.db).unwrap();
+        let read = redb::ReadableDatabase::begin_read(store.db()).unwrap();
         let parts = read.open_table(LOG_PARTS).unwrap();
         let left: Vec<_> = parts
             .iter()

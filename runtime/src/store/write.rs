@@ -235,8 +235,12 @@ impl WriteTx {
         if self.ops.is_empty() && self.metadata.is_empty() {
             return Ok(CommitInfo::default());
         }
+        if let Some(remote) = self.store.remote() {
+            // One request: the server rebuilds this transaction and commits it atomically.
+            return remote.commit(&self.origin, &self.ops, &self.metadata);
+        }
         let store = self.store;
-        let mut txn = store.inner.db.begin_write()?;
+        let mut txn = store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         let info = {
             let mut apply = Applier::open(&store, &txn)?;

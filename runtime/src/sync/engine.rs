@@ -1,4 +1,6 @@
-//! The one engine: both sync directions and the embedded object server in one process.
+//! The one engine: both sync directions and the embedded object server in one process — or,
+//! with `realm.url` (remote mode), both directions against a remote object server's store
+//! through its admin API ([`Store::connect_remote`]), with no server of its own.
 //!
 //! Start order matters: realm → PostgreSQL's bookkeeping tables (`pgrealm.progress`,
 //! `pgrealm.marker`) exist before PostgreSQL → realm builds its publication, so the marker rows
@@ -63,12 +65,14 @@ pub enum EngineError {
 /// A running engine; [`RunningEngine::stop`] stops it cleanly.
 #[derive(Debug)]
 pub struct RunningEngine {
-    /// The object server's address.
+    /// The object server's address: the embedded server's, or in remote mode the remote
+    /// server's (as resolved at start).
     pub addr: SocketAddr,
-    /// The store the engine syncs.
+    /// The store the engine syncs (a remote one in remote mode).
     pub store: Store,
-    /// The server's keys (admin token, user tokens).
-    pub keys: Keys,
+    /// The embedded server's keys (admin token, user tokens); `None` in remote mode, where
+    /// the keys live with the remote server.
+    pub keys: Option<Keys>,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// PostgreSQL → realm's counters.
@@ -87,6 +91,42 @@ pub fn open_store(schema: &Schema, config: &Config) -> Result<Store, crate::stor
             ..StoreOptions::default()
         },
     )
+}
+
+/// The store the configuration names: the remote object server's when `realm.url` is set
+/// (its admin token from `PGREALM_ADMIN_TOKEN` or `realm.admin_token_file`), else the embedded
+/// one in `realm.data_dir`.
+pub async fn store_for(schema: &Schema, config: &Config) -> Result<Store, EngineError> {
+    let Some(url) = config.realm.url.clone() else {
+        return Ok(open_store(schema, config)?);
+    };
+    let token = given_admin_token(config)?.ok_or_else(|| {
+        EngineError::Config(
+            "realm.url names a remote object server: give its admin token (keys/admin.token in \
+             its data_dir) with realm.admin_token_file or PGREALM_ADMIN_TOKEN"
+                .into(),
+        )
+    })?;
+    let schema = schema.clone();
+    // Connecting blocks on the network: off the async threads.
+    tokio::task::spawn_blocking(move || Store::connect_remote(&url, &token, schema))
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))?
+        .map_err(EngineError::from)
+}
+
+/// The socket address of a remote object server's `http://host:port` URL.
+async fn remote_addr(url: &str) -> Result<SocketAddr, EngineError> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| EngineError::Config(format!("realm.url = {url}: {e}")))?;
+    let host = uri.host().unwrap_or_default().to_owned();
+    let port = uri.port_u16().unwrap_or(80);
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| EngineError::Config(format!("realm.url = {url}: cannot resolve {host}")))
 }
 
 /// The admin token the operator gives: `PGREALM_ADMIN_TOKEN`, else `realm.admin_token_file`;
@@ -116,15 +156,20 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
             "no PostgreSQL to sync with: set [postgres] url in pgrealm.toml, or PGREALM_POSTGRES_URL".into(),
         )
     })?;
-    if config.realm.url.is_some() {
-        return Err(EngineError::Config(
-            "realm.url (a remote object server) is not supported by `run` yet: run the engine next to \
-             its store, with realm.data_dir"
-                .into(),
-        ));
-    }
-    let store = open_store(schema, config)?;
-    let keys = Keys::load_or_create(&config.realm.data_dir, given_admin_token(config)?)?;
+    let store = store_for(schema, config).await?;
+    let keys = match store.remote_url() {
+        Some(remote) => {
+            tracing::info!(
+                url = remote,
+                "remote mode: syncing the object server at {remote}; no embedded object server"
+            );
+            None
+        }
+        None => Some(Keys::load_or_create(
+            &config.realm.data_dir,
+            given_admin_token(config)?,
+        )?),
+    };
     let metrics = Arc::new(Metrics::default());
     let realm_regex = Regex::new(&config.sync.realm_regex)
         .map_err(|e| EngineError::Config(format!("sync.realm_regex: {e}")))?;
@@ -186,34 +231,41 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
     )?
     .with_metrics(metrics.clone());
 
-    let listener = tokio::net::TcpListener::bind(&config.realm.listen)
-        .await
-        .map_err(|source| EngineError::Listen {
-            addr: config.realm.listen.clone(),
-            source,
-        })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| EngineError::Listen {
-            addr: config.realm.listen.clone(),
-            source,
-        })?;
-    let readable = config
-        .realm
-        .readable
-        .iter()
-        .map(|r| Regex::new(r))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| EngineError::Config(format!("realm.readable: {e}")))?;
-    let server = Server::new(
-        store.clone(),
-        keys.clone(),
-        metrics.clone(),
-        ServerOptions {
-            readable,
-            ..ServerOptions::default()
-        },
-    );
+    // The embedded object server, unless the store is a remote server's.
+    let (addr, server) = match (&keys, store.remote_url()) {
+        (Some(keys), _) => {
+            let listener = tokio::net::TcpListener::bind(&config.realm.listen)
+                .await
+                .map_err(|source| EngineError::Listen {
+                    addr: config.realm.listen.clone(),
+                    source,
+                })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|source| EngineError::Listen {
+                    addr: config.realm.listen.clone(),
+                    source,
+                })?;
+            let readable = config
+                .realm
+                .readable
+                .iter()
+                .map(|r| Regex::new(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| EngineError::Config(format!("realm.readable: {e}")))?;
+            let server = Server::new(
+                store.clone(),
+                keys.clone(),
+                metrics.clone(),
+                ServerOptions {
+                    readable,
+                    ..ServerOptions::default()
+                },
+            );
+            (addr, Some((server, listener)))
+        }
+        (None, remote) => (remote_addr(remote.unwrap_or_default()).await?, None),
+    };
 
     let (stop, stopped) = watch::channel(false);
     let mut tasks: Vec<(&'static str, JoinHandle<Result<(), EngineError>>)> = Vec::new();
@@ -237,26 +289,28 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
             Ok(())
         }),
     ));
-    let mut s = stopped;
-    tasks.push((
-        "object server",
-        tokio::spawn(async move {
-            let shutdown = async move {
-                while !*s.borrow_and_update() {
-                    if s.changed().await.is_err() {
-                        break;
+    if let Some((server, listener)) = server {
+        let mut s = stopped;
+        tasks.push((
+            "object server",
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    while !*s.borrow_and_update() {
+                        if s.changed().await.is_err() {
+                            break;
+                        }
                     }
-                }
-            };
-            server
-                .serve(listener, shutdown)
-                .await
-                .map_err(|source| EngineError::Listen {
-                    addr: "the object server".into(),
-                    source,
-                })
-        }),
-    ));
+                };
+                server
+                    .serve(listener, shutdown)
+                    .await
+                    .map_err(|source| EngineError::Listen {
+                        addr: "the object server".into(),
+                        source,
+                    })
+            }),
+        ));
+    }
     Ok(RunningEngine {
         addr,
         store,

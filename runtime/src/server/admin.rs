@@ -1,0 +1,465 @@
+//! The admin-only endpoints a sync engine in remote mode works through ([`Store::connect_remote`]
+//! is their client): reads of the store, whole write transactions, and the multi-realm change
+//! feed.
+//!
+//! - `POST /v1/admin/read` with one read (`{"realm":{"path":"/a"}}`, `{"locate":{…}}`, …) →
+//!   its answer; see [`Read`].
+//! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
+//!   rebuilds the store write transaction and commits it atomically and durably before
+//!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`].
+//! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is
+//!   `{"pattern": regex, "resume": {path: version}}`; the server then sends every changeset of
+//!   every matching realm (realms created later included) after those positions, caught up from
+//!   the log then live, as `changes` does. A realm whose log no longer reaches back sends
+//!   `{"error":{"code":"pruned","realm","asked","oldest","message"}}` and is skipped; any other
+//!   error is sent and the socket closed.
+//!
+//! The caller must present the admin token; it is checked before the body is read, so only the
+//! admin may send bodies up to [`ServerOptions::max_admin_body_bytes`].
+//!
+//! [`Store::connect_remote`]: crate::store::Store::connect_remote
+//! [`ServerOptions::max_admin_body_bytes`]: super::ServerOptions::max_admin_body_bytes
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json as JsonBody;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use pgrealm_schema::Schema;
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+
+use super::{blocking, changeset_to_json, class, require_admin, ApiError, Caller, Server};
+use crate::json::{key_from_json, object_from_json, object_to_json};
+use crate::store::{RealmInfo, RealmPath, Store, StoreError, Subscription};
+
+/// Most changesets one `changes` read returns (the admin is trusted; this only bounds memory).
+const MAX_CHANGES_PER_READ: usize = 100_000;
+
+/// How long the feed waits for the subscription message after the upgrade.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The caller, who must be the admin (checked before any body is read).
+pub(super) struct Admin;
+
+impl FromRequestParts<Server> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, server: &Server) -> Result<Self, ApiError> {
+        let Caller(who) = Caller::from_request_parts(parts, server).await?;
+        require_admin(&who)?;
+        Ok(Admin)
+    }
+}
+
+/// One read of `POST /v1/admin/read`, externally tagged: `{"realms":{}}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Read {
+    /// The server's compiled schema → `{"schema": …}`.
+    Schema {},
+    /// Every realm → `{"realms":[{"path","version","oldest"}]}`.
+    Realms {},
+    /// One realm → `{"realm": {"path","version","oldest"} | null}`.
+    Realm { path: String },
+    /// Commit metadata → `{"value": base64 | null}`.
+    Metadata { key: String },
+    /// The realms holding an object → `{"realms":[path]}`.
+    Locate { class: String, key: Json },
+    /// One object → `{"object": {…} | null}`.
+    Object {
+        path: String,
+        class: String,
+        key: Json,
+    },
+    /// Every object of a class in a realm → `{"objects":[…]}`.
+    Objects { path: String, class: String },
+    /// How many objects of a class a realm holds → `{"count": n}`.
+    Count { path: String, class: String },
+    /// A realm's own schema → `{"schema": …}`.
+    RealmSchema { path: String },
+    /// Changesets after `after` → `{"changes":[…]}`, or `{"pruned":{"asked","oldest"}}`.
+    Changes {
+        path: String,
+        after: u64,
+        limit: usize,
+    },
+}
+
+fn realm_info_json(info: &RealmInfo) -> Json {
+    json!({"path": info.path.as_str(), "version": info.version, "oldest": info.oldest})
+}
+
+fn parse_path(path: &str) -> Result<RealmPath, ApiError> {
+    Ok(RealmPath::parse(path)?)
+}
+
+fn bad_body(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("{what}: {e}"))
+}
+
+/// `POST /v1/admin/read`.
+pub(super) async fn read(
+    State(server): State<Server>,
+    _: Admin,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    let read: Read = serde_json::from_slice(&body).map_err(|e| {
+        bad_body(
+            "expected one read such as {\"realms\":{}} or {\"realm\":{\"path\":\"/a\"}}",
+            e,
+        )
+    })?;
+    let store = server.shared.store.clone();
+    let answer = match read {
+        Read::Schema {} => json!({ "schema": store.schema() }),
+        Read::Realms {} => {
+            let realms = blocking(move || Ok(store.snapshot()?.realms()?)).await?;
+            json!({ "realms": realms.iter().map(realm_info_json).collect::<Vec<_>>() })
+        }
+        Read::Realm { path } => {
+            let path = parse_path(&path)?;
+            let view = blocking(move || Ok(store.realm(&path)?)).await?;
+            let info = view.map(|v| {
+                realm_info_json(&RealmInfo {
+                    path: v.path().clone(),
+                    version: v.version(),
+                    oldest: v.oldest_version(),
+                })
+            });
+            json!({ "realm": info })
+        }
+        Read::Metadata { key } => {
+            let value = blocking(move || Ok(store.metadata(&key)?)).await?;
+            json!({ "value": value.map(|v| STANDARD.encode(v)) })
+        }
+        Read::Locate { class: name, key } => {
+            let class = class(&server, &name)?;
+            let key = key_from_json(store.schema(), class, &key)?;
+            let name = class.name.clone();
+            let realms = blocking(move || Ok(store.locate(&name, &key)?)).await?;
+            json!({ "realms": realms.iter().map(RealmPath::as_str).collect::<Vec<_>>() })
+        }
+        Read::Object {
+            path,
+            class: name,
+            key,
+        } => {
+            let path = parse_path(&path)?;
+            let class = class(&server, &name)?;
+            let key = key_from_json(store.schema(), class, &key)?;
+            let name = class.name.clone();
+            let object = blocking(move || match store.realm(&path)? {
+                Some(view) => Ok(view.object(&name, &key)?),
+                None => Ok(None),
+            })
+            .await?;
+            json!({ "object": object.as_ref().map(object_to_json) })
+        }
+        Read::Objects { path, class: name } => {
+            let path = parse_path(&path)?;
+            let name = class(&server, &name)?.name.clone();
+            let objects = blocking(move || match store.realm(&path)? {
+                Some(view) => Ok(view.objects(&name)?),
+                None => Ok(Vec::new()),
+            })
+            .await?;
+            json!({ "objects": objects.iter().map(object_to_json).collect::<Vec<_>>() })
+        }
+        Read::Count { path, class: name } => {
+            let path = parse_path(&path)?;
+            let name = class(&server, &name)?.name.clone();
+            let count = blocking(move || match store.realm(&path)? {
+                Some(view) => Ok(view.count(&name)?),
+                None => Ok(0),
+            })
+            .await?;
+            json!({ "count": count })
+        }
+        Read::RealmSchema { path } => {
+            let path = parse_path(&path)?;
+            let schema = blocking(move || match store.realm(&path)? {
+                Some(view) => Ok(view.schema()?),
+                None => Ok(Schema::default()),
+            })
+            .await?;
+            json!({ "schema": schema })
+        }
+        Read::Changes { path, after, limit } => {
+            let path = parse_path(&path)?;
+            let limit = limit.min(MAX_CHANGES_PER_READ);
+            match blocking(move || Ok(store.changes(&path, after, limit))).await? {
+                Ok(changes) => {
+                    json!({ "changes": changes.iter().map(changeset_to_json).collect::<Vec<_>>() })
+                }
+                Err(StoreError::Pruned { asked, oldest, .. }) => {
+                    json!({ "pruned": { "asked": asked, "oldest": oldest } })
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    Ok(JsonBody(answer))
+}
+
+/// `POST /v1/admin/commit`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitRequest {
+    /// The origin tag of the changesets (`postgres` for the engine's PostgreSQL → realm side).
+    origin: String,
+    ops: Vec<CommitOp>,
+    /// Metadata key → base64 value, stored atomically with the commit.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// One operation of a store write transaction, as `WriteTx` collects it. Objects are in the
+/// API's JSON form and may be partial (absent properties keep their value).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum CommitOp {
+    /// `WriteTx::put_object`.
+    Put {
+        realm: String,
+        class: String,
+        object: Json,
+    },
+    /// `WriteTx::update_object` (only if the realm holds the object when the commit applies).
+    Update {
+        realm: String,
+        class: String,
+        object: Json,
+    },
+    /// `WriteTx::move_object`.
+    Move {
+        from: String,
+        to: String,
+        class: String,
+        object: Json,
+    },
+    /// `WriteTx::delete_object`.
+    Delete {
+        realm: String,
+        class: String,
+        key: Json,
+    },
+}
+
+/// Longest origin tag accepted.
+const MAX_ORIGIN_LEN: usize = 64;
+
+/// `POST /v1/admin/commit`.
+pub(super) async fn commit(
+    State(server): State<Server>,
+    _: Admin,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    let store = server.shared.store.clone();
+    // Parsing a large transaction is CPU work: off the async threads, like the commit.
+    let versions = blocking(move || {
+        let req: CommitRequest = serde_json::from_slice(&body).map_err(|e| {
+            bad_body(
+                "expected {\"origin\": \"…\", \"ops\": [{\"put\": {\"realm\", \"class\", \"object\"}}, …], \"metadata\": {key: base64}}",
+                e,
+            )
+        })?;
+        if req.origin.is_empty() || req.origin.len() > MAX_ORIGIN_LEN {
+            return Err(ApiError::bad_request(format!(
+                "origin must be 1 to {MAX_ORIGIN_LEN} characters"
+            )));
+        }
+        let tx = build_tx(&store, req)?;
+        let info = tx.commit()?;
+        Ok(info.versions)
+    })
+    .await?;
+    let versions: Vec<Json> = versions
+        .iter()
+        .map(|(path, version)| json!({"path": path.as_str(), "version": version}))
+        .collect();
+    Ok(JsonBody(json!({ "versions": versions })))
+}
+
+/// Rebuild the write transaction a remote `WriteTx` collected; a bad op anywhere writes nothing.
+fn build_tx(store: &Store, req: CommitRequest) -> Result<crate::store::WriteTx, ApiError> {
+    let schema = store.schema();
+    let mut tx = store.begin_write(req.origin);
+    for (i, op) in req.ops.into_iter().enumerate() {
+        let at = |e: ApiError| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_op",
+                format!("ops[{i}]: {}", e.message()),
+            )
+        };
+        let object_of = |name: &str, json: &Json| -> Result<pgrealm_schema::Object, ApiError> {
+            let class = schema.class(name).ok_or_else(|| {
+                at(ApiError::not_found(format!(
+                    "the schema has no class `{name}`"
+                )))
+            })?;
+            object_from_json(schema, class, json).map_err(|e| at(e.into()))
+        };
+        let realm_of = |path: &str| parse_path(path).map_err(at);
+        match op {
+            CommitOp::Put {
+                realm,
+                class,
+                object,
+            } => tx
+                .put_object(&realm_of(&realm)?, object_of(&class, &object)?)
+                .map_err(|e| at(e.into()))?,
+            CommitOp::Update {
+                realm,
+                class,
+                object,
+            } => tx
+                .update_object(&realm_of(&realm)?, object_of(&class, &object)?)
+                .map_err(|e| at(e.into()))?,
+            CommitOp::Move {
+                from,
+                to,
+                class,
+                object,
+            } => tx
+                .move_object(
+                    &realm_of(&from)?,
+                    &realm_of(&to)?,
+                    object_of(&class, &object)?,
+                )
+                .map_err(|e| at(e.into()))?,
+            CommitOp::Delete { realm, class, key } => {
+                let def = schema.class(&class).ok_or_else(|| {
+                    at(ApiError::not_found(format!(
+                        "the schema has no class `{class}`"
+                    )))
+                })?;
+                let key = key_from_json(schema, def, &key).map_err(|e| at(e.into()))?;
+                tx.delete_object(&realm_of(&realm)?, &class, key)
+                    .map_err(|e| at(e.into()))?
+            }
+        }
+    }
+    for (key, value) in req.metadata {
+        let value = STANDARD
+            .decode(value.as_bytes())
+            .map_err(|e| ApiError::bad_request(format!("metadata {key:?}: not base64: {e}")))?;
+        tx.set_metadata(key, value);
+    }
+    Ok(tx)
+}
+
+/// The feed's subscription message.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Subscribe {
+    pattern: String,
+    #[serde(default)]
+    resume: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/admin/feed` (WebSocket).
+pub(super) async fn feed(
+    State(server): State<Server>,
+    _: Admin,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(ws) = ws else {
+        return Err(ApiError::bad_request("the feed needs a WebSocket upgrade"));
+    };
+    // The subscription names every realm's position: allow it the admin body limit.
+    let max = server.shared.options.max_admin_body_bytes;
+    let store = server.shared.store.clone();
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| run_feed(socket, store))
+        .into_response())
+}
+
+fn error_message(code: &str, message: impl std::fmt::Display) -> Message {
+    Message::Text(
+        json!({"error": {"code": code, "message": message.to_string()}})
+            .to_string()
+            .into(),
+    )
+}
+
+async fn run_feed(mut socket: WebSocket, store: Store) {
+    let first = tokio::time::timeout(SUBSCRIBE_TIMEOUT, socket.recv()).await;
+    let subscription = match first {
+        Ok(Some(Ok(Message::Text(text)))) => subscription_from(&text),
+        Ok(Some(Ok(_))) => Err("the first message must be the subscription, as JSON text".into()),
+        Ok(None | Some(Err(_))) => return,
+        Err(_) => Err(format!(
+            "no subscription within {}s of the upgrade",
+            SUBSCRIBE_TIMEOUT.as_secs()
+        )),
+    };
+    let subscription = match subscription {
+        Ok(s) => s,
+        Err(message) => {
+            let _ = socket.send(error_message("bad_request", message)).await;
+            return;
+        }
+    };
+    let mut feed = store.subscribe(subscription);
+    loop {
+        tokio::select! {
+            next = feed.next() => match next {
+                Ok(changeset) => {
+                    let text = changeset_to_json(&changeset).to_string();
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let StoreError::Pruned { realm, asked, oldest } = &e else {
+                        let _ = socket.send(error_message("feed", e)).await;
+                        return;
+                    };
+                    // The store's feed skips that realm from now on; the others keep flowing.
+                    let body = json!({"error": {
+                        "code": "pruned", "realm": realm.as_str(), "asked": asked,
+                        "oldest": oldest, "message": e.to_string(),
+                    }});
+                    if socket.send(Message::Text(body.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            // A periodic ping keeps proxies from closing an idle feed.
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {
+                if socket.send(Message::Ping(Vec::new().into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn subscription_from(text: &str) -> Result<Subscription, String> {
+    let req: Subscribe = serde_json::from_str(text).map_err(|e| {
+        format!("expected {{\"pattern\": regex, \"resume\": {{path: version}}}}: {e}")
+    })?;
+    let pattern = Regex::new(&req.pattern).map_err(|e| format!("pattern: {e}"))?;
+    let mut subscription = Subscription::new(pattern);
+    for (path, version) in req.resume {
+        let path = RealmPath::parse(&path).map_err(|e| format!("resume: {e}"))?;
+        subscription = subscription.resume_from(path, version);
+    }
+    Ok(subscription)
+}

@@ -1,0 +1,795 @@
+//! Remote mode: the store API over a remote object server's admin endpoints, and the sync engine
+//! running both directions against it (`realm.url`), on the real PostgreSQL of the test harness.
+//!
+//! The object server runs in this process but on a runtime and thread of its own, as a server in
+//! another process would: the remote store blocks its caller's thread on each request, so the
+//! server must not depend on the caller's runtime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgrealm_runtime::auth::Keys;
+use pgrealm_runtime::client::Client;
+use pgrealm_runtime::config::Config;
+use pgrealm_runtime::metrics::Metrics;
+use pgrealm_runtime::server::{Server, ServerOptions};
+use pgrealm_runtime::sync::engine;
+use pgrealm_runtime::sync::pg_to_realm::checkpoint_key;
+use pgrealm_runtime::testing::PgCluster;
+use pgrealm_runtime::{Instruction, RealmPath, Store, StoreError, StoreOptions, Subscription};
+use pgrealm_schema::{Object, PrimaryKey, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An object server on 127.0.0.1:0, on its own runtime thread; stopped when dropped.
+struct RemoteServer {
+    _dir: tempfile::TempDir,
+    /// The server's own (embedded) store, to check what arrived.
+    store: Store,
+    keys: Keys,
+    base: String,
+    addr: std::net::SocketAddr,
+    token_file: std::path::PathBuf,
+    stop: Option<Stop>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RemoteServer {
+    fn start() -> RemoteServer {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_compiled::<transit::Schema>(
+            dir.path().join("server"),
+            StoreOptions::default(),
+        )
+        .unwrap();
+        let keys = Keys::load_or_create(&dir.path().join("server"), None).unwrap();
+        let token_file = dir.path().join("admin.token");
+        std::fs::write(&token_file, keys.admin_token()).unwrap();
+        let (addr, stop, thread) = serve(&store, &keys, "127.0.0.1:0");
+        RemoteServer {
+            _dir: dir,
+            store,
+            keys,
+            base: format!("http://{addr}"),
+            addr,
+            token_file,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Stop the server (dropping every connection) and serve the same store again on the
+    /// same address, as a restarted server process would.
+    fn restart(&mut self) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+        let (_, stop, thread) = serve(&self.store, &self.keys, &self.addr.to_string());
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+    }
+
+    fn config(&self, db_url: &str, data: &std::path::Path, token_file: &std::path::Path) -> Config {
+        let overrides = vec![
+            format!("postgres.url={db_url}"),
+            format!("realm.url={}", self.base),
+            format!("realm.admin_token_file={}", token_file.display()),
+            format!("realm.data_dir={}", data.display()),
+            "sync.create_postgres_db=false".to_owned(),
+        ];
+        Config::from_parts("", None, |_| None, &overrides).unwrap()
+    }
+
+    /// One raw HTTP/1.1 request; the status and what came back (only the head after a
+    /// WebSocket upgrade).
+    async fn raw(
+        &self,
+        method: &str,
+        target: &str,
+        token: Option<&str>,
+        extra: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let connection = if extra.is_empty() {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        let mut head =
+            format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}{extra}");
+        if let Some(t) = token {
+            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut buf = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            }
+            if complete(&out) {
+                break;
+            }
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+}
+
+/// Whether `out` holds a whole answer: the head of a 101, or a head and its body.
+fn complete(out: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    if head.starts_with("HTTP/1.1 101") {
+        return true;
+    }
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        })
+        .is_some_and(|n| body.len() >= n)
+}
+
+impl Drop for RemoteServer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+type Stop = tokio::sync::oneshot::Sender<()>;
+
+/// Serve `store` on `bind` from a runtime on a thread of its own, until the sender is dropped.
+fn serve(
+    store: &Store,
+    keys: &Keys,
+    bind: &str,
+) -> (std::net::SocketAddr, Stop, std::thread::JoinHandle<()>) {
+    let server = Server::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(Metrics::default()),
+        ServerOptions::default(),
+    );
+    let bind = bind.to_owned();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(&bind).await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            server
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        // Dropping the runtime here ends the upgraded WebSocket tasks too.
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (addr, stop, thread)
+}
+
+/// Poll `probe` (on the blocking pool: remote store calls block) until it returns `Some`.
+async fn wait_for<T: Send + 'static>(
+    what: &str,
+    probe: impl Fn() -> Option<T> + Send + Sync + 'static,
+) -> T {
+    let probe = Arc::new(probe);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = probe.clone();
+        if let Some(v) = tokio::task::spawn_blocking(move || p()).await.unwrap() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn route(store: &Store, realm: &RealmPath, id: &str) -> Option<Object> {
+    store
+        .realm(realm)
+        .unwrap()
+        .and_then(|v| v.object("Route", &PrimaryKey::String(id.into())).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_api_works_over_a_remote_server() {
+    let server = RemoteServer::start();
+    let schema = transit::Schema::schema().clone();
+    let token = server.keys.admin_token().to_owned();
+    let base = server.base.clone();
+    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(remote.remote_url(), Some(server.base.as_str()));
+    let (a, b) = (
+        RealmPath::parse("/a").unwrap(),
+        RealmPath::parse("/b").unwrap(),
+    );
+
+    // A feed subscribed before anything exists sees realms created later.
+    let mut feed = remote.subscribe(Subscription::new(regex::Regex::new("^/(a|b)$").unwrap()));
+
+    // One commit across two realms, with metadata, lands atomically on the server.
+    let (r, a2, b2) = (remote.clone(), a.clone(), b.clone());
+    let info = tokio::task::spawn_blocking(move || {
+        let mut tx = r.begin_write("postgres");
+        tx.put_object(
+            &a2,
+            Object::new("Route")
+                .with("id", Value::String("r1".into()))
+                .with("name", Value::String("Loop".into())),
+        )?;
+        tx.put_object(
+            &b2,
+            Object::new("Bus")
+                .with("id", Value::Int(7))
+                .with("name", Value::String("Seven".into())),
+        )?;
+        tx.set_metadata("postgres/test/lsn", b"0/16B3748".to_vec());
+        tx.commit()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(info.version_of(&a), Some(1));
+    assert_eq!(info.version_of(&b), Some(1));
+    assert_eq!(
+        server.store.metadata("postgres/test/lsn").unwrap(),
+        Some(b"0/16B3748".to_vec())
+    );
+    assert_eq!(
+        route(&server.store, &a, "r1").unwrap().get("name"),
+        Some(&Value::String("Loop".into()))
+    );
+
+    // Reads through the remote store answer as the server's store does.
+    let (r, a2, b2) = (remote.clone(), a.clone(), b.clone());
+    tokio::task::spawn_blocking(move || {
+        let snapshot = r.snapshot().unwrap();
+        let realms: Vec<_> = snapshot
+            .realms()
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.path.to_string(), i.version))
+            .collect();
+        assert_eq!(realms, vec![("/a".to_owned(), 1), ("/b".to_owned(), 1)]);
+        assert_eq!(
+            r.locate("Bus", &PrimaryKey::Int(7)).unwrap(),
+            vec![b2.clone()]
+        );
+        assert!(r.locate("Bus", &PrimaryKey::Int(8)).unwrap().is_empty());
+        let view = r.realm(&b2).unwrap().unwrap();
+        assert_eq!(view.version(), 1);
+        let bus = view.object("Bus", &PrimaryKey::Int(7)).unwrap().unwrap();
+        // Every property of the compiled class is present, as with the embedded store.
+        assert_eq!(bus.get("route"), Some(&Value::Null));
+        assert_eq!(view.count("Bus").unwrap(), 1);
+        assert_eq!(view.objects("Route").unwrap().len(), 0);
+        assert!(view.schema().unwrap().class("Bus").is_some());
+        assert!(r
+            .realm(&RealmPath::parse("/none").unwrap())
+            .unwrap()
+            .is_none());
+        assert_eq!(r.metadata("absent").unwrap(), None);
+        let changes = r.changes(&a2, 0, 10).unwrap();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].origin, "postgres");
+
+        // Update-if-present, move and delete are rebuilt on the server with their meaning.
+        let mut tx = r.begin_write("postgres");
+        tx.update_object(
+            &a2,
+            Object::new("Bus")
+                .with("id", Value::Int(99))
+                .with("name", Value::String("x".into())),
+        )
+        .unwrap();
+        tx.move_object(
+            &b2,
+            &a2,
+            Object::new("Bus")
+                .with("id", Value::Int(7))
+                .with("name", Value::String("Moved".into())),
+        )
+        .unwrap();
+        tx.delete_object(&a2, "Route", PrimaryKey::String("r1".into()))
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            r.locate("Bus", &PrimaryKey::Int(7)).unwrap(),
+            vec![a2.clone()]
+        );
+        assert!(r.locate("Bus", &PrimaryKey::Int(99)).unwrap().is_empty());
+        assert!(r
+            .locate("Route", &PrimaryKey::String("r1".into()))
+            .unwrap()
+            .is_empty());
+    })
+    .await
+    .unwrap();
+
+    // The feed delivers every realm's changesets in order, then the later ones.
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let cs = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push((cs.realm.to_string(), cs.version, cs.origin.clone()));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("/a".into(), 1, "postgres".into()),
+            ("/a".into(), 2, "postgres".into()),
+            ("/b".into(), 1, "postgres".into()),
+            ("/b".into(), 2, "postgres".into()),
+        ]
+    );
+    assert_eq!(feed.positions().get(&a), Some(&2));
+
+    // A feed resumed from positions only delivers what follows them.
+    let mut resumed = remote.subscribe(
+        Subscription::all()
+            .resume_from(a.clone(), 2)
+            .resume_from(b.clone(), 2),
+    );
+    let mut tx = server.store.begin_write("app");
+    tx.put_object(
+        &b,
+        Object::new("Bus")
+            .with("id", Value::Int(8))
+            .with("name", Value::String("Eight".into())),
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || tx.commit())
+        .await
+        .unwrap()
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), resumed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (next.realm.as_str(), next.version, next.origin.as_str()),
+        ("/b", 3, "app")
+    );
+    assert!(
+        matches!(&next.instructions[..], [Instruction::Create { .. }]),
+        "{:?}",
+        next.instructions
+    );
+
+    // A value the schema refuses fails at the call, before anything is sent.
+    let mut tx = remote.begin_write("postgres");
+    let err = tx
+        .put_object(
+            &a,
+            Object::new("Bus").with("id", Value::String("not an int".into())),
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Value { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connecting_with_a_wrong_token_or_to_nothing_says_what_to_do() {
+    let server = RemoteServer::start();
+    let schema = transit::Schema::schema().clone();
+    let base = server.base.clone();
+    let s = schema.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        Store::connect_remote(&base, "wrong-token-wrong-token", s)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("refused the admin token") && err.contains("realm.admin_token_file"),
+        "{err}"
+    );
+
+    let user = server
+        .keys
+        .issue("alice", 3600, chrono::Utc::now().timestamp())
+        .unwrap();
+    let (base, s) = (server.base.clone(), schema.clone());
+    let err = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &user, s))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("needs the server's admin token, not a user token"),
+        "{err}"
+    );
+
+    // Nothing listens there any more.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let s = schema.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        Store::connect_remote(&format!("http://{closed}"), "x".repeat(32).as_str(), s)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cannot reach it") && err.contains("realm.url"),
+        "{err}"
+    );
+
+    let err = tokio::task::spawn_blocking(move || {
+        Store::connect_remote("https://example.invalid", "x", schema)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("realm.url must be http://host:port"), "{err}");
+
+    let err = tokio::task::spawn_blocking(|| {
+        Store::connect_remote(
+            "http://admin:hunter2@127.0.0.1:1",
+            "x",
+            transit::Schema::schema().clone(),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("must not hold credentials"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+
+    // A schema with other classes is refused by name.
+    let other = pgrealm_schema::Schema::new(vec![transit::Schema::schema().classes[0].clone()]);
+    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
+    let err = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, other))
+        .await
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different schema"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoints_refuse_users_and_strangers() {
+    let server = RemoteServer::start();
+    let admin = server.keys.admin_token().to_owned();
+    let user = server
+        .keys
+        .issue("alice", 3600, chrono::Utc::now().timestamp())
+        .unwrap();
+    let forged = format!("{}x", &user[..user.len() - 1]);
+    let commit = r#"{"origin":"postgres","ops":[{"put":{"realm":"/alice/r","class":"Bus","object":{"id":1,"name":"x"}}}]}"#;
+    let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases: [(&str, &str, &str, &str); 3] = [
+        ("POST", "/v1/admin/read", "", r#"{"realms":{}}"#),
+        ("POST", "/v1/admin/commit", "", commit),
+        ("GET", "/v1/admin/feed", ws, ""),
+    ];
+    for (method, target, extra, body) in cases {
+        let (status, text) = server.raw(method, target, None, extra, body).await;
+        assert_eq!(status, 401, "{method} {target} without a token: {text}");
+        let (status, text) = server
+            .raw(method, target, Some("garbage"), extra, body)
+            .await;
+        assert_eq!(
+            status, 401,
+            "{method} {target} with a malformed token: {text}"
+        );
+        let (status, text) = server.raw(method, target, Some(&forged), extra, body).await;
+        assert_eq!(status, 401, "{method} {target} with a forged token: {text}");
+        let (status, text) = server.raw(method, target, Some(&user), extra, body).await;
+        assert_eq!(status, 403, "{method} {target} as a user: {text}");
+        assert!(text.contains("admin token"), "{text}");
+    }
+    // Nothing was written by the refused commits.
+    assert!(server
+        .store
+        .snapshot()
+        .unwrap()
+        .realms()
+        .unwrap()
+        .is_empty());
+
+    // The admin gets through; a bad op names its index and writes nothing.
+    let (status, text) = server
+        .raw(
+            "POST",
+            "/v1/admin/read",
+            Some(&admin),
+            "",
+            r#"{"realms":{}}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let bad = r#"{"origin":"postgres","ops":[{"put":{"realm":"/a","class":"Bus","object":{"id":1}}},{"put":{"realm":"/a","class":"Nope","object":{}}}]}"#;
+    let (status, text) = server
+        .raw("POST", "/v1/admin/commit", Some(&admin), "", bad)
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("ops[1]"), "{text}");
+    assert!(server
+        .store
+        .snapshot()
+        .unwrap()
+        .realms()
+        .unwrap()
+        .is_empty());
+    let (status, text) = server
+        .raw("GET", "/v1/admin/feed", Some(&admin), ws, "")
+        .await;
+    assert_eq!(status, 101, "{text}");
+}
+
+async fn pg_query(db_url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let client = pgrealm_runtime::testing::connect(db_url).await.unwrap();
+    client.query(sql, &[]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_engine_syncs_both_ways_through_a_remote_server_and_resumes_from_its_checkpoint() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let config = server.config(&db.url, data.path(), &server.token_file);
+    let realm = RealmPath::parse("/myRealm").unwrap();
+
+    let running = engine::start(transit::Schema::schema(), &config)
+        .await
+        .unwrap();
+    assert!(running.keys.is_none(), "remote mode has no keys of its own");
+    assert_eq!(running.addr, server.addr);
+    // No embedded store was created next to the engine.
+    assert!(!data.path().join(pgrealm_runtime::STORE_FILE).exists());
+
+    // PostgreSQL → the remote realm.
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "INSERT INTO route (id, name) VALUES ('r1', 'Loop')",
+        )
+        .unwrap();
+    let (store, r) = (server.store.clone(), realm.clone());
+    wait_for("route r1 in the remote realm", move || {
+        route(&store, &r, "r1")
+    })
+    .await;
+
+    // An object written through the client → PostgreSQL.
+    let client = Client::new(
+        &server.base,
+        server.keys.admin_token(),
+        transit::Schema::schema().clone(),
+    );
+    client
+        .realm("/myRealm")
+        .write(|tx| {
+            tx.put(&transit::Bus {
+                id: 1,
+                name: "One".into(),
+                route: None,
+            });
+        })
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = pg_query(&db.url, "SELECT name FROM bus WHERE id = 1").await;
+        if rows.len() == 1 {
+            assert_eq!(rows[0].get::<_, String>(0), "One");
+            break;
+        }
+        assert!(Instant::now() < deadline, "bus 1 never reached PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.unwrap();
+
+    // The checkpoint lives in the remote server's metadata.
+    let key = checkpoint_key(&config.postgres.slot);
+    let stopped_at = server
+        .store
+        .metadata(&key)
+        .unwrap()
+        .expect("a checkpoint on the server");
+
+    // Changes made while the engine is down arrive after a restart, from that checkpoint.
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "INSERT INTO route (id, name) VALUES ('r2', 'Express'); UPDATE route SET name = 'Loop 2' WHERE id = 'r1'",
+        )
+        .unwrap();
+    let running = engine::start(transit::Schema::schema(), &config)
+        .await
+        .unwrap();
+    let (store, r) = (server.store.clone(), realm.clone());
+    wait_for("route r2 and the update after the restart", move || {
+        let r1 = route(&store, &r, "r1")?;
+        (route(&store, &r, "r2").is_some()
+            && r1.get("name") == Some(&Value::String("Loop 2".into())))
+        .then_some(())
+    })
+    .await;
+    running.stop().await.unwrap();
+    let resumed_at = server.store.metadata(&key).unwrap().unwrap();
+    assert_ne!(resumed_at, stopped_at, "the checkpoint moved on");
+
+    // Nothing was applied twice: each route was created once in the realm's whole log, and the
+    // bus written through the API went to PostgreSQL once (and came back as nothing).
+    let log = server.store.changes(&realm, 0, 10_000).unwrap();
+    let creates = |id: &str| {
+        log.iter()
+            .flat_map(|cs| &cs.instructions)
+            .filter(|i| matches!(i, Instruction::Create { class, key, .. } if class == "Route" && *key == PrimaryKey::String(id.into())))
+            .count()
+    };
+    assert_eq!((creates("r1"), creates("r2")), (1, 1), "{log:#?}");
+    let renames = log
+        .iter()
+        .flat_map(|cs| &cs.instructions)
+        .filter(|i| matches!(i, Instruction::Set { property, new, .. } if property == "name" && *new == Value::String("Loop 2".into())))
+        .count();
+    assert_eq!(renames, 1, "{log:#?}");
+    let buses = pg_query(&db.url, "SELECT count(*) FROM bus").await;
+    assert_eq!(buses[0].get::<_, i64>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_refuses_to_start_with_a_wrong_admin_token() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let wrong = data.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-admin-token-at-all").unwrap();
+    let config = server.config(&db.url, data.path(), &wrong);
+    let err = engine::start(transit::Schema::schema(), &config)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&server.base) && err.contains("refused the admin token"),
+        "{err}"
+    );
+    // Nothing was set up in PostgreSQL.
+    let slots = pg_query(
+        &db.url,
+        "SELECT count(*) FROM pg_replication_slots WHERE database = current_database()",
+    )
+    .await;
+    assert_eq!(slots[0].get::<_, i64>(0), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_server_without_the_admin_api_is_named_as_such() {
+    // What a server from before the admin endpoints answers to any unknown route.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let _ = socket.read(&mut buf).await;
+                let body = r#"{"error":{"code":"not_found","message":"no such endpoint; the API lives under /v1/realms/<realm path>/-/<action>"}}"#;
+                let answer = format!(
+                    "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let schema = transit::Schema::schema().clone();
+    let err = tokio::task::spawn_blocking(move || {
+        Store::connect_remote(&format!("http://{addr}"), "x".repeat(32).as_str(), schema)
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no admin sync API") && err.contains("upgrade the server"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_remote_feed_and_reads_survive_a_server_restart() {
+    let mut server = RemoteServer::start();
+    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
+    let schema = transit::Schema::schema().clone();
+    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+        .await
+        .unwrap()
+        .unwrap();
+    fn commit(store: &Store, id: i64) {
+        let mut tx = store.begin_write("app");
+        tx.put_object(
+            &RealmPath::parse("/r").unwrap(),
+            Object::new("Bus")
+                .with("id", Value::Int(id))
+                .with("name", Value::String(format!("bus {id}"))),
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let mut feed = remote.subscribe(Subscription::all());
+    commit(&server.store, 1);
+    let first = tokio::time::timeout(Duration::from_secs(10), feed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.version, 1);
+
+    server.restart();
+    commit(&server.store, 2);
+    // The feed reports the interruption, reconnects from version 1 and goes on: version 2 next,
+    // nothing delivered twice.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut interruptions = 0;
+    let next = loop {
+        match tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .unwrap()
+        {
+            Ok(cs) => break cs,
+            Err(StoreError::Remote { .. }) => interruptions += 1,
+            Err(e) => panic!("unexpected feed error: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the feed never came back");
+    };
+    assert_eq!((next.realm.as_str(), next.version), ("/r", 2));
+    assert!(interruptions >= 1, "the interruption was not reported");
+
+    // Reads and commits go on over new connections.
+    let r = remote.clone();
+    let version = tokio::task::spawn_blocking(move || {
+        commit(&r, 3);
+        r.realm(&RealmPath::parse("/r").unwrap())
+            .unwrap()
+            .unwrap()
+            .version()
+    })
+    .await
+    .unwrap();
+    assert_eq!(version, 3);
+}
