@@ -82,6 +82,7 @@ async fn a_huge_transaction_is_one_store_commit_in_bounded_memory() {
 
     // One store commit, one version per realm, every row there, the LSN stored with it.
     assert_eq!(running.stats.store_commits.load(Ordering::Relaxed), 1);
+    assert_eq!(running.stats.streamed_commits.load(Ordering::Relaxed), 1);
     for user in 0..4 {
         let realm = path(&format!("/u{user}/transit"));
         let view = f.store.realm(&realm).unwrap().expect("realm created");
@@ -151,6 +152,11 @@ async fn a_streamed_transaction_applies_every_mapping_rule_and_replays_from_its_
     ))
     .await;
     f.sync_point().await;
+    let stats = running.stats.clone();
+    eventually("the streamed commit counted", || {
+        stats.streamed_commits.load(Ordering::Relaxed) == 1
+    })
+    .await;
     // One commit: one new version in each realm the transaction touched.
     let version = |p: &str| f.store.realm(&path(p)).unwrap().unwrap().version();
     assert_eq!(version("/alice/transit"), alice_before + 1);

@@ -5,7 +5,9 @@
 //! `PGREALM_CRASH_SEED`.
 //!
 //! The applier runs in a child process: this test binary re-executed with `PG2REALM_WORKER`
-//! set, running only [`worker`].
+//! set, running only [`worker`]. The second test runs the same with every transaction of more
+//! than 4 changes streamed in batches of 4 (`PgToRealmOptions::stream_after_changes`), so the
+//! kills also land inside open streaming store transactions.
 
 mod pg2realm_support;
 
@@ -46,6 +48,12 @@ fn worker() {
         );
         options.progress = Progress::Quiet;
         options.initialize_realm_from_postgres = true;
+        if let Some(after) = std::env::var("PG2REALM_STREAM_AFTER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            options.stream_after_changes = after;
+        }
         let sync = PgToRealm::new(
             PgConnectOptions::from_url(&url).unwrap(),
             options,
@@ -59,8 +67,12 @@ fn worker() {
     });
 }
 
-fn spawn_worker(f: &Fixture) -> Child {
-    Command::new(std::env::current_exe().unwrap())
+fn spawn_worker(f: &Fixture, stream_after: Option<usize>) -> Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if let Some(after) = stream_after {
+        command.env("PG2REALM_STREAM_AFTER", after.to_string());
+    }
+    command
         .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
         .env(
             "PG2REALM_WORKER",
@@ -117,6 +129,15 @@ async fn writer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_mid_stream_and_restarted_it_applies_everything_exactly_once() {
+    crash_rounds(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_inside_streamed_transactions_it_applies_everything_exactly_once() {
+    crash_rounds(Some(4)).await;
+}
+
+async fn crash_rounds(stream_after: Option<usize>) {
     let rounds: u32 = std::env::var("PGREALM_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -130,7 +151,9 @@ async fn sigkilled_mid_stream_and_restarted_it_applies_everything_exactly_once()
                 .unwrap()
                 .as_nanos() as u64
         });
-    println!("PGREALM_CRASH_SEED={seed} PGREALM_CRASH_ROUNDS={rounds}");
+    println!(
+        "PGREALM_CRASH_SEED={seed} PGREALM_CRASH_ROUNDS={rounds}, streaming after {stream_after:?}"
+    );
     let mut f = Fixture::new().await;
     f.exec(&format!(
         "INSERT INTO bus (id, name, user_id) SELECT i, 'bus ' || i, 'u' || (i % 4)
@@ -153,7 +176,7 @@ async fn sigkilled_mid_stream_and_restarted_it_applies_everything_exactly_once()
     let done = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(BUSES as u64 + 1));
     // The first worker sets up: slot, and the initial load of the buses above.
-    let mut child = spawn_worker(&f);
+    let mut child = spawn_worker(&f, stream_after);
     let writers: Vec<_> = (0..4)
         .map(|i| {
             tokio::spawn(writer(
@@ -175,7 +198,7 @@ async fn sigkilled_mid_stream_and_restarted_it_applies_everything_exactly_once()
             "round {round}: killed after {pause} ms, {} writes so far",
             done.load(Ordering::Relaxed)
         );
-        child = spawn_worker(&f);
+        child = spawn_worker(&f, stream_after);
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {

@@ -151,6 +151,8 @@ pub struct PgToRealmStats {
     pub echoes: AtomicU64,
     /// Store commits made.
     pub store_commits: AtomicU64,
+    /// Store commits that were streamed (see [`PgToRealmOptions::stream_after_changes`]).
+    pub streamed_commits: AtomicU64,
     /// The checkpoint confirmed last (an LSN as u64).
     pub confirmed_lsn: AtomicU64,
     /// Reconnections after a lost connection.

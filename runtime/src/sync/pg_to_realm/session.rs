@@ -199,6 +199,7 @@ impl PgToRealm {
             counts,
             end_lsn,
             first_commit_time,
+            streamed,
         });
         if streamed || s.group.overlay_is_large() {
             // Keep the carried state bounded: wait for the commit, then start afresh. A
@@ -251,6 +252,9 @@ impl PgToRealm {
             .fetch_add(counts.rejections, Ordering::Relaxed);
         stats.echoes.fetch_add(counts.echoes, Ordering::Relaxed);
         stats.store_commits.fetch_add(1, Ordering::Relaxed);
+        if inflight.streamed {
+            stats.streamed_commits.fetch_add(1, Ordering::Relaxed);
+        }
         Metrics::add(&self.metrics.changes_postgres_to_realm, counts.changes);
         Metrics::add(&self.metrics.rejections, counts.rejections);
         if let Some(commit_time) = inflight.first_commit_time {
@@ -278,6 +282,7 @@ struct InFlight {
     counts: apply::GroupCounts,
     end_lsn: Option<Lsn>,
     first_commit_time: Option<i64>,
+    streamed: bool,
 }
 
 /// Milliseconds from a PostgreSQL commit time (µs since 2000-01-01 UTC) to now.
