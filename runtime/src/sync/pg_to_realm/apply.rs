@@ -123,8 +123,9 @@ pub(crate) struct Group {
     pub(crate) stream_after: usize,
     can_stream: bool,
     /// The initial load (`copy.rs`): classes the store held no object of when it began. A row
-    /// of such a class table is not looked up in the store: it cannot be there (the table's
-    /// primary key gives each key once, and nothing else writes these realms meanwhile).
+    /// of such a class table is not looked up in the store: the table's primary key gives each
+    /// key once, so only an app's write racing the load could have put it there — which a
+    /// lookup in the group's snapshot would miss as well.
     pub(crate) fresh_classes: Vec<bool>,
     /// Whether the overlay keeps the values the group gave each object (not during the initial
     /// load: no row comes twice, so none moves after an earlier change of the same group).
@@ -506,6 +507,31 @@ impl Group {
         }
     }
 
+    /// The object to write with `values`: a copy when [`Group::record`] (called next with the
+    /// same arguments) keeps them in the overlay, else the values themselves (left empty).
+    fn object_for(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        key: &PrimaryKey,
+        values: &mut BTreeMap<String, Value>,
+        replace: bool,
+    ) -> Object {
+        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
+        let kept = match self.overlay.get(&(class, key.clone())) {
+            Some(found) => found.patch.is_some() || (replace && keep_patch),
+            None => keep_patch,
+        };
+        Object {
+            class: mapper.schema.classes[class].name.clone(),
+            values: if kept {
+                values.clone()
+            } else {
+                std::mem::take(values)
+            },
+        }
+    }
+
     #[allow(clippy::too_many_arguments)] // one call site per change kind; a struct would only rename them
     fn reject(
         &mut self,
@@ -550,7 +576,7 @@ impl Group {
         old: Option<&OldTuple>,
         new: &[ColumnValue],
     ) -> Result<(), StoreError> {
-        let image = match mapper.row_image(plan, new) {
+        let mut image = match mapper.row_image(plan, new) {
             Ok(image) => image,
             Err(e) => {
                 // The row cannot be applied; if its key changed, the old key's object is gone
@@ -634,7 +660,7 @@ impl Group {
         let in_place = held.contains(&target);
         if in_place && held.len() == 1 {
             // The common case: an update (or a repeated insert) in the row's own realm.
-            let object = object_of(mapper, class, &image.values);
+            let object = self.object_for(mapper, class, &image.key, &mut image.values, false);
             self.tx.put_object(&target, object)?;
             self.record(class, image.key, held, image.values, false);
             return Ok(());
@@ -714,8 +740,8 @@ impl Group {
             self.tx
                 .delete_object(realm, &class_def.name, image.key.clone())?;
         }
-        self.tx
-            .put_object(&target, object_of(mapper, class, &values))?;
+        let object = self.object_for(mapper, class, &image.key, &mut values, true);
+        self.tx.put_object(&target, object)?;
         self.record(class, image.key, vec![target], values, true);
         Ok(())
     }
@@ -791,12 +817,5 @@ impl Group {
             TableKind::Marker | TableKind::Ignored => {}
         }
         Ok(())
-    }
-}
-
-fn object_of(mapper: &Mapper, class: usize, values: &BTreeMap<String, Value>) -> Object {
-    Object {
-        class: mapper.schema.classes[class].name.clone(),
-        values: values.clone(),
     }
 }
