@@ -9,20 +9,25 @@
 //! cached for the connection's life. Values are always bound ([`PgValue`]), identifiers always
 //! quoted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+
+use futures_util::future::maybe_done;
 
 use pgrealm_schema::ddl::quote_ident;
 use pgrealm_schema::{Class, Object, PrimaryKey, Schema, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::bind::ColumnArray;
 use super::echo::{set_up_echo_mark, EchoMark, Marker};
 use super::mapping::{Extra, RealmMapping, Target};
 use super::refusal::{classify, Failure};
 use super::sql::{
-    key_column, key_object, list_target, placeholder, tsvector_cast, upsert_sql, Cell, Creates,
-    ListGroup, ListTarget, RowGroup,
+    key_column, key_object, list_target, placeholder, tsvector_cast, unnest_list_insert_sql,
+    unnest_upsert_sql, upsert_sql, Creates, ListGroup, ListTarget, RowGroup,
 };
 use super::RealmToPgError;
 use crate::pg::PgValue;
@@ -31,7 +36,8 @@ use crate::store::{Changeset, Instruction, RealmPath};
 
 /// Bind parameters per statement we build, well under the protocol's 65,535.
 const MAX_PARAMS: usize = 30_000;
-/// Rows per multi-row statement.
+/// Rows per multi-row statement, and per array-bound statement (several of which are sent
+/// without waiting: see [`Writer::pipeline`]).
 const MAX_ROWS: usize = 1_000;
 /// Prepared statements kept per connection before the cache starts over.
 const STATEMENT_CACHE: usize = 512;
@@ -45,6 +51,34 @@ fn parameter_labels() -> &'static [String] {
             .map(|i| format!("parameter {i}"))
             .collect()
     })
+}
+
+/// How list rows' values are named in errors.
+const LIST_LABELS: [&str; 3] = ["the list's owner", "the list index", "a list item"];
+
+/// A bound parameter of a pipelined statement.
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// One statement of a [`Writer::pipeline`]: prepared, with its parameters bound.
+struct Job<'a> {
+    statement: Statement,
+    params: Vec<Param<'a>>,
+    /// What it does, for errors.
+    action: &'static str,
+}
+
+impl Job<'_> {
+    async fn execute(&self, client: &Client) -> Result<u64, Failure> {
+        let params: Vec<&(dyn ToSql + Sync)> = self
+            .params
+            .iter()
+            .map(|p| &**p as &(dyn ToSql + Sync))
+            .collect();
+        client
+            .execute(&self.statement, &params)
+            .await
+            .map_err(|e| classify(self.action, e))
+    }
 }
 
 /// One changeset of a batch, and whether its data was already dealt with (a compensated
@@ -72,6 +106,9 @@ pub(crate) struct Writer {
     mapping: RealmMapping,
     statements: HashMap<String, Statement>,
     column_types: HashMap<(String, String), String>,
+    /// Per table: each column's type as an array parameter names its elements (`None`: a type
+    /// without an array form); `None` for a table the catalog does not have.
+    array_types: HashMap<String, Option<HashMap<String, Option<String>>>>,
     marker: Marker,
 }
 
@@ -99,6 +136,7 @@ impl Writer {
             mapping,
             statements: HashMap::new(),
             column_types: HashMap::new(),
+            array_types: HashMap::new(),
             marker: Marker::new(mark),
         })
     }
@@ -119,6 +157,7 @@ impl Writer {
     /// Forget cached column types and statements (after a schema change).
     pub(crate) fn forget_catalog(&mut self) {
         self.column_types.clear();
+        self.array_types.clear();
         self.statements.clear();
     }
 
@@ -430,25 +469,10 @@ impl Writer {
         item_column: &str,
         rows: &[[Value; 3]],
     ) -> Result<(), Failure> {
-        for chunk in rows.chunks(MAX_ROWS) {
-            let mut sql = format!(
-                "INSERT INTO {} (\"oid\", \"idx\", {}) VALUES ",
-                quote_ident(table),
-                quote_ident(item_column)
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-            }
-            let values: Vec<(Value, Option<String>)> = chunk
-                .iter()
-                .flat_map(|r| r.iter().map(|v| (v.clone(), None)))
-                .collect();
-            self.run(&sql, &values, "inserting list items").await?;
-        }
-        Ok(())
+        let mut jobs = Vec::new();
+        self.list_row_jobs(table, item_column, rows, &mut jobs)
+            .await?;
+        self.pipeline(&jobs).await
     }
 
     /// UPDATE the changed columns of one object.
@@ -563,60 +587,110 @@ impl Writer {
         let Some(class_def) = schema.class(class) else {
             return Ok(());
         };
-        // Only a closure looks at the object: spare the copy otherwise.
-        let object = match &self.mapping {
-            RealmMapping::Closure(_) => Object {
+        if let RealmMapping::Closure(_) = &self.mapping {
+            // Only a closure looks at the object: it is given every property.
+            let object = Object {
                 class: class.to_owned(),
                 values: values.clone(),
+            };
+            let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
+                return Ok(());
+            };
+            return self
+                .queue_create(class_def, key, values, &target, creates)
+                .await;
+        }
+        // The other mappings look only at the realm path: a run of creates in one realm is
+        // mapped once.
+        let cached = match creates.target.take() {
+            Some(c) if c.0 == *realm && c.1 == class_def.table => c,
+            _ => match self
+                .mapping
+                .target(realm, &class_def.table, &Object::new(class))
+            {
+                Some(t) => (realm.clone(), class_def.table.clone(), t),
+                None => return Ok(()),
             },
-            _ => Object::new(class),
         };
-        let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
-            return Ok(());
+        let queued = self
+            .queue_create(class_def, key, values, &cached.2, creates)
+            .await;
+        creates.target = Some(cached);
+        queued
+    }
+
+    async fn queue_create(
+        &mut self,
+        class_def: &Class,
+        key: &PrimaryKey,
+        values: &BTreeMap<String, Value>,
+        target: &Target,
+        creates: &mut Creates,
+    ) -> Result<(), Failure> {
+        let fresh = match creates.keys.get_mut(target.table.as_str()) {
+            Some(keys) => keys.insert(key.clone()),
+            None => {
+                creates
+                    .keys
+                    .insert(target.table.clone(), HashSet::from([key.clone()]));
+                true
+            }
         };
-        if !creates.keys.insert((target.table.clone(), key.clone())) {
+        if !fresh {
             // The same row twice in one statement is refused by ON CONFLICT: write the first.
             self.flush_creates(creates).await?;
-            creates.keys.insert((target.table.clone(), key.clone()));
+            creates
+                .keys
+                .insert(target.table.clone(), HashSet::from([key.clone()]));
         }
-        let mut cells: Vec<Cell> = Vec::new();
-        for p in class_def.column_properties() {
-            if target.extras.iter().any(|e| e.column == p.column) {
-                continue;
+        let is_extra = |column: &str| target.extras.iter().any(|e| e.column == column);
+        let found = creates.groups.iter().position(|g| {
+            g.table == target.table
+                && g.class == class_def.name
+                && g.extras.iter().eq(target.extras.iter().map(|e| &e.column))
+        });
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let mut columns = Vec::new();
+                let mut labels = Vec::new();
+                for p in class_def.column_properties() {
+                    if !is_extra(&p.column) {
+                        columns.push((p.column.clone(), tsvector_cast(p)));
+                        labels.push(format!("{}.{}", class_def.name, p.name));
+                    }
+                }
+                for extra in &target.extras {
+                    let cast = self.extra_cast(&target.table, extra).await?;
+                    columns.push((extra.column.clone(), cast));
+                    labels.push(format!(
+                        "{}.{} (from the realm path)",
+                        target.table, extra.column
+                    ));
+                }
+                creates.groups.push(RowGroup {
+                    table: target.table.clone(),
+                    class: class_def.name.clone(),
+                    key_column: key_column(class_def)?,
+                    columns,
+                    extras: target.extras.iter().map(|e| e.column.clone()).collect(),
+                    labels,
+                    rows: Vec::new(),
+                    keys: Vec::new(),
+                });
+                creates.groups.len() - 1
             }
-            cells.push(Cell {
-                column: p.column.clone(),
-                value: values.get(&p.name).cloned().unwrap_or(Value::Null),
-                cast: tsvector_cast(p),
-            });
+        };
+        let group = &mut creates.groups[index];
+        let mut row = Vec::with_capacity(group.columns.len());
+        for p in class_def.column_properties() {
+            if !is_extra(&p.column) {
+                row.push(values.get(&p.name).cloned().unwrap_or(Value::Null));
+            }
         }
-        for extra in &target.extras {
-            let cast = self.extra_cast(&target.table, extra).await?;
-            cells.push(Cell {
-                column: extra.column.clone(),
-                value: extra.value.clone(),
-                cast,
-            });
-        }
-        let key_column = key_column(class_def)?;
-        let shape: Vec<(String, Option<String>)> = cells
-            .iter()
-            .map(|c| (c.column.clone(), c.cast.clone()))
-            .collect();
-        let row: Vec<Value> = cells.into_iter().map(|c| c.value).collect();
-        match creates
-            .groups
-            .iter_mut()
-            .find(|g| g.table == target.table && g.columns == shape)
-        {
-            Some(group) => group.rows.push(row),
-            None => creates.groups.push(RowGroup {
-                table: target.table.clone(),
-                key_column,
-                columns: shape,
-                rows: vec![row],
-            }),
-        }
+        row.extend(target.extras.iter().map(|e| e.value.clone()));
+        group.rows.push(row);
+        group.keys.push(key.clone());
         let owner = key.to_value();
         for p in class_def.list_properties() {
             let list = list_target(class_def, &target.table, p);
@@ -640,47 +714,245 @@ impl Writer {
         Ok(())
     }
 
-    /// Write the queued creates: multi-row upserts, then each subtable's rows of those owners
-    /// replaced.
+    /// Write the queued creates: upserts, then each subtable's rows of those owners replaced;
+    /// every statement sent before the first result is read.
     async fn flush_creates(&mut self, creates: &mut Creates) -> Result<(), Failure> {
         if creates.is_empty() {
             return Ok(());
         }
         let groups = std::mem::take(&mut creates.groups);
         let lists = std::mem::take(&mut creates.lists);
-        creates.keys.clear();
-        for group in groups {
-            let per_row = group.columns.len().max(1);
-            let chunk_rows = (MAX_PARAMS / per_row).clamp(1, MAX_ROWS);
-            for chunk in group.rows.chunks(chunk_rows) {
-                let sql = upsert_sql(&group, chunk.len());
-                let values: Vec<(Value, Option<String>)> = chunk
-                    .iter()
-                    .flat_map(|row| {
-                        row.iter()
-                            .zip(&group.columns)
-                            .map(|(v, (_, cast))| (v.clone(), cast.clone()))
-                    })
-                    .collect();
-                self.run(&sql, &values, "inserting").await?;
+        creates.clear();
+        let labels = parameter_labels();
+        let mut jobs = Vec::new();
+        for group in &groups {
+            match self.array_types(&group.table, &group.columns).await? {
+                Some(types) => {
+                    let statement = self.statement(&unnest_upsert_sql(group, &types)).await?;
+                    for (rows, keys) in group.rows.chunks(MAX_ROWS).zip(group.keys.chunks(MAX_ROWS))
+                    {
+                        let params = (0..group.columns.len())
+                            .map(|column| {
+                                Box::new(ColumnArray {
+                                    rows,
+                                    column,
+                                    label: &group.labels[column],
+                                    class: &group.class,
+                                    keys,
+                                }) as Param<'_>
+                            })
+                            .collect();
+                        jobs.push(Job {
+                            statement: statement.clone(),
+                            params,
+                            action: "inserting",
+                        });
+                    }
+                }
+                None => {
+                    let per_row = group.columns.len().max(1);
+                    let chunk_rows = (MAX_PARAMS / per_row).clamp(1, MAX_ROWS);
+                    for chunk in group.rows.chunks(chunk_rows) {
+                        let statement = self.statement(&upsert_sql(group, chunk.len())).await?;
+                        let params = chunk
+                            .iter()
+                            .flatten()
+                            .zip(labels)
+                            .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'_>)
+                            .collect();
+                        jobs.push(Job {
+                            statement,
+                            params,
+                            action: "inserting",
+                        });
+                    }
+                }
             }
         }
-        for (table, group) in lists {
+        for (table, group) in &lists {
+            let owner_type = self.array_types(table, &[("oid".to_owned(), None)]).await?;
             for owners in group.owners.chunks(MAX_ROWS) {
-                let marks: Vec<String> = (1..=owners.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "DELETE FROM {} WHERE \"oid\" IN ({})",
-                    quote_ident(&table),
-                    marks.join(", ")
-                );
-                let values: Vec<(Value, Option<String>)> =
-                    owners.iter().map(|o| (o.clone(), None)).collect();
-                self.run(&sql, &values, "replacing lists").await?;
+                let (sql, params) = match &owner_type {
+                    Some(types) => (
+                        format!(
+                            "DELETE FROM {} WHERE \"oid\" = ANY($1::{}[])",
+                            quote_ident(table),
+                            types[0]
+                        ),
+                        vec![Box::new(ColumnArray {
+                            rows: owners,
+                            column: 0,
+                            label: "the list's owner",
+                            class: "",
+                            keys: &[],
+                        }) as Param<'_>],
+                    ),
+                    None => {
+                        let marks: Vec<String> =
+                            (1..=owners.len()).map(|i| format!("${i}")).collect();
+                        (
+                            format!(
+                                "DELETE FROM {} WHERE \"oid\" IN ({})",
+                                quote_ident(table),
+                                marks.join(", ")
+                            ),
+                            owners
+                                .iter()
+                                .zip(labels)
+                                .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'_>)
+                                .collect(),
+                        )
+                    }
+                };
+                jobs.push(Job {
+                    statement: self.statement(&sql).await?,
+                    params,
+                    action: "replacing lists",
+                });
             }
-            self.insert_list_rows(&table, group.item_column, &group.rows)
+            self.list_row_jobs(table, group.item_column, &group.rows, &mut jobs)
                 .await?;
         }
+        self.pipeline(&jobs).await
+    }
+
+    /// The statements inserting list rows `(owner, idx, item)` into `table`.
+    async fn list_row_jobs<'r>(
+        &mut self,
+        table: &str,
+        item_column: &str,
+        rows: &'r [[Value; 3]],
+        jobs: &mut Vec<Job<'r>>,
+    ) -> Result<(), Failure> {
+        let columns = [
+            ("oid".to_owned(), None),
+            ("idx".to_owned(), None),
+            (item_column.to_owned(), None),
+        ];
+        if let Some(types) = self.array_types(table, &columns).await? {
+            let statement = self
+                .statement(&unnest_list_insert_sql(table, item_column, &types))
+                .await?;
+            for chunk in rows.chunks(MAX_ROWS) {
+                let params = (0..3)
+                    .map(|column| {
+                        Box::new(ColumnArray {
+                            rows: chunk,
+                            column,
+                            label: LIST_LABELS[column],
+                            class: "",
+                            keys: &[],
+                        }) as Param<'r>
+                    })
+                    .collect();
+                jobs.push(Job {
+                    statement: statement.clone(),
+                    params,
+                    action: "inserting list items",
+                });
+            }
+            return Ok(());
+        }
+        let labels = parameter_labels();
+        for chunk in rows.chunks(MAX_ROWS) {
+            let mut sql = format!(
+                "INSERT INTO {} (\"oid\", \"idx\", {}) VALUES ",
+                quote_ident(table),
+                quote_ident(item_column)
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            }
+            let params = chunk
+                .iter()
+                .flatten()
+                .zip(labels)
+                .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'r>)
+                .collect();
+            jobs.push(Job {
+                statement: self.statement(&sql).await?,
+                params,
+                action: "inserting list items",
+            });
+        }
         Ok(())
+    }
+
+    /// The element type of each column's array parameter (`text` for a column whose values
+    /// PostgreSQL casts from text), or `None` when a column has no array form or the table is
+    /// not in the catalog (then the rows take the one-parameter-per-value form, which also
+    /// gives PostgreSQL's own error for a missing table or column).
+    async fn array_types(
+        &mut self,
+        table: &str,
+        columns: &[(String, Option<String>)],
+    ) -> Result<Option<Vec<String>>, Failure> {
+        if !self.array_types.contains_key(table) {
+            // `format_type(…, -1)`: the type without its modifier (`bpchar`, not `character`,
+            // which would mean `character(1)`), so PostgreSQL's assignment to the column checks
+            // length and precision exactly as for a single bound value.
+            let rows = self
+                .client
+                .query(
+                    "SELECT a.attname::text, \
+                            CASE WHEN t.typarray <> 0 AND t.typcategory <> 'A' \
+                                 THEN format_type(a.atttypid, -1) END \
+                       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+                        AND NOT a.attisdropped",
+                    &[&quote_ident(table)],
+                )
+                .await
+                .map_err(|e| classify("reading a table's column types", e))?;
+            if rows.is_empty() {
+                // Not cached: the table may be created later.
+                return Ok(None);
+            }
+            let types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            self.array_types.insert(table.to_owned(), Some(types));
+        }
+        let Some(Some(known)) = self.array_types.get(table) else {
+            return Ok(None);
+        };
+        Ok(columns
+            .iter()
+            .map(|(column, cast)| match cast {
+                Some(_) => Some("text".to_owned()),
+                None => known.get(column).cloned().flatten(),
+            })
+            .collect())
+    }
+
+    /// Run `jobs` in order, sending every statement before reading any result: the server runs
+    /// one while the next are on the wire, and this side encodes them meanwhile. They share the
+    /// open transaction; the first failure in order is the batch's (the statements after it
+    /// only report the aborted transaction).
+    async fn pipeline(&self, jobs: &[Job<'_>]) -> Result<(), Failure> {
+        let client = &self.client;
+        let mut running: Vec<_> = jobs
+            .iter()
+            .map(|job| Box::pin(maybe_done(job.execute(client))))
+            .collect();
+        // A statement's request is sent by the first poll of its future (the statement is
+        // prepared already): poll each once, in order, so they reach the server in this order.
+        std::future::poll_fn(|cx| {
+            for f in running.iter_mut() {
+                let _ = f.as_mut().poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let mut first = None;
+        for f in running.iter_mut() {
+            f.as_mut().await;
+            if let Some(Err(e)) = f.as_mut().take_output() {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Prepare (or reuse) and execute `sql` with `values` bound.
