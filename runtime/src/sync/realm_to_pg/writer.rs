@@ -110,6 +110,8 @@ pub(crate) struct Writer {
     /// without an array form); `None` for a table the catalog does not have.
     array_types: HashMap<String, Option<HashMap<String, Option<String>>>>,
     marker: Marker,
+    /// A transaction is open on our side but its BEGIN is not sent yet.
+    begin_pending: bool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -138,6 +140,7 @@ impl Writer {
             column_types: HashMap::new(),
             array_types: HashMap::new(),
             marker: Marker::new(mark),
+            begin_pending: false,
         })
     }
 
@@ -182,11 +185,11 @@ impl Writer {
 
     /// Write `items` in one transaction with their progress rows.
     pub(crate) async fn write_batch(&mut self, items: &[Item<'_>]) -> Result<Outcome, Failure> {
-        self.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| classify("starting a transaction", e))?;
+        // BEGIN goes out with the transaction's first statements (see `pipeline`), not on a
+        // round trip of its own.
+        self.begin_pending = true;
         let result = self.write_in_transaction(items).await;
+        let begun = !std::mem::replace(&mut self.begin_pending, false);
         match result {
             Ok(Outcome::Written) => {
                 self.client
@@ -198,7 +201,9 @@ impl Writer {
             other => {
                 // After a failed statement the server only accepts ROLLBACK; a lost connection
                 // rolls back by itself.
-                let _ = self.client.batch_execute("ROLLBACK").await;
+                if begun {
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                }
                 other
             }
         }
@@ -221,8 +226,22 @@ impl Writer {
                     .await?;
             }
         }
-        self.flush_creates(&mut creates).await?;
-        if !self.write_progress(&progress).await? {
+        // The progress rows go in the same pipeline as the last creates. One statement text
+        // for any number of realms, so it is prepared once.
+        let sql = "INSERT INTO pgrealm.progress (realm_path, version) \
+                   SELECT * FROM unnest($1::text[], $2::bigint[]) \
+                   ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
+                   WHERE pgrealm.progress.version < EXCLUDED.version";
+        let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
+        let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
+        let job = Job {
+            statement: self.statement(sql).await?,
+            params: vec![Box::new(paths), Box::new(versions)],
+            action: "writing pgrealm.progress",
+        };
+        let written = self.flush_creates_then(&mut creates, vec![job]).await?;
+        // Fewer rows than realms: a progress row was already at or past its version.
+        if written.first().copied().unwrap_or(0) as usize != progress.len() {
             return Ok(Outcome::AlreadyApplied);
         }
         self.marker
@@ -230,28 +249,6 @@ impl Writer {
             .await
             .map_err(|e| classify("marking the transaction in pgrealm.marker", e))?;
         Ok(Outcome::Written)
-    }
-
-    /// Write the progress rows; false when one of them was already at or past its version.
-    async fn write_progress(
-        &mut self,
-        progress: &BTreeMap<&RealmPath, u64>,
-    ) -> Result<bool, Failure> {
-        // One statement text for any number of realms, so it is prepared once.
-        let sql = "INSERT INTO pgrealm.progress (realm_path, version) \
-                   SELECT * FROM unnest($1::text[], $2::bigint[]) \
-                   ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
-                   WHERE pgrealm.progress.version < EXCLUDED.version";
-        let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
-        let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
-        let params: [&(dyn ToSql + Sync); 2] = [&paths, &versions];
-        let statement = self.statement(sql).await?;
-        let n = self
-            .client
-            .execute(&statement, &params)
-            .await
-            .map_err(|e| classify("writing pgrealm.progress", e))?;
-        Ok(n as usize == progress.len())
     }
 
     /// Handle the instruction at the head of `rest` (and the ones grouped with it); returns how
@@ -472,7 +469,8 @@ impl Writer {
         let mut jobs = Vec::new();
         self.list_row_jobs(table, item_column, rows, &mut jobs)
             .await?;
-        self.pipeline(&jobs).await
+        self.pipeline(jobs).await?;
+        Ok(())
     }
 
     /// UPDATE the changed columns of one object.
@@ -720,6 +718,17 @@ impl Writer {
         if creates.is_empty() {
             return Ok(());
         }
+        self.flush_creates_then(creates, Vec::new()).await?;
+        Ok(())
+    }
+
+    /// [`flush_creates`](Self::flush_creates), then `tail` in the same pipeline; the row counts
+    /// of `tail`.
+    async fn flush_creates_then(
+        &mut self,
+        creates: &mut Creates,
+        tail: Vec<Job<'_>>,
+    ) -> Result<Vec<u64>, Failure> {
         let groups = std::mem::take(&mut creates.groups);
         let lists = std::mem::take(&mut creates.lists);
         creates.clear();
@@ -813,7 +822,10 @@ impl Writer {
             self.list_row_jobs(table, group.item_column, &group.rows, &mut jobs)
                 .await?;
         }
-        self.pipeline(&jobs).await
+        let first_of_tail = jobs.len();
+        jobs.extend(tail);
+        let mut counts = self.pipeline(jobs).await?;
+        Ok(counts.split_off(first_of_tail))
     }
 
     /// The statements inserting list rows `(owner, idx, item)` into `table`.
@@ -928,9 +940,23 @@ impl Writer {
 
     /// Run `jobs` in order, sending every statement before reading any result: the server runs
     /// one while the next are on the wire, and this side encodes them meanwhile. They share the
-    /// open transaction; the first failure in order is the batch's (the statements after it
-    /// only report the aborted transaction).
-    async fn pipeline(&self, jobs: &[Job<'_>]) -> Result<(), Failure> {
+    /// open transaction (its BEGIN goes first when not sent yet); the first failure in order is
+    /// the batch's (the statements after it only report the aborted transaction). The row count
+    /// of each job.
+    async fn pipeline(&mut self, mut jobs: Vec<Job<'_>>) -> Result<Vec<u64>, Failure> {
+        let begin = self.begin_pending;
+        if begin {
+            let statement = self.statement("BEGIN").await?;
+            jobs.insert(
+                0,
+                Job {
+                    statement,
+                    params: Vec::new(),
+                    action: "starting a transaction",
+                },
+            );
+            self.begin_pending = false;
+        }
         let client = &self.client;
         let mut running: Vec<_> = jobs
             .iter()
@@ -945,14 +971,25 @@ impl Writer {
             Poll::Ready(())
         })
         .await;
+        let mut counts = Vec::with_capacity(running.len());
         let mut first = None;
         for f in running.iter_mut() {
             f.as_mut().await;
-            if let Some(Err(e)) = f.as_mut().take_output() {
-                first.get_or_insert(e);
+            match f.as_mut().take_output() {
+                Some(Ok(n)) => counts.push(n),
+                Some(Err(e)) => {
+                    first.get_or_insert(e);
+                }
+                None => {}
             }
         }
-        first.map_or(Ok(()), Err)
+        if let Some(e) = first {
+            return Err(e);
+        }
+        if begin {
+            counts.remove(0);
+        }
+        Ok(counts)
     }
 
     /// Prepare (or reuse) and execute `sql` with `values` bound.
@@ -960,21 +997,25 @@ impl Writer {
         &mut self,
         sql: &str,
         values: &[(Value, Option<String>)],
-        action: &str,
+        action: &'static str,
     ) -> Result<u64, Failure> {
         let statement = self.statement(sql).await?;
-        let labels = parameter_labels();
-        let bound: Vec<PgValue<'_>> = values
+        let params = values
             .iter()
-            .zip(labels)
-            .map(|((v, _), l)| PgValue::new(v, l))
+            .zip(parameter_labels())
+            .map(|((v, _), l)| Box::new(PgValue::new(v, l)) as Param<'_>)
             .collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            bound.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(&statement, &params)
-            .await
-            .map_err(|e| classify(action, e))
+        let job = Job {
+            statement,
+            params,
+            action,
+        };
+        Ok(self
+            .pipeline(vec![job])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
     }
 
     /// Prepare (or reuse) and run a query with `values` bound.
