@@ -2,12 +2,14 @@
 //! transaction per batch, with the progress rows and the echo mark inside it.
 //!
 //! Instructions run in order, with two groupings that keep their meaning: a run of consecutive
-//! creates becomes multi-row upserts (and one rewrite of their lists per subtable), and
-//! consecutive list inserts at consecutive indices (or erases at one index) shift the
-//! remaining items once. Indices move through negative values because `PRIMARY KEY (oid, idx)`
-//! is checked row by row. Statements are prepared once per SQL text (table and column set) and
-//! cached for the connection's life. Values are always bound ([`PgValue`]), identifiers always
-//! quoted.
+//! creates becomes upserts of up to 1,000 rows, each column bound as one array (and one
+//! rewrite of their lists per subtable), and consecutive list inserts at consecutive indices
+//! (or erases at one index) shift the remaining items once. Indices move through negative
+//! values because `PRIMARY KEY (oid, idx)` is checked row by row. Statements are prepared once
+//! per SQL text (table and column set) and cached for the connection's life; the statements of
+//! a flush are sent together ([`Writer::pipeline`]), and a transaction's BEGIN and progress rows
+//! travel with them, so a small transaction costs two round trips (its statements, COMMIT).
+//! Values are always bound ([`PgValue`], [`ColumnArray`]), identifiers always quoted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
@@ -234,20 +236,24 @@ impl Writer {
                    WHERE pgrealm.progress.version < EXCLUDED.version";
         let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
         let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
-        let job = Job {
+        let mut tail = vec![Job {
             statement: self.statement(sql).await?,
             params: vec![Box::new(paths), Box::new(versions)],
             action: "writing pgrealm.progress",
-        };
-        let written = self.flush_creates_then(&mut creates, vec![job]).await?;
+        }];
+        // The echo mark, when it is a marker row, in the same pipeline too.
+        for sql in self.marker.statements() {
+            tail.push(Job {
+                statement: self.statement(sql).await?,
+                params: Vec::new(),
+                action: "marking the transaction in pgrealm.marker",
+            });
+        }
+        let written = self.flush_creates_then(&mut creates, tail).await?;
         // Fewer rows than realms: a progress row was already at or past its version.
         if written.first().copied().unwrap_or(0) as usize != progress.len() {
             return Ok(Outcome::AlreadyApplied);
         }
-        self.marker
-            .mark_transaction(&self.client)
-            .await
-            .map_err(|e| classify("marking the transaction in pgrealm.marker", e))?;
         Ok(Outcome::Written)
     }
 
