@@ -16,7 +16,8 @@
 //! - lag p50/p99 from a realm commit (durable) to its PostgreSQL commit at a steady 1,000
 //!   commits/s, against PostgreSQL's own single-row commit latency.
 //!
-//! Sizes: `BENCH_R2P_COMMITS` 1,000-object commits (one realm each) for (a) (default 50), and 1,000 realms ×
+//! Sizes: `BENCH_R2P_COMMITS` 1,000-object commits (one realm each) for (a) (default 200, so
+//! each side is timed over a second or more of a shared machine), and 1,000 realms ×
 //! `BENCH_R2P_PER_REALM` single-object changesets for (b) (default 10); `BENCH_R2P_LAG_SECS`
 //! (default 5). Not a test: figures go in BENCHMARKS.md.
 
@@ -256,7 +257,7 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let cluster = PgCluster::start().expect("a PostgreSQL cluster (see the testing harness)");
-    let commits_a = env_or("BENCH_R2P_COMMITS", 50);
+    let commits_a = env_or("BENCH_R2P_COMMITS", 200);
     let per_realm = env_or("BENCH_R2P_PER_REALM", 10);
     let lag_secs = env_or("BENCH_R2P_LAG_SECS", 5);
 
