@@ -30,12 +30,6 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn new() -> Self {
-        Encoder {
-            buf: Vec::with_capacity(128),
-        }
-    }
-
     fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
@@ -473,11 +467,16 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// An object record: its property values (the class is in the table key).
-pub(crate) fn encode_object(values: &BTreeMap<String, Value>) -> Vec<u8> {
-    let mut e = Encoder::new();
+/// An object record: its property values (the class is in the table key), written into a
+/// buffer the caller reuses (cleared first), so a commit of many objects does not allocate one
+/// record at a time.
+pub(crate) fn encode_object_into(values: &BTreeMap<String, Value>, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut e = Encoder {
+        buf: std::mem::take(buf),
+    };
     e.values(values);
-    e.buf
+    *buf = e.buf;
 }
 
 /// Read an object record of `class`.
@@ -499,7 +498,11 @@ pub(crate) fn encode_log(
     origin: &str,
     instructions: &[Instruction],
 ) -> Vec<u8> {
-    let mut e = Encoder::new();
+    // Sized for a typical instruction up front: a 1,000-object changeset otherwise grows its
+    // buffer a dozen times.
+    let mut e = Encoder {
+        buf: Vec::with_capacity(16 + 96 * instructions.len()),
+    };
     e.signed(committed_at.timestamp_micros());
     e.str(origin);
     e.varint(instructions.len() as u64);
@@ -534,7 +537,7 @@ mod tests {
     use super::*;
 
     fn roundtrip(v: Value) {
-        let mut e = Encoder::new();
+        let mut e = Encoder { buf: Vec::new() };
         e.value(&v);
         let back = Decoder::new(&e.buf, "test").value().unwrap();
         assert!(back.same_as(&v), "{v:?} -> {back:?}");

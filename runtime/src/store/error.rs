@@ -54,6 +54,12 @@ pub enum StoreError {
     /// A read or write of the store file failed.
     #[error("realm store I/O failed: {0}; check the disk and the data directory's permissions")]
     Storage(#[from] redb::Error),
+    /// The group commit this transaction was part of failed (see [`StoreError::Storage`]).
+    #[error(
+        "realm store commit failed for this transaction and the others committed with it: {0}; \
+         check the disk and the data directory's permissions, then retry"
+    )]
+    GroupCommit(String),
     /// A class the compiled schema does not have.
     #[error("the schema has no class `{class}` (classes: {known}); add it to the schema! block")]
     UnknownClass {

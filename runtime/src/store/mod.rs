@@ -17,6 +17,7 @@ mod changeset;
 mod codec;
 mod error;
 mod feed;
+mod group;
 mod path;
 mod read;
 mod write;
@@ -121,6 +122,7 @@ struct Inner {
     classes: HashMap<String, usize>,
     options: StoreOptions,
     feed: broadcast::Sender<Committed>,
+    commits: group::CommitQueue,
 }
 
 /// A commit notification: realm `path` reached `version`.
@@ -180,6 +182,7 @@ impl Store {
                 classes,
                 options,
                 feed,
+                commits: group::CommitQueue::default(),
             }),
         })
     }
@@ -331,8 +334,14 @@ fn object_prefix(realm_id: u64, class: &str) -> Vec<u8> {
 /// The key of an object in [`LOCATOR`].
 fn locator_key(class: &str, key: &PrimaryKey) -> Vec<u8> {
     let mut out = Vec::with_capacity(class.len() + 24);
+    locator_key_into(class, key, &mut out);
+    out
+}
+
+/// [`locator_key`] into a buffer the caller reuses (cleared first).
+fn locator_key_into(class: &str, key: &PrimaryKey, out: &mut Vec<u8>) {
+    out.clear();
     out.extend_from_slice(class.as_bytes());
     out.push(0);
-    codec::key_into(key, &mut out);
-    out
+    codec::key_into(key, out);
 }

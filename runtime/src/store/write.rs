@@ -15,14 +15,14 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use pgrealm_schema::value::check_value;
 use pgrealm_schema::{Class, Object, PrimaryKey, RealmObject, Value, ValueError};
-use redb::{Durability, MultimapTable, ReadableTable, Table, WriteTransaction};
+use redb::{MultimapTable, ReadableTable, Table, WriteTransaction};
 
 use super::changeset::{diff_list, Instruction};
-use super::codec::{decode_object, encode_log, encode_object};
+use super::codec::{decode_object, encode_log, encode_object_into};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_key, object_key, Committed, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
+    locator_key, locator_key_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
     REALM_CLASSES, REALM_PATHS,
 };
 
@@ -173,9 +173,10 @@ impl WriteTx {
         let key = object
             .primary_key(self.store.schema())
             .map_err(|e| err("(no key)".into(), e))?;
-        let mut values = BTreeMap::new();
-        for (name, value) in object.values {
-            let property = class.property_named(&name).ok_or_else(|| {
+        let mut values = object.values;
+        // Checked in place: the map the caller built is the one the commit keeps.
+        for (name, value) in values.iter_mut() {
+            let property = class.property_named(name).ok_or_else(|| {
                 err(
                     key.to_string(),
                     ValueError::UnknownProperty {
@@ -184,9 +185,9 @@ impl WriteTx {
                     },
                 )
             })?;
-            let value = check_value(self.store.schema(), class, property, value)
+            let given = std::mem::replace(value, Value::Null);
+            *value = check_value(self.store.schema(), class, property, given)
                 .map_err(|e| err(key.to_string(), e))?;
-            values.insert(name, value);
         }
         let object = Object {
             class: object.class,
@@ -222,39 +223,59 @@ impl WriteTx {
     ///
     /// A transaction that changes nothing (and sets no metadata) creates no version and does not
     /// touch the disk. On error nothing is applied.
+    ///
+    /// Transactions committed at the same time from several threads may share one redb
+    /// transaction and one fsync (see [`group`](super::group)); each still gets its own versions
+    /// and changesets, as if committed alone, and none returns before it is durable.
     pub fn commit(self) -> Result<CommitInfo, StoreError> {
         if self.ops.is_empty() && self.metadata.is_empty() {
             return Ok(CommitInfo::default());
         }
-        let store = self.store;
-        let mut txn = store.inner.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let info = {
-            let mut apply = Applier::open(&store, &txn)?;
-            for op in self.ops {
-                apply.op(op)?;
-            }
-            let info = apply.finish(&self.origin)?;
-            let mut metadata = txn.open_table(METADATA)?;
-            for (key, value) in &self.metadata {
-                metadata.insert(key.as_str(), value.as_slice())?;
-            }
-            info
-        };
-        if info.is_empty() && self.metadata.is_empty() {
-            txn.abort()?;
-            return Ok(info);
+        let store = self.store.clone();
+        store.inner.commits.commit(&store, self)
+    }
+
+    /// Whether committing this transaction writes anything even if it changes no realm.
+    pub(super) fn has_metadata(&self) -> bool {
+        !self.metadata.is_empty()
+    }
+
+    /// Apply this transaction inside `txn`, which other transactions of the same group commit
+    /// share (those before it already applied, so it sees their changes).
+    ///
+    /// Every check that depends on the data (a value a property refuses, a record that does not
+    /// decode) runs before this transaction writes anything: such a failure is
+    /// [`ApplyError::Refused`] and leaves `txn` as it was, so the rest of the group commits.
+    pub(super) fn apply_in(self, txn: &WriteTransaction) -> Result<CommitInfo, ApplyError> {
+        let store = &self.store;
+        let mut apply = Applier::open(store, txn).map_err(ApplyError::Storage)?;
+        apply.touched.reserve(self.ops.len());
+        apply.by_record.reserve(self.ops.len());
+        for op in self.ops {
+            apply.op(op).map_err(ApplyError::Refused)?;
         }
-        txn.commit()?;
-        for (path, version) in &info.versions {
-            // Nobody listening is fine: subscribers catch up from the log.
-            let _ = store.inner.feed.send(Committed {
-                path: path.clone(),
-                version: *version,
-            });
+        let info = apply.finish(&self.origin).map_err(ApplyError::Storage)?;
+        if !self.metadata.is_empty() {
+            let mut metadata = txn
+                .open_table(METADATA)
+                .map_err(|e| ApplyError::Storage(e.into()))?;
+            for (key, value) in &self.metadata {
+                metadata
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(|e| ApplyError::Storage(e.into()))?;
+            }
         }
         Ok(info)
     }
+}
+
+/// Why a transaction could not be applied inside a shared redb transaction.
+#[derive(Debug)]
+pub(super) enum ApplyError {
+    /// The transaction itself is at fault; nothing of it was written.
+    Refused(StoreError),
+    /// Writing failed: the shared redb transaction must be abandoned.
+    Storage(StoreError),
 }
 
 /// Typed writes to one realm of a [`WriteTx`].
@@ -298,6 +319,9 @@ struct RealmState {
     /// The realm's classes loaded so far, with this commit's additions (`None`: the realm does
     /// not have the class).
     classes: HashMap<String, Option<Class>>,
+    /// Compiled classes (by index) this commit already gave the realm, so the per-object check
+    /// is one lookup.
+    ensured: Vec<bool>,
     /// Classes whose definition this commit extends, and the instructions saying so.
     changed_classes: Vec<String>,
     schema_changes: Vec<Instruction>,
@@ -334,6 +358,9 @@ struct Applier<'t> {
     touched: Vec<Touched>,
     by_record: HashMap<Vec<u8>, usize>,
     next_id: Option<u64>,
+    /// Scratch space for encoding records and keys, reused across objects.
+    record: Vec<u8>,
+    locator_key: Vec<u8>,
 }
 
 impl<'t> Applier<'t> {
@@ -352,6 +379,8 @@ impl<'t> Applier<'t> {
             touched: Vec::new(),
             by_record: HashMap::new(),
             next_id: None,
+            record: Vec::new(),
+            locator_key: Vec::new(),
         })
     }
 
@@ -384,6 +413,7 @@ impl<'t> Applier<'t> {
             oldest,
             is_new,
             classes: HashMap::new(),
+            ensured: Vec::new(),
             changed_classes: Vec::new(),
             schema_changes: Vec::new(),
             objects: Vec::new(),
@@ -468,9 +498,17 @@ impl<'t> Applier<'t> {
         Ok(t)
     }
 
-    /// Give the realm the compiled definition of `class` (recording what it adds).
-    fn ensure_class(&mut self, i: usize, class: &Class) -> Result<(), StoreError> {
+    /// Give the realm the compiled definition of class number `index` (recording what it adds).
+    fn ensure_class(&mut self, i: usize, index: usize) -> Result<(), StoreError> {
+        let class = &self.store.inner.schema.classes[index];
         let state = &mut self.states[i];
+        if state.ensured.get(index).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        if state.ensured.len() <= index {
+            state.ensured.resize(index + 1, false);
+        }
+        state.ensured[index] = true;
         if !state.classes.contains_key(&class.name) {
             let stored = self
                 .realm_classes
@@ -521,26 +559,26 @@ impl<'t> Applier<'t> {
         let store = self.store;
         let class_index = store.inner.classes[&object.class];
         let class = &store.inner.schema.classes[class_index];
-        self.ensure_class(i, class)?;
+        self.ensure_class(i, class_index)?;
         let t = self.touch(i, class_index, key)?;
         let touched = &mut self.touched[t];
         match &mut touched.current {
             Some(current) => current.extend(object.values),
             None => {
-                let mut given = object.values;
-                let mut values = BTreeMap::new();
+                // A new object: the given values (already checked) plus NULL or the empty list
+                // for every property not given, which a required property refuses.
+                let mut values = object.values;
                 for property in &class.properties {
-                    let value = match given.remove(&property.name) {
-                        Some(v) => v,
-                        None => check_value(store.schema(), class, property, Value::Null).map_err(
-                            |source| StoreError::Value {
-                                realm: self.states[i].path.clone(),
-                                class: class.name.clone(),
-                                key: touched.key.to_string(),
-                                source: Box::new(source),
-                            },
-                        )?,
-                    };
+                    if values.contains_key(&property.name) {
+                        continue;
+                    }
+                    let value = check_value(store.schema(), class, property, Value::Null)
+                        .map_err(|source| StoreError::Value {
+                            realm: self.states[i].path.clone(),
+                            class: class.name.clone(),
+                            key: touched.key.to_string(),
+                            source: Box::new(source),
+                        })?;
                     values.insert(property.name.clone(), value);
                 }
                 touched.current = Some(values);
@@ -560,12 +598,11 @@ impl<'t> Applier<'t> {
         match (&touched.original, current) {
             (None, None) => {}
             (None, Some(values)) => {
-                self.objects.insert(
-                    touched.record_key.as_slice(),
-                    encode_object(&values).as_slice(),
-                )?;
-                self.locator
-                    .insert(locator_key(&class.name, key).as_slice(), realm_id)?;
+                encode_object_into(&values, &mut self.record);
+                self.objects
+                    .insert(touched.record_key.as_slice(), self.record.as_slice())?;
+                locator_key_into(&class.name, key, &mut self.locator_key);
+                self.locator.insert(self.locator_key.as_slice(), realm_id)?;
                 out.push(Instruction::Create {
                     class: class.name.clone(),
                     key: key.clone(),
@@ -607,10 +644,9 @@ impl<'t> Applier<'t> {
                     }
                 }
                 if out.len() > before {
-                    self.objects.insert(
-                        touched.record_key.as_slice(),
-                        encode_object(&new).as_slice(),
-                    )?;
+                    encode_object_into(&new, &mut self.record);
+                    self.objects
+                        .insert(touched.record_key.as_slice(), self.record.as_slice())?;
                 }
             }
         }
