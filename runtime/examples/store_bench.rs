@@ -147,6 +147,50 @@ fn raw_scattered_rate(dir: &Path, bytes: u64) -> f64 {
     r
 }
 
+/// Writer counts for the concurrent loops (`STORE_BENCH_WRITERS`, comma-separated, default 2,4).
+fn concurrent_writers() -> Vec<usize> {
+    std::env::var("STORE_BENCH_WRITERS")
+        .unwrap_or_else(|_| "2,4".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+/// `writers` threads each committing 1,000-object creates into its own realm for
+/// [`run_time`]; returns all writers' commits per second together and the objects each redb
+/// transaction (one fsync) carried on average.
+fn concurrent_big_commits(store: &Store, writers: usize) -> (f64, f64) {
+    let start = Instant::now();
+    let before = store.commit_stats();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let realm = RealmPath::parse(&format!("/bench/writers{writers}/w{w}")).unwrap();
+                let mut next_id = 0i64;
+                let (_, commits) = rate(|_| {
+                    let mut tx = store.begin_write("postgres");
+                    for _ in 0..1000 {
+                        tx.put_object(&realm, bus(next_id, 0)).unwrap();
+                        next_id += 1;
+                    }
+                    tx.commit().unwrap();
+                });
+                commits
+            })
+        })
+        .collect();
+    let commits: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let secs = start.elapsed().as_secs_f64();
+    let after = store.commit_stats();
+    let groups = (after.groups - before.groups).max(1);
+    (
+        commits as f64 / secs,
+        commits as f64 * 1000.0 / groups as f64,
+    )
+}
+
 fn main() {
     let dir = match std::env::args().nth(1) {
         Some(d) => {
@@ -211,6 +255,18 @@ fn main() {
         per_commit / 1024,
         big / scattered
     );
+    // The same 1,000-object creates from several writers at once (each its own realm, as the
+    // server's API and both sync directions would): their commits share redb transactions and
+    // fsyncs (group commit).
+    for writers in concurrent_writers() {
+        let (rate, objects_per_commit) = concurrent_big_commits(&store, writers);
+        println!(
+            "1,000-object commits, {writers} writers: {rate:>8.1} /s   = {:.2} × fsync rate; {:.0} objects/s \
+             created ({objects_per_commit:.0} objects per fsync)",
+            rate / fsync,
+            rate * 1000.0
+        );
+    }
     let created = next_id;
     let mut generation = 1;
     let mut cursor = 0i64;

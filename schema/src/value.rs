@@ -301,7 +301,11 @@ pub fn check_scalar(ty: ScalarType, value: Value, property: &str) -> Result<Valu
 }
 
 /// [`check_scalar`] with the property's name made only when it is needed for an error.
-fn scalar(ty: ScalarType, value: Value, property: &dyn Fn() -> String) -> Result<Value, ValueError> {
+fn scalar(
+    ty: ScalarType,
+    value: Value,
+    property: &dyn Fn() -> String,
+) -> Result<Value, ValueError> {
     let wrong = |v: &Value| ValueError::WrongKind {
         property: property(),
         expected: ty.realm_name().to_owned(),

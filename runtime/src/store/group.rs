@@ -15,6 +15,7 @@
 //! storage failure fails the whole group, and then none of it is committed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use redb::Durability;
@@ -29,6 +30,18 @@ pub(super) struct CommitQueue {
     state: Mutex<QueueState>,
     /// Signalled when a leader finishes: results are ready and someone may lead next.
     finished: Condvar,
+    /// Durable redb commits so far, and the transactions they carried.
+    groups: AtomicU64,
+    transactions: AtomicU64,
+}
+
+/// How the store's commits were grouped since it was opened (see [`Store::commit_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Durable redb transactions (one fsync each).
+    pub groups: u64,
+    /// Transactions they carried; `transactions / groups` is the average group size.
+    pub transactions: u64,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +89,13 @@ impl CommitQueue {
                 .finished
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    pub(super) fn stats(&self) -> CommitStats {
+        CommitStats {
+            groups: self.groups.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
         }
     }
 
@@ -164,6 +184,10 @@ fn try_commit_group(
         return Ok(results);
     }
     txn.commit()?;
+    let queue = &store.inner.commits;
+    queue.groups.fetch_add(1, Ordering::Relaxed);
+    let committed = results.iter().filter(|(_, r)| r.is_ok()).count() as u64;
+    queue.transactions.fetch_add(committed, Ordering::Relaxed);
     for (_, result) in &results {
         let Ok(info) = result else { continue };
         for (path, version) in &info.versions {
@@ -175,4 +199,116 @@ fn try_commit_group(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use pgrealm_schema::{Class, IntWidth, Object, Property, PropertyType, ScalarType, Schema};
+    use pgrealm_schema::{PrimaryKey, Value};
+
+    use super::*;
+    use crate::store::{RealmPath, StoreOptions};
+
+    fn store(dir: &std::path::Path) -> Store {
+        let schema = Schema::new(vec![Class::new("Bus")
+            .property(
+                Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64)))
+                    .primary_key(),
+            )
+            .property(Property::new(
+                "name",
+                PropertyType::Scalar(ScalarType::String),
+            ))]);
+        Store::open(dir, schema, StoreOptions::default()).unwrap()
+    }
+
+    fn bus(id: i64, name: Option<&str>) -> Object {
+        let o = Object::new("Bus").with("id", Value::Int(id));
+        match name {
+            Some(n) => o.with("name", Value::String(n.into())),
+            None => o,
+        }
+    }
+
+    /// One group of three where the middle transaction is refused while being applied (a new
+    /// object without its required `name`, after a valid put): the other two commit in the same
+    /// redb transaction with their own versions, and nothing of the refused one is visible.
+    #[test]
+    fn a_refused_transaction_fails_alone_inside_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let shared = RealmPath::parse("/shared").unwrap();
+        let bad_only = RealmPath::parse("/bad").unwrap();
+
+        let mut first = store.begin_write("app");
+        first.put_object(&shared, bus(1, Some("one"))).unwrap();
+        first.set_metadata("m", b"first".to_vec());
+        let mut refused = store.begin_write("app");
+        refused.put_object(&shared, bus(2, Some("two"))).unwrap();
+        refused
+            .put_object(&bad_only, bus(3, Some("three")))
+            .unwrap();
+        refused.put_object(&shared, bus(4, None)).unwrap();
+        refused.set_metadata("m", b"refused".to_vec());
+        let mut last = store.begin_write("postgres");
+        last.put_object(&shared, bus(5, Some("five"))).unwrap();
+
+        let results = commit_group(&store, vec![(10, first), (11, refused), (12, last)]);
+        let tickets: Vec<u64> = results.iter().map(|(t, _)| *t).collect();
+        assert_eq!(tickets, [10, 11, 12]);
+        let versions = |i: usize| match &results[i].1 {
+            Ok(info) => info.versions.clone(),
+            Err(e) => panic!("transaction {i} failed: {e}"),
+        };
+        assert_eq!(versions(0), [(shared.clone(), 1)]);
+        assert_eq!(versions(2), [(shared.clone(), 2)]);
+        match &results[1].1 {
+            Err(StoreError::Value { class, key, .. }) => {
+                assert_eq!((class.as_str(), key.as_str()), ("Bus", "4"));
+            }
+            other => panic!("the refused transaction gave {other:?}"),
+        }
+        // One fsync for the two that committed.
+        assert_eq!(
+            store.commit_stats(),
+            CommitStats {
+                groups: 1,
+                transactions: 2
+            }
+        );
+
+        let view = store.realm(&shared).unwrap().unwrap();
+        assert_eq!(view.version(), 2);
+        let ids: Vec<PrimaryKey> = view
+            .objects("Bus")
+            .unwrap()
+            .iter()
+            .map(|o| o.primary_key(store.schema()).unwrap())
+            .collect();
+        assert_eq!(ids, [PrimaryKey::Int(1), PrimaryKey::Int(5)]);
+        assert!(store.realm(&bad_only).unwrap().is_none());
+        assert_eq!(store.metadata("m").unwrap(), Some(b"first".to_vec()));
+        let origins: Vec<String> = store
+            .changes(&shared, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.origin)
+            .collect();
+        assert_eq!(origins, ["app", "postgres"]);
+    }
+
+    /// A group whose transactions all cancel out writes nothing and counts no fsync.
+    #[test]
+    fn a_group_that_changes_nothing_touches_no_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let realm = RealmPath::parse("/r").unwrap();
+        let mut tx = store.begin_write("app");
+        tx.put_object(&realm, bus(1, Some("one"))).unwrap();
+        tx.delete_object(&realm, "Bus", PrimaryKey::Int(1)).unwrap();
+        let results = commit_group(&store, vec![(0, tx)]);
+        assert!(matches!(&results[0].1, Ok(info) if info.is_empty()));
+        assert_eq!(store.commit_stats(), CommitStats::default());
+        assert!(store.realm(&realm).unwrap().is_none());
+    }
 }

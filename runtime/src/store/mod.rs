@@ -35,6 +35,7 @@ pub use changeset::{apply, Changeset, Instruction, RealmObjects};
 pub use codec::CodecError;
 pub use error::StoreError;
 pub use feed::{ChangeFeed, Subscription};
+pub use group::CommitStats;
 pub use path::{PathError, RealmPath, MAX_PATH_LEN, MAX_SEGMENT_LEN};
 pub use read::{RealmInfo, RealmView, Snapshot};
 pub use write::{CommitInfo, RealmWriter, WriteTx};
@@ -243,6 +244,12 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Changeset>, StoreError> {
         self.snapshot()?.changes(realm, after, limit)
+    }
+
+    /// How many durable redb commits (fsyncs) the store made since it was opened and how many
+    /// transactions they carried: concurrent commits share one (group commit).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.commits.stats()
     }
 
     /// Follow the changesets of every realm the subscription matches.

@@ -22,8 +22,8 @@ use super::codec::{decode_object, encode_log, encode_object_into};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_key, locator_key_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
-    REALM_CLASSES, REALM_PATHS,
+    locator_key, locator_key_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
+    REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// A write transaction under construction. Dropping it without committing discards it.
@@ -572,13 +572,14 @@ impl<'t> Applier<'t> {
                     if values.contains_key(&property.name) {
                         continue;
                     }
-                    let value = check_value(store.schema(), class, property, Value::Null)
-                        .map_err(|source| StoreError::Value {
+                    let value = check_value(store.schema(), class, property, Value::Null).map_err(
+                        |source| StoreError::Value {
                             realm: self.states[i].path.clone(),
                             class: class.name.clone(),
                             key: touched.key.to_string(),
                             source: Box::new(source),
-                        })?;
+                        },
+                    )?;
                     values.insert(property.name.clone(), value);
                 }
                 touched.current = Some(values);
