@@ -15,15 +15,15 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use pgrealm_schema::value::check_value;
 use pgrealm_schema::{Class, Object, PrimaryKey, RealmObject, Value, ValueError};
-use redb::{MultimapTable, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::changeset::{diff_list, Instruction};
 use super::codec::{decode_object, encode_log, encode_object_into};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_key, locator_key_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
-    REALMS, REALM_CLASSES, REALM_PATHS,
+    locator_row_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
+    REALM_CLASSES, REALM_PATHS,
 };
 
 /// A write transaction under construction. Dropping it without committing discards it.
@@ -339,6 +339,13 @@ struct Touched {
     current: Option<BTreeMap<String, Value>>,
 }
 
+impl Touched {
+    /// The primary key's bytes inside `record_key` (after realm id, class and separator).
+    fn object_key(&self, class: &Class) -> &[u8] {
+        &self.record_key[8 + class.name.len() + 1..]
+    }
+}
+
 /// The open tables of one commit.
 ///
 /// Operations edit the touched objects in memory; [`Applier::finish`] compares each with what it
@@ -351,7 +358,7 @@ struct Applier<'t> {
     realm_classes: Table<'t, (u64, &'static str), &'static str>,
     objects: Table<'t, &'static [u8], &'static [u8]>,
     log: Table<'t, (u64, u64), &'static [u8]>,
-    locator: MultimapTable<'t, &'static [u8], u64>,
+    locator: Table<'t, &'static [u8], ()>,
     meta: Table<'t, &'static str, u64>,
     states: Vec<RealmState>,
     by_path: HashMap<RealmPath, usize>,
@@ -360,7 +367,7 @@ struct Applier<'t> {
     next_id: Option<u64>,
     /// Scratch space for encoding records and keys, reused across objects.
     record: Vec<u8>,
-    locator_key: Vec<u8>,
+    locator_row: Vec<u8>,
 }
 
 impl<'t> Applier<'t> {
@@ -372,7 +379,7 @@ impl<'t> Applier<'t> {
             realm_classes: txn.open_table(REALM_CLASSES)?,
             objects: txn.open_table(OBJECTS)?,
             log: txn.open_table(LOG)?,
-            locator: txn.open_multimap_table(LOCATOR)?,
+            locator: txn.open_table(LOCATOR)?,
             meta: txn.open_table(META)?,
             states: Vec::new(),
             by_path: HashMap::new(),
@@ -380,7 +387,7 @@ impl<'t> Applier<'t> {
             by_record: HashMap::new(),
             next_id: None,
             record: Vec::new(),
-            locator_key: Vec::new(),
+            locator_row: Vec::new(),
         })
     }
 
@@ -602,8 +609,13 @@ impl<'t> Applier<'t> {
                 encode_object_into(&values, &mut self.record);
                 self.objects
                     .insert(touched.record_key.as_slice(), self.record.as_slice())?;
-                locator_key_into(&class.name, key, &mut self.locator_key);
-                self.locator.insert(self.locator_key.as_slice(), realm_id)?;
+                locator_row_into(
+                    class.name.as_bytes(),
+                    touched.object_key(class),
+                    realm_id,
+                    &mut self.locator_row,
+                );
+                self.locator.insert(self.locator_row.as_slice(), ())?;
                 out.push(Instruction::Create {
                     class: class.name.clone(),
                     key: key.clone(),
@@ -612,8 +624,13 @@ impl<'t> Applier<'t> {
             }
             (Some(_), None) => {
                 self.objects.remove(touched.record_key.as_slice())?;
-                self.locator
-                    .remove(locator_key(&class.name, key).as_slice(), realm_id)?;
+                locator_row_into(
+                    class.name.as_bytes(),
+                    touched.object_key(class),
+                    realm_id,
+                    &mut self.locator_row,
+                );
+                self.locator.remove(self.locator_row.as_slice())?;
                 out.push(Instruction::Delete {
                     class: class.name.clone(),
                     key: key.clone(),
