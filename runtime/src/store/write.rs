@@ -18,7 +18,7 @@ use pgrealm_schema::{Class, Object, PrimaryKey, RealmObject, Value, ValueError};
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::changeset::{diff_list, Instruction};
-use super::codec::{decode_object, encode_log, encode_object_into};
+use super::codec::{decode_object, encode_object_into, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
@@ -362,12 +362,15 @@ struct Applier<'t> {
     meta: Table<'t, &'static str, u64>,
     states: Vec<RealmState>,
     by_path: HashMap<RealmPath, usize>,
+    last_realm: Option<usize>,
     touched: Vec<Touched>,
     by_record: HashMap<Vec<u8>, usize>,
     next_id: Option<u64>,
     /// Scratch space for encoding records and keys, reused across objects.
     record: Vec<u8>,
     locator_row: Vec<u8>,
+    /// An updated object's instructions, before they go to the changeset.
+    changes: Vec<Instruction>,
 }
 
 impl<'t> Applier<'t> {
@@ -383,17 +386,26 @@ impl<'t> Applier<'t> {
             meta: txn.open_table(META)?,
             states: Vec::new(),
             by_path: HashMap::new(),
+            last_realm: None,
             touched: Vec::new(),
             by_record: HashMap::new(),
             next_id: None,
             record: Vec::new(),
             locator_row: Vec::new(),
+            changes: Vec::new(),
         })
     }
 
     /// The realm's state; `create` makes a new realm when there is none.
     fn realm(&mut self, path: &RealmPath, create: bool) -> Result<Option<usize>, StoreError> {
+        // Consecutive operations usually name the same realm: one comparison, not a hash.
+        if let Some(i) = self.last_realm {
+            if self.states[i].path == *path {
+                return Ok(Some(i));
+            }
+        }
         if let Some(i) = self.by_path.get(path) {
+            self.last_realm = Some(*i);
             return Ok(Some(*i));
         }
         let existing = self.realms.get(path.as_str())?.map(|g| g.value());
@@ -426,6 +438,7 @@ impl<'t> Applier<'t> {
             objects: Vec::new(),
         });
         self.by_path.insert(path.clone(), self.states.len() - 1);
+        self.last_realm = Some(self.states.len() - 1);
         Ok(Some(self.states.len() - 1))
     }
 
@@ -595,9 +608,10 @@ impl<'t> Applier<'t> {
         Ok(())
     }
 
-    /// The net instructions of one touched object, writing it and the locator.
-    fn settle(&mut self, t: usize, out: &mut Vec<Instruction>) -> Result<(), StoreError> {
-        // Each object settles once: its new state moves into the instructions.
+    /// Write the net instructions of one touched object to the changeset, and the object and
+    /// the locator to their tables.
+    fn settle(&mut self, t: usize, log: &mut LogWriter) -> Result<(), StoreError> {
+        // Each object settles once: its new state is written and dropped.
         let current = self.touched[t].current.take();
         let touched = &self.touched[t];
         let class = &self.store.inner.schema.classes[touched.class];
@@ -616,11 +630,7 @@ impl<'t> Applier<'t> {
                     &mut self.locator_row,
                 );
                 self.locator.insert(self.locator_row.as_slice(), ())?;
-                out.push(Instruction::Create {
-                    class: class.name.clone(),
-                    key: key.clone(),
-                    values,
-                });
+                log.create(&class.name, key, &self.record);
             }
             (Some(_), None) => {
                 self.objects.remove(touched.record_key.as_slice())?;
@@ -631,13 +641,11 @@ impl<'t> Applier<'t> {
                     &mut self.locator_row,
                 );
                 self.locator.remove(self.locator_row.as_slice())?;
-                out.push(Instruction::Delete {
-                    class: class.name.clone(),
-                    key: key.clone(),
-                });
+                log.delete(&class.name, key);
             }
             (Some(old), Some(new)) => {
-                let before = out.len();
+                let out = &mut self.changes;
+                out.clear();
                 for (name, new_value) in &new {
                     let old_value = match old.get(name) {
                         Some(v) => v,
@@ -661,7 +669,10 @@ impl<'t> Applier<'t> {
                         }),
                     }
                 }
-                if out.len() > before {
+                if !out.is_empty() {
+                    for ins in out.iter() {
+                        log.push(ins);
+                    }
                     encode_object_into(&new, &mut self.record);
                     self.objects
                         .insert(touched.record_key.as_slice(), self.record.as_slice())?;
@@ -678,12 +689,15 @@ impl<'t> Applier<'t> {
         let mut info = CommitInfo::default();
         let mut any_new = false;
         for i in 0..self.states.len() {
-            let mut instructions = std::mem::take(&mut self.states[i].schema_changes);
-            let schema_len = instructions.len();
-            for t in std::mem::take(&mut self.states[i].objects) {
-                self.settle(t, &mut instructions)?;
+            let mut log = LogWriter::new();
+            for ins in std::mem::take(&mut self.states[i].schema_changes) {
+                log.push(&ins);
             }
-            if instructions.len() == schema_len {
+            let schema_len = log.len();
+            for t in std::mem::take(&mut self.states[i].objects) {
+                self.settle(t, &mut log)?;
+            }
+            if log.len() == schema_len {
                 // Nothing happened to any object: no version, and the realm's schema stays as
                 // it was.
                 continue;
@@ -698,7 +712,7 @@ impl<'t> Applier<'t> {
                     .insert((state.id, name.as_str()), def.as_str())?;
             }
             state.version += 1;
-            let record = encode_log(now, origin, &instructions);
+            let record = log.finish(now, origin);
             self.log
                 .insert((state.id, state.version), record.as_slice())?;
             let keep_from = (state.version + 1).saturating_sub(retention).max(1);
