@@ -157,6 +157,16 @@ fn concurrent_writers() -> Vec<usize> {
         .collect()
 }
 
+/// Writer counts for the concurrent 1-object loop (`STORE_BENCH_SMALL_WRITERS`, default 8).
+fn concurrent_small_writers() -> Vec<usize> {
+    std::env::var("STORE_BENCH_SMALL_WRITERS")
+        .unwrap_or_else(|_| "8".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
 /// `writers` threads each committing 1,000-object creates into its own realm for
 /// [`run_time`]; returns all writers' commits per second together and the objects each redb
 /// transaction (one fsync) carried on average.
@@ -225,6 +235,36 @@ fn main() {
         "1-object commits:           {small:>10.0} /s   = {:.2} × fsync rate ({small_n} commits)",
         small / fsync
     );
+
+    // The same 1-object commits from several writers at once, each into its own realm: they
+    // share fsyncs (group commit).
+    for writers in concurrent_small_writers() {
+        let before = store.commit_stats();
+        let start = Instant::now();
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let realm = RealmPath::parse(&format!("/bench/small{writers}/w{w}")).unwrap();
+                    rate(|i| {
+                        let mut tx = store.begin_write("app");
+                        tx.put_object(&realm, bus((i % 1000) as i64, i as i64))
+                            .unwrap();
+                        tx.commit().unwrap();
+                    })
+                    .1
+                })
+            })
+            .collect();
+        let commits: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let per_sec = commits as f64 / start.elapsed().as_secs_f64();
+        let groups = (store.commit_stats().groups - before.groups).max(1);
+        println!(
+            "1-object commits, {writers} writers: {per_sec:>9.0} /s   = {:.2} × fsync rate ({commits} commits in \
+             {groups} fsyncs)",
+            per_sec / fsync
+        );
+    }
 
     // 1,000-object transactions: creates, then updates of the same objects.
     let big_realm = RealmPath::parse("/bench/big").unwrap();
