@@ -24,6 +24,9 @@ use super::error::StoreError;
 use super::write::{ApplyError, CommitInfo, WriteTx};
 use super::{Committed, Store};
 
+/// Each caller's result, by ticket.
+type Results = Vec<(u64, Result<CommitInfo, StoreError>)>;
+
 /// The queue of transactions waiting to commit; one per store.
 #[derive(Debug, Default)]
 pub(super) struct CommitQueue {
@@ -135,10 +138,7 @@ impl Drop for Leading<'_> {
 }
 
 /// Apply a group in one durable redb transaction; one result per ticket.
-fn commit_group(
-    store: &Store,
-    group: Vec<(u64, WriteTx)>,
-) -> Vec<(u64, Result<CommitInfo, StoreError>)> {
+fn commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Results {
     let tickets: Vec<u64> = group.iter().map(|(t, _)| *t).collect();
     match try_commit_group(store, group) {
         Ok(results) => results,
@@ -160,10 +160,7 @@ fn commit_group(
     }
 }
 
-fn try_commit_group(
-    store: &Store,
-    group: Vec<(u64, WriteTx)>,
-) -> Result<Vec<(u64, Result<CommitInfo, StoreError>)>, StoreError> {
+fn try_commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Result<Results, StoreError> {
     let mut txn = store.inner.db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     let mut results = Vec::with_capacity(group.len());

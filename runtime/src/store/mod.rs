@@ -451,12 +451,18 @@ mod tests {
         tx.put_object(&y, stop("b")).unwrap();
         tx.commit().unwrap();
         let key = |k: &str| PrimaryKey::String(k.into());
-        assert_eq!(store.locate("Stop", &key("a")).unwrap(), [x.clone()]);
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            std::slice::from_ref(&x)
+        );
         assert_eq!(
             store.locate("Stop", &key("ab")).unwrap(),
             [x.clone(), y.clone()]
         );
-        assert_eq!(store.locate("Stop", &key("b")).unwrap(), [y.clone()]);
+        assert_eq!(
+            store.locate("Stop", &key("b")).unwrap(),
+            std::slice::from_ref(&y)
+        );
         assert!(store.locate("Stop", &key("")).unwrap().is_empty());
 
         let mut tx = store.begin_write("app");
@@ -508,7 +514,10 @@ mod tests {
         }
         let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
         let key = |k: &str| PrimaryKey::String(k.into());
-        assert_eq!(store.locate("Stop", &key("a")).unwrap(), [x.clone()]);
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            std::slice::from_ref(&x)
+        );
         assert_eq!(store.locate("Stop", &key("ab")).unwrap(), [x, y]);
         let read = store.inner.db.begin_read().unwrap();
         let meta = read.open_table(META).unwrap();
