@@ -35,8 +35,11 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: u64,
     },
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    /// The data directory, or the store file in it, cannot be created.
+    #[error(
+        "cannot create the data directory {path} or the realm store in it: {source}; check that \
+         the directory is writable"
+    )]
     DataDir {
         /// The directory.
         path: PathBuf,

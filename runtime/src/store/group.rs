@@ -81,10 +81,12 @@ impl CommitQueue {
                     finished: false,
                 };
                 let results = commit_group(store, group);
+                // Done before taking the lock again: the guard's drop takes it too.
+                leading.finished = true;
+                drop(leading);
                 state = self.lock();
                 state.leading = false;
                 state.done.extend(results);
-                leading.finished = true;
                 self.finished.notify_all();
                 continue;
             }

@@ -163,17 +163,10 @@ impl Store {
             source,
         })?;
         let file = dir.join(STORE_FILE);
-        let db = Database::builder()
-            .create(&file)
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::Locked { path: file.clone() }
-                }
-                source => StoreError::Open {
-                    path: file.clone(),
-                    source,
-                },
-            })?;
+        if !file.exists() {
+            create_file(dir, &file)?;
+        }
+        let db = open_db(&file)?;
         stamp_format(&db, &file)?;
         let classes = schema
             .classes
@@ -289,6 +282,52 @@ impl Store {
             names.join(", ")
         }
     }
+}
+
+fn open_db(file: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        .create(file)
+        .map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: file.to_owned(),
+            },
+            source => StoreError::Open {
+                path: file.to_owned(),
+                source,
+            },
+        })
+}
+
+/// Create the store file whole: redb initializes it and [`stamp_format`] stamps it under a
+/// name of this process's own, then it is linked into place. A process killed while redb
+/// initializes a file leaves one redb cannot open ("magic number mismatch"); this way such a
+/// leftover is only ever the temporary file, which held nothing, and the next open starts again.
+fn create_file(dir: &Path, file: &Path) -> Result<(), StoreError> {
+    let data_dir_error = |source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let temp = dir.join(format!("{STORE_FILE}.creating.{}", std::process::id()));
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(data_dir_error(e)),
+    }
+    {
+        let db = open_db(&temp)?;
+        stamp_format(&db, &temp)?;
+    }
+    // A link, not a rename: if another process created the file meanwhile, keep theirs.
+    match std::fs::hard_link(&temp, file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(data_dir_error(e)),
+    }
+    std::fs::remove_file(&temp).map_err(data_dir_error)?;
+    // The new name must be as durable as the commits that will be acknowledged in the file.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(data_dir_error)
 }
 
 /// Stamp a new file with the format version (creating every table, so readers never meet a
@@ -527,5 +566,25 @@ mod tests {
         );
         assert_eq!(read.open_table(LOCATOR).unwrap().len().unwrap(), 3);
         assert!(read.open_multimap_table(LOCATOR_V1).is_err());
+    }
+
+    /// A creation killed half-way leaves only the temporary file (here: garbage under this
+    /// process's temporary name); the next open creates the store afresh.
+    #[test]
+    fn a_half_made_store_file_does_not_block_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir
+            .path()
+            .join(format!("{STORE_FILE}.creating.{}", std::process::id()));
+        std::fs::write(&temp, b"not a redb file").unwrap();
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let realm = RealmPath::parse("/x").unwrap();
+        let mut tx = store.begin_write("app");
+        tx.put_object(&realm, stop("a")).unwrap();
+        assert_eq!(tx.commit().unwrap().version_of(&realm), Some(1));
+        assert!(!temp.exists());
+        drop(store);
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        assert_eq!(store.realm(&realm).unwrap().unwrap().version(), 1);
     }
 }
