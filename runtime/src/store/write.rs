@@ -22,8 +22,8 @@ use super::codec::{decode_object, encode_object_into, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_row_into, object_key, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
-    REALM_CLASSES, REALM_PATHS,
+    locator_row_into, object_key, object_prefix, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
+    REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// A write transaction under construction. Dropping it without committing discards it.
@@ -322,6 +322,9 @@ struct RealmState {
     /// Compiled classes (by index) this commit already gave the realm, so the per-object check
     /// is one lookup.
     ensured: Vec<bool>,
+    /// Per compiled class (by index), once read: the greatest object key the realm held when
+    /// the commit began (`Some(None)`: none).
+    last_keys: Vec<Option<Option<Vec<u8>>>>,
     /// Classes whose definition this commit extends, and the instructions saying so.
     changed_classes: Vec<String>,
     schema_changes: Vec<Instruction>,
@@ -433,6 +436,7 @@ impl<'t> Applier<'t> {
             is_new,
             classes: HashMap::new(),
             ensured: Vec::new(),
+            last_keys: Vec::new(),
             changed_classes: Vec::new(),
             schema_changes: Vec::new(),
             objects: Vec::new(),
@@ -500,9 +504,20 @@ impl<'t> Applier<'t> {
         if let Some(t) = self.by_record.get(&record_key) {
             return Ok(*t);
         }
-        let original = match self.objects.get(record_key.as_slice())? {
-            Some(g) => Some(decode_object(class_name, g.value())?.values),
-            None => None,
+        // A key past the last one the realm holds for the class (new rows of a serial key, the
+        // usual bulk insert) cannot be there: no lookup needed.
+        let past_last = match self.last_key(realm, class)? {
+            Some(last) => record_key.as_slice() > last,
+            None => true,
+        };
+        let class_name = &self.store.inner.schema.classes[class].name;
+        let original = if past_last {
+            None
+        } else {
+            match self.objects.get(record_key.as_slice())? {
+                Some(g) => Some(decode_object(class_name, g.value())?.values),
+                None => None,
+            }
         };
         self.touched.push(Touched {
             realm,
@@ -516,6 +531,35 @@ impl<'t> Applier<'t> {
         self.by_record.insert(record_key, t);
         self.states[realm].objects.push(t);
         Ok(t)
+    }
+
+    /// The greatest object key the realm holds for class number `class` as the commit began
+    /// (nothing is written before [`Applier::finish`]), read once per commit.
+    fn last_key(&mut self, realm: usize, class: usize) -> Result<Option<&[u8]>, StoreError> {
+        let state = &mut self.states[realm];
+        if state.last_keys.len() <= class {
+            state.last_keys.resize(class + 1, None);
+        }
+        if state.last_keys[class].is_none() {
+            let last = if state.is_new {
+                None
+            } else {
+                let class_name = &self.store.inner.schema.classes[class].name;
+                let prefix = object_prefix(state.id, class_name);
+                let mut end = prefix.clone();
+                *end.last_mut().expect("the prefix ends with a separator") += 1;
+                let last = self
+                    .objects
+                    .range(prefix.as_slice()..end.as_slice())?
+                    .next_back()
+                    .transpose()?;
+                last.map(|(k, _)| k.value().to_vec())
+            };
+            state.last_keys[class] = Some(last);
+        }
+        Ok(state.last_keys[class]
+            .as_ref()
+            .and_then(|last| last.as_deref()))
     }
 
     /// Give the realm the compiled definition of class number `index` (recording what it adds).
