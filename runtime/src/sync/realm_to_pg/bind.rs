@@ -37,6 +37,31 @@ impl Row for Value {
     }
 }
 
+/// A value of a queued row that its column cannot hold, with the object it belongs to.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub(super) struct RefusedValue {
+    pub(super) class: String,
+    pub(super) key: PrimaryKey,
+    /// The encoder's refusal (a [`pgrealm_schema::ValueError`]).
+    #[source]
+    pub(super) source: BoxError,
+}
+
+impl RefusedValue {
+    /// The object whose value `e` refused, when an array parameter named one.
+    pub(super) fn object_of(e: &tokio_postgres::Error) -> Option<(String, PrimaryKey)> {
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<RefusedValue>() {
+                return Some((r.class.clone(), r.key.clone()));
+            }
+            source = s.source();
+        }
+        None
+    }
+}
+
 /// Column `column` of `rows`, bound as one one-dimensional array.
 #[derive(Debug)]
 pub(super) struct ColumnArray<'a, R> {
@@ -89,16 +114,21 @@ impl<R: Row + Sync + std::fmt::Debug> ToSql for ColumnArray<'_, R> {
                 Err(e) => {
                     // Say which object the value belongs to: encode it again under a label
                     // that names it (only on this error path, so the label costs nothing
-                    // otherwise).
+                    // otherwise), and carry the object for the rejection record.
                     let Some(key) = self.keys.get(n) else {
                         return Err(e);
                     };
                     let label = format!("{} of {} {key}", self.label, self.class);
                     let mut scratch = BytesMut::new();
-                    return Err(PgValue::new(value, &label)
+                    let source = PgValue::new(value, &label)
                         .to_sql(member, &mut scratch)
                         .err()
-                        .unwrap_or(e));
+                        .unwrap_or(e);
+                    return Err(Box::new(RefusedValue {
+                        class: self.class.to_owned(),
+                        key: key.clone(),
+                        source,
+                    }));
                 }
             }
         }

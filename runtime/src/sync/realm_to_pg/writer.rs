@@ -23,7 +23,7 @@ use pgrealm_schema::{Class, Object, PrimaryKey, Schema, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use super::bind::ColumnArray;
+use super::bind::{ColumnArray, RefusedValue};
 use super::echo::{set_up_echo_mark, EchoMark, Marker};
 use super::mapping::{Extra, RealmMapping, Target};
 use super::refusal::{classify, Failure};
@@ -70,16 +70,13 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    async fn execute(&self, client: &Client) -> Result<u64, Failure> {
+    async fn execute(&self, client: &Client) -> Result<u64, tokio_postgres::Error> {
         let params: Vec<&(dyn ToSql + Sync)> = self
             .params
             .iter()
             .map(|p| &**p as &(dyn ToSql + Sync))
             .collect();
-        client
-            .execute(&self.statement, &params)
-            .await
-            .map_err(|e| classify(self.action, e))
+        client.execute(&self.statement, &params).await
     }
 }
 
@@ -114,6 +111,8 @@ pub(crate) struct Writer {
     marker: Marker,
     /// A transaction is open on our side but its BEGIN is not sent yet.
     begin_pending: bool,
+    /// The object whose value the last batch's encoder refused, when it could name one.
+    refused_object: Option<(String, PrimaryKey)>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -143,7 +142,14 @@ impl Writer {
             array_types: HashMap::new(),
             marker: Marker::new(mark),
             begin_pending: false,
+            refused_object: None,
         })
+    }
+
+    /// The object whose value the encoder refused in the last batch, when it named one (a
+    /// refusal by the server names its rows in the error's detail instead).
+    pub(crate) fn refused_object(&self) -> Option<&(String, PrimaryKey)> {
+        self.refused_object.as_ref()
     }
 
     /// How this session's transactions are recognised in the WAL.
@@ -190,6 +196,7 @@ impl Writer {
         // BEGIN goes out with the transaction's first statements (see `pipeline`), not on a
         // round trip of its own.
         self.begin_pending = true;
+        self.refused_object = None;
         let result = self.write_in_transaction(items).await;
         let begun = !std::mem::replace(&mut self.begin_pending, false);
         match result {
@@ -979,18 +986,20 @@ impl Writer {
         .await;
         let mut counts = Vec::with_capacity(running.len());
         let mut first = None;
-        for f in running.iter_mut() {
+        for (f, job) in running.iter_mut().zip(&jobs) {
             f.as_mut().await;
             match f.as_mut().take_output() {
                 Some(Ok(n)) => counts.push(n),
-                Some(Err(e)) => {
-                    first.get_or_insert(e);
-                }
-                None => {}
+                Some(Err(e)) if first.is_none() => first = Some((e, job.action)),
+                _ => {}
             }
         }
-        if let Some(e) = first {
-            return Err(e);
+        drop(running);
+        if let Some((e, action)) = first {
+            if let Some(object) = RefusedValue::object_of(&e) {
+                self.refused_object = Some(object);
+            }
+            return Err(classify(action, e));
         }
         if begin {
             counts.remove(0);
