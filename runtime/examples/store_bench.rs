@@ -147,6 +147,60 @@ fn raw_scattered_rate(dir: &Path, bytes: u64) -> f64 {
     r
 }
 
+/// Writer counts for the concurrent loops (`STORE_BENCH_WRITERS`, comma-separated, default 2,4).
+fn concurrent_writers() -> Vec<usize> {
+    std::env::var("STORE_BENCH_WRITERS")
+        .unwrap_or_else(|_| "2,4".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+/// Writer counts for the concurrent 1-object loop (`STORE_BENCH_SMALL_WRITERS`, default 8).
+fn concurrent_small_writers() -> Vec<usize> {
+    std::env::var("STORE_BENCH_SMALL_WRITERS")
+        .unwrap_or_else(|_| "8".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect()
+}
+
+/// `writers` threads each committing 1,000-object creates into its own realm for
+/// [`run_time`]; returns all writers' commits per second together and the objects each redb
+/// transaction (one fsync) carried on average.
+fn concurrent_big_commits(store: &Store, writers: usize) -> (f64, f64) {
+    let start = Instant::now();
+    let before = store.commit_stats();
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let realm = RealmPath::parse(&format!("/bench/writers{writers}/w{w}")).unwrap();
+                let mut next_id = 0i64;
+                let (_, commits) = rate(|_| {
+                    let mut tx = store.begin_write("postgres");
+                    for _ in 0..1000 {
+                        tx.put_object(&realm, bus(next_id, 0)).unwrap();
+                        next_id += 1;
+                    }
+                    tx.commit().unwrap();
+                });
+                commits
+            })
+        })
+        .collect();
+    let commits: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    let secs = start.elapsed().as_secs_f64();
+    let after = store.commit_stats();
+    let groups = (after.groups - before.groups).max(1);
+    (
+        commits as f64 / secs,
+        commits as f64 * 1000.0 / groups as f64,
+    )
+}
+
 fn main() {
     let dir = match std::env::args().nth(1) {
         Some(d) => {
@@ -182,6 +236,36 @@ fn main() {
         small / fsync
     );
 
+    // The same 1-object commits from several writers at once, each into its own realm: they
+    // share fsyncs (group commit).
+    for writers in concurrent_small_writers() {
+        let before = store.commit_stats();
+        let start = Instant::now();
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let realm = RealmPath::parse(&format!("/bench/small{writers}/w{w}")).unwrap();
+                    rate(|i| {
+                        let mut tx = store.begin_write("app");
+                        tx.put_object(&realm, bus((i % 1000) as i64, i as i64))
+                            .unwrap();
+                        tx.commit().unwrap();
+                    })
+                    .1
+                })
+            })
+            .collect();
+        let commits: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let per_sec = commits as f64 / start.elapsed().as_secs_f64();
+        let groups = (store.commit_stats().groups - before.groups).max(1);
+        println!(
+            "1-object commits, {writers} writers: {per_sec:>9.0} /s   = {:.2} × fsync rate ({commits} commits in \
+             {groups} fsyncs)",
+            per_sec / fsync
+        );
+    }
+
     // 1,000-object transactions: creates, then updates of the same objects.
     let big_realm = RealmPath::parse("/bench/big").unwrap();
     let mut next_id = 0i64;
@@ -211,6 +295,21 @@ fn main() {
         per_commit / 1024,
         big / scattered
     );
+    // The same 1,000-object creates from several writers at once (each its own realm, as the
+    // server's API and both sync directions would): their commits share redb transactions and
+    // fsyncs (group commit).
+    for writers in concurrent_writers() {
+        let cpu_before = cpu_seconds();
+        let (rate, objects_per_commit) = concurrent_big_commits(&store, writers);
+        let cpu = (cpu_seconds() - cpu_before) / (rate * run_time().as_secs_f64()).max(1.0);
+        println!(
+            "1,000-object commits, {writers} writers: {rate:>8.1} /s   = {:.2} × fsync rate; {:.0} objects/s \
+             created ({objects_per_commit:.0} objects per fsync, {:.1} ms of CPU per 1,000 objects)",
+            rate / fsync,
+            rate * 1000.0,
+            cpu * 1000.0
+        );
+    }
     let created = next_id;
     let mut generation = 1;
     let mut cursor = 0i64;

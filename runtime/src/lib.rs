@@ -20,7 +20,8 @@ pub mod template;
 pub mod testing;
 
 pub use store::{
-    apply, ChangeFeed, Changeset, CodecError, CommitInfo, Instruction, PathError, RealmInfo,
-    RealmObjects, RealmPath, RealmView, RealmWriter, Snapshot, Store, StoreError, StoreOptions,
-    StreamingTx, Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN, MAX_SEGMENT_LEN, STORE_FILE,
+    apply, ChangeFeed, Changeset, CodecError, CommitInfo, CommitStats, Instruction, PathError,
+    RealmInfo, RealmObjects, RealmPath, RealmView, RealmWriter, Snapshot, Store, StoreError,
+    StoreOptions, StreamingTx, Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN,
+    MAX_SEGMENT_LEN, STORE_FILE,
 };

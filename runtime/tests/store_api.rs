@@ -572,3 +572,58 @@ fn update_object_changes_only_objects_that_are_there() {
         None
     );
 }
+
+/// A commit tells creates from updates without looking up keys past the last one the realm
+/// holds: keys below, at and past that last key, in one commit, each get the right instruction.
+#[test]
+fn keys_around_the_last_one_are_created_or_updated_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = path("/serial");
+    let mut tx = store.begin_write("app");
+    for id in 1..=5 {
+        tx.realm(&realm).put(&bus(id, "old")).unwrap();
+    }
+    // Another realm's higher keys must not count as this realm's.
+    tx.realm(&path("/other")).put(&bus(100, "x")).unwrap();
+    tx.commit().unwrap();
+
+    let mut tx = store.begin_write("app");
+    for id in [3, 5, 6, 0, -7, 4] {
+        tx.realm(&realm).put(&bus(id, "new")).unwrap();
+    }
+    tx.realm(&realm).put(&bus(100, "new")).unwrap();
+    tx.commit().unwrap();
+
+    let changes = store.changes(&realm, 1, 10).unwrap();
+    let summary: Vec<(String, String)> = changes[0]
+        .instructions
+        .iter()
+        .map(|i| {
+            let op = match i {
+                Instruction::Create { .. } => "create",
+                Instruction::Set { .. } => "set",
+                other => panic!("unexpected {other:?}"),
+            };
+            (op.to_owned(), i.key().unwrap().to_string())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("set", "3"),
+        ("set", "5"),
+        ("create", "6"),
+        ("create", "0"),
+        ("create", "-7"),
+        ("set", "4"),
+        ("create", "100"),
+    ]
+    .iter()
+    .map(|(op, key)| (op.to_string(), key.to_string()))
+    .collect();
+    assert_eq!(summary, expected);
+    let view = store.realm(&realm).unwrap().unwrap();
+    let ids: Vec<i64> = view.all::<Bus>().unwrap().iter().map(|b| b.id).collect();
+    assert_eq!(ids, [-7, 0, 1, 2, 3, 4, 5, 6, 100]);
+    assert_eq!(view.get::<Bus>(5).unwrap().unwrap().name, "new");
+    assert_eq!(view.get::<Bus>(1).unwrap().unwrap().name, "old");
+}

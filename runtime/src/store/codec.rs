@@ -30,12 +30,6 @@ pub(crate) struct Encoder {
 }
 
 impl Encoder {
-    pub(crate) fn new() -> Self {
-        Encoder {
-            buf: Vec::with_capacity(128),
-        }
-    }
-
     fn u8(&mut self, v: u8) {
         self.buf.push(v);
     }
@@ -473,11 +467,16 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// An object record: its property values (the class is in the table key).
-pub(crate) fn encode_object(values: &BTreeMap<String, Value>) -> Vec<u8> {
-    let mut e = Encoder::new();
+/// An object record: its property values (the class is in the table key), written into a
+/// buffer the caller reuses (cleared first), so a commit of many objects does not allocate one
+/// record at a time.
+pub(crate) fn encode_object_into(values: &BTreeMap<String, Value>, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut e = Encoder {
+        buf: std::mem::take(buf),
+    };
     e.values(values);
-    e.buf
+    *buf = e.buf;
 }
 
 /// Read an object record of `class`.
@@ -493,20 +492,77 @@ pub(crate) fn decode_object(class: &str, bytes: &[u8]) -> Result<Object, CodecEr
     })
 }
 
-/// A logged changeset: commit time (µs since the epoch), origin, instructions.
+/// A logged changeset being written: instructions are encoded as they are produced, so a
+/// commit never holds them all as values, and a create reuses its object record's bytes (the
+/// values of a `Create` are encoded exactly as an object record).
+///
+/// The record is: commit time (µs since the epoch), origin, instruction count, instructions.
+pub(crate) struct LogWriter {
+    body: Encoder,
+    count: u64,
+}
+
+impl LogWriter {
+    pub(crate) fn new() -> Self {
+        LogWriter {
+            body: Encoder { buf: Vec::new() },
+            count: 0,
+        }
+    }
+
+    /// How many instructions were written.
+    pub(crate) fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub(crate) fn push(&mut self, ins: &Instruction) {
+        self.body.instruction(ins);
+        self.count += 1;
+    }
+
+    /// `Create { class, key, values }` where `record` is the values as [`encode_object_into`]
+    /// wrote them.
+    pub(crate) fn create(&mut self, class: &str, key: &PrimaryKey, record: &[u8]) {
+        self.body.u8(2);
+        self.body.str(class);
+        self.body.key(key);
+        self.body.buf.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    /// `Delete { class, key }`.
+    pub(crate) fn delete(&mut self, class: &str, key: &PrimaryKey) {
+        self.body.u8(4);
+        self.body.str(class);
+        self.body.key(key);
+        self.count += 1;
+    }
+
+    /// The whole record.
+    pub(crate) fn finish(self, committed_at: DateTime<Utc>, origin: &str) -> Vec<u8> {
+        let mut e = Encoder {
+            buf: Vec::with_capacity(24 + origin.len() + self.body.buf.len()),
+        };
+        e.signed(committed_at.timestamp_micros());
+        e.str(origin);
+        e.varint(self.count);
+        e.buf.extend_from_slice(&self.body.buf);
+        e.buf
+    }
+}
+
+/// A logged changeset made of `instructions` (see [`LogWriter`]).
+#[cfg(test)]
 pub(crate) fn encode_log(
     committed_at: DateTime<Utc>,
     origin: &str,
     instructions: &[Instruction],
 ) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.signed(committed_at.timestamp_micros());
-    e.str(origin);
-    e.varint(instructions.len() as u64);
+    let mut log = LogWriter::new();
     for ins in instructions {
-        e.instruction(ins);
+        log.push(ins);
     }
-    e.buf
+    log.finish(committed_at, origin)
 }
 
 /// Read a logged changeset: (commit time, origin, instructions).
@@ -534,7 +590,7 @@ mod tests {
     use super::*;
 
     fn roundtrip(v: Value) {
-        let mut e = Encoder::new();
+        let mut e = Encoder { buf: Vec::new() };
         e.value(&v);
         let back = Decoder::new(&e.buf, "test").value().unwrap();
         assert!(back.same_as(&v), "{v:?} -> {back:?}");
@@ -580,5 +636,40 @@ mod tests {
         for bytes in [&[11u8, 0xFF, 0xFF, 0xFF][..], &[6, 5, b'a'], &[42], &[]] {
             assert!(Decoder::new(bytes, "test").value().is_err());
         }
+    }
+
+    /// The shortcuts of [`LogWriter`] write exactly what encoding the instructions would.
+    #[test]
+    fn log_writer_shortcuts_match_the_instructions() {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 5_000).unwrap();
+        let key = PrimaryKey::String("k".repeat(300));
+        let values: BTreeMap<String, Value> = [
+            ("id".to_owned(), Value::String("k".repeat(300))),
+            ("n".to_owned(), Value::List(vec![Value::Int(3)])),
+        ]
+        .into();
+        let instructions = vec![
+            Instruction::Create {
+                class: "C".into(),
+                key: key.clone(),
+                values: values.clone(),
+            },
+            Instruction::Delete {
+                class: "C".into(),
+                key: PrimaryKey::Int(-1),
+            },
+        ];
+        let mut log = LogWriter::new();
+        let mut record = Vec::new();
+        encode_object_into(&values, &mut record);
+        log.create("C", &key, &record);
+        log.delete("C", &PrimaryKey::Int(-1));
+        assert_eq!(log.len(), 2);
+        let bytes = log.finish(at, "app");
+        assert_eq!(bytes, encode_log(at, "app", &instructions));
+        assert_eq!(
+            decode_log(&bytes).unwrap(),
+            (at, "app".to_owned(), instructions)
+        );
     }
 }

@@ -35,8 +35,11 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: u64,
     },
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory {path}: {source}")]
+    /// The data directory, or the store file in it, cannot be created.
+    #[error(
+        "cannot create the data directory {path} or the realm store in it: {source}; check that \
+         the directory is writable"
+    )]
     DataDir {
         /// The directory.
         path: PathBuf,
@@ -54,6 +57,12 @@ pub enum StoreError {
     /// A read or write of the store file failed.
     #[error("realm store I/O failed: {0}; check the disk and the data directory's permissions")]
     Storage(#[from] redb::Error),
+    /// The group commit this transaction was part of failed (see [`StoreError::Storage`]).
+    #[error(
+        "realm store commit failed for this transaction and the others committed with it: {0}; \
+         check the disk and the data directory's permissions, then retry"
+    )]
+    GroupCommit(String),
     /// A class the compiled schema does not have.
     #[error("the schema has no class `{class}` (classes: {known}); add it to the schema! block")]
     UnknownClass {

@@ -21,6 +21,7 @@ mod changeset;
 mod codec;
 mod error;
 mod feed;
+mod group;
 mod path;
 mod read;
 mod remote;
@@ -40,14 +41,20 @@ pub use changeset::{apply, Changeset, Instruction, RealmObjects};
 pub use codec::CodecError;
 pub use error::StoreError;
 pub use feed::{ChangeFeed, Subscription};
+pub use group::CommitStats;
 pub use path::{PathError, RealmPath, MAX_PATH_LEN, MAX_SEGMENT_LEN};
 pub use read::{RealmInfo, RealmView, Snapshot};
 pub use streaming::StreamingTx;
 pub use write::{CommitInfo, RealmWriter, WriteTx};
 
-/// The on-disk format this build writes and the newest it reads. Format 2 added changesets
-/// written in parts ([`StreamingTx`]); a format-1 file is raised to 2 by its first such commit.
-pub const FORMAT_VERSION: u64 = 2;
+/// The on-disk format this build writes and the newest it reads.
+///
+/// 2: the locator is a plain table (one key per object and realm) instead of a multimap; a
+/// format-1 file is converted when it is opened.
+///
+/// 3: a changeset may be written in parts ([`StreamingTx`], table `log_parts`); a format-2 file
+/// is raised to 3 by its first such commit (until then it stays readable by format-2 builds).
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The store file's name inside the data directory.
 pub const STORE_FILE: &str = "realms.redb";
@@ -67,10 +74,14 @@ const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// (realm id, version) → changeset record.
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
 /// (realm id, version, part) → the leading instructions of a changeset written in parts
-/// (format 2; see `streaming.rs`).
+/// (format 3; see `streaming.rs`).
 const LOG_PARTS: TableDefinition<(u64, u64, u64), &[u8]> = TableDefinition::new("log_parts");
-/// class ‖ 0 ‖ key → ids of the realms holding such an object.
-const LOCATOR: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new("locator");
+/// class ‖ 0 ‖ key length (4 bytes BE) ‖ key ‖ realm id (8 bytes BE), one row per realm holding
+/// such an object. A plain table: one insert per created object, where redb's multimap cost a
+/// lookup and an insert into a nested tree.
+const LOCATOR: TableDefinition<&[u8], ()> = TableDefinition::new("locator_rows");
+/// Format 1's locator: class ‖ 0 ‖ key → realm ids. Only read to convert a format-1 file.
+const LOCATOR_V1: MultimapTableDefinition<&[u8], u64> = MultimapTableDefinition::new("locator");
 /// commit metadata key → latest value.
 const METADATA: TableDefinition<&str, &[u8]> = TableDefinition::new("metadata");
 
@@ -137,6 +148,7 @@ struct Inner {
     classes: HashMap<String, usize>,
     options: StoreOptions,
     feed: broadcast::Sender<Committed>,
+    commits: group::CommitQueue,
 }
 
 /// Where the realms live: the redb file, or a remote object server.
@@ -178,18 +190,10 @@ impl Store {
             source,
         })?;
         let file = dir.join(STORE_FILE);
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create(&file)
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => {
-                    StoreError::Locked { path: file.clone() }
-                }
-                source => StoreError::Open {
-                    path: file.clone(),
-                    source,
-                },
-            })?;
+        if !file.exists() {
+            create_file(dir, &file)?;
+        }
+        let db = open_db(&file, options.cache_bytes)?;
         stamp_format(&db, &file)?;
         let classes = schema
             .classes
@@ -206,6 +210,7 @@ impl Store {
                 classes,
                 options,
                 feed,
+                commits: group::CommitQueue::default(),
             }),
         })
     }
@@ -240,6 +245,8 @@ impl Store {
                 classes,
                 options,
                 feed,
+                // Unused: a remote commit is one request, grouped (or not) by the server.
+                commits: group::CommitQueue::default(),
             }),
         })
     }
@@ -337,6 +344,12 @@ impl Store {
         self.snapshot()?.changes(realm, after, limit)
     }
 
+    /// How many durable redb commits (fsyncs) the store made since it was opened and how many
+    /// transactions they carried: concurrent commits share one (group commit).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.inner.commits.stats()
+    }
+
     /// Follow the changesets of every realm the subscription matches.
     pub fn subscribe(&self, subscription: Subscription) -> ChangeFeed {
         ChangeFeed::new(self.clone(), subscription)
@@ -369,8 +382,55 @@ impl Store {
     }
 }
 
+fn open_db(file: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(file)
+        .map_err(|source| match source {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: file.to_owned(),
+            },
+            source => StoreError::Open {
+                path: file.to_owned(),
+                source,
+            },
+        })
+}
+
+/// Create the store file whole: redb initializes it and [`stamp_format`] stamps it under a
+/// name of this process's own, then it is linked into place. A process killed while redb
+/// initializes a file leaves one redb cannot open ("magic number mismatch"); this way such a
+/// leftover is only ever the temporary file, which held nothing, and the next open starts again.
+fn create_file(dir: &Path, file: &Path) -> Result<(), StoreError> {
+    let data_dir_error = |source| StoreError::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let temp = dir.join(format!("{STORE_FILE}.creating.{}", std::process::id()));
+    match std::fs::remove_file(&temp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(data_dir_error(e)),
+    }
+    {
+        let db = open_db(&temp, StoreOptions::default().cache_bytes)?;
+        stamp_format(&db, &temp)?;
+    }
+    // A link, not a rename: if another process created the file meanwhile, keep theirs.
+    match std::fs::hard_link(&temp, file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(data_dir_error(e)),
+    }
+    std::fs::remove_file(&temp).map_err(data_dir_error)?;
+    // The new name must be as durable as the commits that will be acknowledged in the file.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(data_dir_error)
+}
+
 /// Stamp a new file with the format version (creating every table, so readers never meet a
-/// missing one), or refuse a file from a newer pgrealm.
+/// missing one), convert an older format, or refuse a file from a newer pgrealm.
 fn stamp_format(db: &Database, file: &Path) -> Result<(), StoreError> {
     {
         let read = db.begin_read()?;
@@ -383,6 +443,11 @@ fn stamp_format(db: &Database, file: &Path) -> Result<(), StoreError> {
                             found,
                             supported: FORMAT_VERSION,
                         });
+                    }
+                    if found == 1 {
+                        drop(meta);
+                        drop(read);
+                        return convert_from_format_1(db);
                     }
                     return Ok(());
                 }
@@ -402,8 +467,43 @@ fn stamp_format(db: &Database, file: &Path) -> Result<(), StoreError> {
         tx.open_table(OBJECTS)?;
         tx.open_table(LOG)?;
         tx.open_table(LOG_PARTS)?;
-        tx.open_multimap_table(LOCATOR)?;
+        tx.open_table(LOCATOR)?;
         tx.open_table(METADATA)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Format 1 → 2: move the multimap locator's entries into the plain locator table, in one
+/// durable transaction (a crash leaves the file at format 1, converted again on the next open).
+fn convert_from_format_1(db: &Database) -> Result<(), StoreError> {
+    use redb::ReadableMultimapTable;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(redb::Durability::Immediate)?;
+    {
+        let old = tx.open_multimap_table(LOCATOR_V1)?;
+        let mut new = tx.open_table(LOCATOR)?;
+        let mut row = Vec::new();
+        for entry in old.iter()? {
+            let (key, ids) = entry?;
+            let key = key.value();
+            let split = key.iter().position(|b| *b == 0).ok_or_else(|| {
+                StoreError::Corrupt(CodecError {
+                    what: "format-1 locator key",
+                    reason: "no class separator".into(),
+                })
+            })?;
+            let (class, object_key) = (&key[..split], &key[split + 1..]);
+            for id in ids {
+                locator_row_into(class, object_key, id?.value(), &mut row);
+                new.insert(row.as_slice(), ())?;
+            }
+        }
+    }
+    tx.delete_multimap_table(LOCATOR_V1)?;
+    {
+        let mut meta = tx.open_table(META)?;
+        meta.insert("format_version", FORMAT_VERSION)?;
     }
     tx.commit()?;
     Ok(())
@@ -424,11 +524,167 @@ fn object_prefix(realm_id: u64, class: &str) -> Vec<u8> {
     out
 }
 
-/// The key of an object in [`LOCATOR`].
-fn locator_key(class: &str, key: &PrimaryKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(class.len() + 24);
-    out.extend_from_slice(class.as_bytes());
-    out.push(0);
-    codec::key_into(key, &mut out);
+/// The prefix of every [`LOCATOR`] row of an object: class ‖ 0 ‖ key length ‖ key. The length
+/// makes it exact: no other object's rows start with it.
+fn locator_prefix(class: &str, key: &PrimaryKey) -> Vec<u8> {
+    let mut object_key = Vec::with_capacity(24);
+    codec::key_into(key, &mut object_key);
+    let mut out = Vec::with_capacity(class.len() + object_key.len() + 13);
+    locator_prefix_into(class.as_bytes(), &object_key, &mut out);
     out
+}
+
+fn locator_prefix_into(class: &[u8], object_key: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(class);
+    out.push(0);
+    let len = u32::try_from(object_key.len()).expect("a primary key is shorter than 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(object_key);
+}
+
+/// The [`LOCATOR`] row saying realm `realm_id` holds the object (`object_key` as
+/// [`codec::key_into`] writes it), into a buffer the caller reuses.
+fn locator_row_into(class: &[u8], object_key: &[u8], realm_id: u64, out: &mut Vec<u8>) {
+    locator_prefix_into(class, object_key, out);
+    out.extend_from_slice(&realm_id.to_be_bytes());
+}
+
+/// The realm id at the end of a [`LOCATOR`] row that starts with `prefix`.
+fn locator_row_realm(prefix: &[u8], row: &[u8]) -> Option<u64> {
+    let id = row.strip_prefix(prefix)?;
+    Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use pgrealm_schema::{Object, Property, PropertyType, ScalarType, Value};
+    use redb::{ReadableTable, ReadableTableMetadata};
+
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::new(vec![Class::new("Stop").property(
+            Property::new("id", PropertyType::Scalar(ScalarType::String)).primary_key(),
+        )])
+    }
+
+    fn stop(id: &str) -> Object {
+        Object::new("Stop").with("id", Value::String(id.into()))
+    }
+
+    /// Keys that are prefixes of each other ("a", "ab") and one object held by two realms: the
+    /// plain locator must keep them apart.
+    #[test]
+    fn locator_rows_keep_prefix_keys_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let (x, y) = (
+            RealmPath::parse("/x").unwrap(),
+            RealmPath::parse("/y").unwrap(),
+        );
+        let mut tx = store.begin_write("app");
+        tx.put_object(&x, stop("a")).unwrap();
+        tx.put_object(&x, stop("ab")).unwrap();
+        tx.put_object(&y, stop("ab")).unwrap();
+        tx.put_object(&y, stop("b")).unwrap();
+        tx.commit().unwrap();
+        let key = |k: &str| PrimaryKey::String(k.into());
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            std::slice::from_ref(&x)
+        );
+        assert_eq!(
+            store.locate("Stop", &key("ab")).unwrap(),
+            [x.clone(), y.clone()]
+        );
+        assert_eq!(
+            store.locate("Stop", &key("b")).unwrap(),
+            std::slice::from_ref(&y)
+        );
+        assert!(store.locate("Stop", &key("")).unwrap().is_empty());
+
+        let mut tx = store.begin_write("app");
+        tx.delete_object(&x, "Stop", key("ab")).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(store.locate("Stop", &key("ab")).unwrap(), [y]);
+        assert_eq!(store.locate("Stop", &key("a")).unwrap(), [x]);
+    }
+
+    /// A file written in format 1 (multimap locator) opens as format 2 with every location kept.
+    #[test]
+    fn format_1_files_are_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (x, y) = (
+            RealmPath::parse("/x").unwrap(),
+            RealmPath::parse("/y").unwrap(),
+        );
+        {
+            let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+            let mut tx = store.begin_write("app");
+            tx.put_object(&x, stop("a")).unwrap();
+            tx.put_object(&x, stop("ab")).unwrap();
+            tx.put_object(&y, stop("ab")).unwrap();
+            tx.commit().unwrap();
+        }
+        // Rewrite the locator as format 1 laid it out: class ‖ 0 ‖ key → realm ids.
+        {
+            let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let rows = tx.open_table(LOCATOR).unwrap();
+                let mut old = tx.open_multimap_table(LOCATOR_V1).unwrap();
+                for row in rows.iter().unwrap() {
+                    let row = row.unwrap().0.value().to_vec();
+                    let (prefix, id) = row.split_at(row.len() - 8);
+                    let class_end = prefix.iter().position(|b| *b == 0).unwrap();
+                    let mut v1 = prefix[..class_end + 1].to_vec();
+                    v1.extend_from_slice(&prefix[class_end + 5..]);
+                    old.insert(v1.as_slice(), u64::from_be_bytes(id.try_into().unwrap()))
+                        .unwrap();
+                }
+            }
+            tx.delete_table(LOCATOR).unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("format_version", 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let key = |k: &str| PrimaryKey::String(k.into());
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            std::slice::from_ref(&x)
+        );
+        assert_eq!(store.locate("Stop", &key("ab")).unwrap(), [x, y]);
+        let read = store.db().begin_read().unwrap();
+        let meta = read.open_table(META).unwrap();
+        assert_eq!(
+            meta.get("format_version").unwrap().unwrap().value(),
+            FORMAT_VERSION
+        );
+        assert_eq!(read.open_table(LOCATOR).unwrap().len().unwrap(), 3);
+        assert!(read.open_multimap_table(LOCATOR_V1).is_err());
+    }
+
+    /// A creation killed half-way leaves only the temporary file (here: garbage under this
+    /// process's temporary name); the next open creates the store afresh.
+    #[test]
+    fn a_half_made_store_file_does_not_block_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir
+            .path()
+            .join(format!("{STORE_FILE}.creating.{}", std::process::id()));
+        std::fs::write(&temp, b"not a redb file").unwrap();
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        let realm = RealmPath::parse("/x").unwrap();
+        let mut tx = store.begin_write("app");
+        tx.put_object(&realm, stop("a")).unwrap();
+        assert_eq!(tx.commit().unwrap().version_of(&realm), Some(1));
+        assert!(!temp.exists());
+        drop(store);
+        let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+        assert_eq!(store.realm(&realm).unwrap().unwrap().version(), 1);
+    }
 }

@@ -14,8 +14,8 @@ use super::codec::{decode_log, decode_object};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_key, object_key, object_prefix, Store, LOCATOR, LOG, METADATA, OBJECTS, REALMS,
-    REALM_CLASSES, REALM_PATHS,
+    locator_prefix, locator_row_realm, object_key, object_prefix, Store, LOCATOR, LOG, METADATA,
+    OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// A consistent read-only view of the whole store.
@@ -132,11 +132,16 @@ impl Snapshot {
         if let Some(remote) = self.store.remote() {
             return remote.locate(class, key);
         }
-        let locator = self.txn().open_multimap_table(LOCATOR)?;
+        let locator = self.txn().open_table(LOCATOR)?;
         let paths = self.txn().open_table(REALM_PATHS)?;
+        let prefix = locator_prefix(class, key);
         let mut out = Vec::new();
-        for id in locator.get(locator_key(class, key).as_slice())? {
-            let id = id?.value();
+        for row in locator.range(prefix.as_slice()..)? {
+            let (row, _) = row?;
+            // Rows sort by prefix, so the first that does not start with it ends the object's.
+            let Some(id) = locator_row_realm(&prefix, row.value()) else {
+                break;
+            };
             if let Some(path) = paths.get(id)? {
                 out.push(RealmPath::parse(path.value())?);
             }

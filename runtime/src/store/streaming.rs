@@ -16,7 +16,7 @@
 //! the record's instructions. Within one part each object's instructions are its net change;
 //! an object touched in several batches gets instructions in each (a create then a set, say),
 //! which applied in order give the same state — a streaming changeset is exact, but not always
-//! the shortest. A file holding parts is stamped format 2, which older pgrealm refuses to open.
+//! the shortest. A file holding parts is stamped format 3, which older pgrealm refuses to open.
 //!
 //! It owns nothing else: validation, versions and the locator are [`WriteTx`]'s rules, applied
 //! through the hooks of `write.rs`.
@@ -28,23 +28,23 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use pgrealm_schema::{PrimaryKey, Value};
 use redb::{
-    Durability, ReadOnlyTable, ReadTransaction, ReadableMultimapTable, ReadableTable,
-    ReadableTableMetadata, WriteTransaction,
+    Durability, ReadOnlyTable, ReadTransaction, ReadableTable, ReadableTableMetadata,
+    WriteTransaction,
 };
 
 use super::changeset::Instruction;
-use super::codec::{decode_log, decode_object, encode_log, key_from};
+use super::codec::{decode_log, decode_object, key_from, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
 use super::write::{Applier, CommitInfo, RealmState, WriteTx};
 use super::{
-    locator_key, object_key, object_prefix, Committed, Store, FORMAT_VERSION, LOCATOR, LOG,
-    LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
+    locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
+    LOCATOR, LOG, LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// The first format that may hold changesets in parts.
-const PARTS_FORMAT: u64 = 2;
+const PARTS_FORMAT: u64 = 3;
 
 /// A write transaction applied as it is built; see the module header.
 ///
@@ -150,13 +150,16 @@ impl StreamingTx {
                     apply.op(op)?;
                 }
                 for i in 0..apply.states.len() {
-                    let mut instructions = std::mem::take(&mut apply.states[i].schema_changes);
-                    let schema_len = instructions.len();
-                    for t in std::mem::take(&mut apply.states[i].objects) {
-                        apply.settle(t, &mut instructions)?;
+                    let mut log = LogWriter::new();
+                    for ins in std::mem::take(&mut apply.states[i].schema_changes) {
+                        log.push(&ins);
                     }
-                    if !instructions.is_empty() {
-                        settled.push((i, instructions.len() - schema_len, instructions));
+                    let schema_len = log.len();
+                    for t in std::mem::take(&mut apply.states[i].objects) {
+                        apply.settle(t, &mut log)?;
+                    }
+                    if log.len() > 0 {
+                        settled.push((i, log.len() - schema_len, log));
                     }
                 }
                 self.states = std::mem::take(&mut apply.states);
@@ -165,18 +168,19 @@ impl StreamingTx {
                 settled
             };
             self.written.resize(self.states.len(), Written::default());
+            self.refresh_last_keys()?;
             let now = Utc::now();
             let mut parts = self.txn.open_table(LOG_PARTS)?;
-            for (i, object_instructions, instructions) in settled {
+            for (i, object_instructions, log) in settled {
                 let state = &self.states[i];
                 let written = &mut self.written[i];
-                let record = encode_log(now, &self.origin, &instructions);
+                let record = log.finish(now, &self.origin);
                 parts.insert(
                     (state.id, state.version + 1, written.parts),
                     record.as_slice(),
                 )?;
                 written.parts += 1;
-                written.object_instructions += object_instructions as u64;
+                written.object_instructions += object_instructions;
             }
         }
         if !metadata.is_empty() {
@@ -189,13 +193,42 @@ impl StreamingTx {
         Ok(self)
     }
 
+    /// The greatest object key of each realm and class as the next batch begins. `write.rs`
+    /// reads them once per commit and takes a key past them (or any key of a realm new in the
+    /// commit) as a new object without a lookup; across batches that would miss the objects
+    /// earlier batches created.
+    fn refresh_last_keys(&mut self) -> Result<(), StoreError> {
+        let objects = self.txn.open_table(OBJECTS)?;
+        for state in &mut self.states {
+            state.last_keys.clear();
+            for class in &self.store.inner.schema.classes {
+                let prefix = object_prefix(state.id, &class.name);
+                let mut end = prefix.clone();
+                *end.last_mut().expect("the prefix ends with a separator") += 1;
+                let last = objects
+                    .range(prefix.as_slice()..end.as_slice())?
+                    .next_back()
+                    .transpose()?
+                    .map(|(k, _)| k.value().to_vec());
+                state.last_keys.push(Some(last));
+            }
+        }
+        Ok(())
+    }
+
     /// The realms holding an object of `class` with this key, as of the batches applied so far.
     pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
         self.store.class(class)?;
-        let locator = self.txn.open_multimap_table(LOCATOR)?;
+        let locator = self.txn.open_table(LOCATOR)?;
+        let prefix = locator_prefix(class, key);
         let mut ids = Vec::new();
-        for id in locator.get(locator_key(class, key).as_slice())? {
-            ids.push(id?.value());
+        for row in locator.range(prefix.as_slice()..)? {
+            let (row, _) = row?;
+            // Rows sort by prefix, so the first that does not start with it ends the object's.
+            let Some(id) = locator_row_realm(&prefix, row.value()) else {
+                break;
+            };
+            ids.push(id);
         }
         drop(locator);
         let paths = self.txn.open_table(REALM_PATHS)?;
@@ -210,6 +243,7 @@ impl StreamingTx {
                 }
             }
         }
+        out.sort();
         Ok(out)
     }
 
@@ -314,7 +348,7 @@ impl StreamingTx {
                     realm_classes.insert((state.id, name.as_str()), def.as_str())?;
                 }
                 state.version = next;
-                let record = encode_log(now, &origin, &[]);
+                let record = LogWriter::new().finish(now, &origin);
                 log.insert((state.id, state.version), record.as_slice())?;
                 let keep_from = (state.version + 1).saturating_sub(retention).max(1);
                 while state.oldest < keep_from {

@@ -15,15 +15,15 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::Utc;
 use pgrealm_schema::value::check_value;
 use pgrealm_schema::{Class, Object, PrimaryKey, RealmObject, Value, ValueError};
-use redb::{Durability, MultimapTable, ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::changeset::{diff_list, Instruction};
-use super::codec::{decode_object, encode_log, encode_object};
+use super::codec::{decode_object, encode_object_into, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_key, object_key, Committed, Store, LOCATOR, LOG, META, METADATA, OBJECTS, REALMS,
-    REALM_CLASSES, REALM_PATHS,
+    locator_row_into, object_key, object_prefix, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
+    REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// A write transaction under construction. Dropping it without committing discards it.
@@ -182,9 +182,10 @@ impl WriteTx {
         let key = object
             .primary_key(self.store.schema())
             .map_err(|e| err("(no key)".into(), e))?;
-        let mut values = BTreeMap::new();
-        for (name, value) in object.values {
-            let property = class.property_named(&name).ok_or_else(|| {
+        let mut values = object.values;
+        // Checked in place: the map the caller built is the one the commit keeps.
+        for (name, value) in values.iter_mut() {
+            let property = class.property_named(name).ok_or_else(|| {
                 err(
                     key.to_string(),
                     ValueError::UnknownProperty {
@@ -193,9 +194,9 @@ impl WriteTx {
                     },
                 )
             })?;
-            let value = check_value(self.store.schema(), class, property, value)
+            let given = std::mem::replace(value, Value::Null);
+            *value = check_value(self.store.schema(), class, property, given)
                 .map_err(|e| err(key.to_string(), e))?;
-            values.insert(name, value);
         }
         let object = Object {
             class: object.class,
@@ -231,6 +232,10 @@ impl WriteTx {
     ///
     /// A transaction that changes nothing (and sets no metadata) creates no version and does not
     /// touch the disk. On error nothing is applied.
+    ///
+    /// Transactions committed at the same time from several threads may share one redb
+    /// transaction and one fsync (see [`group`](super::group)); each still gets its own versions
+    /// and changesets, as if committed alone, and none returns before it is durable.
     pub fn commit(self) -> Result<CommitInfo, StoreError> {
         if self.ops.is_empty() && self.metadata.is_empty() {
             return Ok(CommitInfo::default());
@@ -239,35 +244,51 @@ impl WriteTx {
             // One request: the server rebuilds this transaction and commits it atomically.
             return remote.commit(&self.origin, &self.ops, &self.metadata);
         }
-        let store = self.store;
-        let mut txn = store.db().begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let info = {
-            let mut apply = Applier::open(&store, &txn)?;
-            for op in self.ops {
-                apply.op(op)?;
-            }
-            let info = apply.finish(&self.origin)?;
-            let mut metadata = txn.open_table(METADATA)?;
-            for (key, value) in &self.metadata {
-                metadata.insert(key.as_str(), value.as_slice())?;
-            }
-            info
-        };
-        if info.is_empty() && self.metadata.is_empty() {
-            txn.abort()?;
-            return Ok(info);
+        let store = self.store.clone();
+        store.inner.commits.commit(&store, self)
+    }
+
+    /// Whether committing this transaction writes anything even if it changes no realm.
+    pub(super) fn has_metadata(&self) -> bool {
+        !self.metadata.is_empty()
+    }
+
+    /// Apply this transaction inside `txn`, which other transactions of the same group commit
+    /// share (those before it already applied, so it sees their changes).
+    ///
+    /// Every check that depends on the data (a value a property refuses, a record that does not
+    /// decode) runs before this transaction writes anything: such a failure is
+    /// [`ApplyError::Refused`] and leaves `txn` as it was, so the rest of the group commits.
+    pub(super) fn apply_in(self, txn: &WriteTransaction) -> Result<CommitInfo, ApplyError> {
+        let store = &self.store;
+        let mut apply = Applier::open(store, txn).map_err(ApplyError::Storage)?;
+        apply.touched.reserve(self.ops.len());
+        apply.by_record.reserve(self.ops.len());
+        for op in self.ops {
+            apply.op(op).map_err(ApplyError::Refused)?;
         }
-        txn.commit()?;
-        for (path, version) in &info.versions {
-            // Nobody listening is fine: subscribers catch up from the log.
-            let _ = store.inner.feed.send(Committed {
-                path: path.clone(),
-                version: *version,
-            });
+        let info = apply.finish(&self.origin).map_err(ApplyError::Storage)?;
+        if !self.metadata.is_empty() {
+            let mut metadata = txn
+                .open_table(METADATA)
+                .map_err(|e| ApplyError::Storage(e.into()))?;
+            for (key, value) in &self.metadata {
+                metadata
+                    .insert(key.as_str(), value.as_slice())
+                    .map_err(|e| ApplyError::Storage(e.into()))?;
+            }
         }
         Ok(info)
     }
+}
+
+/// Why a transaction could not be applied inside a shared redb transaction.
+#[derive(Debug)]
+pub(super) enum ApplyError {
+    /// The transaction itself is at fault; nothing of it was written.
+    Refused(StoreError),
+    /// Writing failed: the shared redb transaction must be abandoned.
+    Storage(StoreError),
 }
 
 /// Typed writes to one realm of a [`WriteTx`].
@@ -311,6 +332,12 @@ pub(super) struct RealmState {
     /// The realm's classes loaded so far, with this commit's additions (`None`: the realm does
     /// not have the class).
     pub(super) classes: HashMap<String, Option<Class>>,
+    /// Compiled classes (by index) this commit already gave the realm, so the per-object check
+    /// is one lookup.
+    ensured: Vec<bool>,
+    /// Per compiled class (by index), once read: the greatest object key the realm held when
+    /// the commit began (`Some(None)`: none). A streaming write forgets them after each batch.
+    pub(super) last_keys: Vec<Option<Option<Vec<u8>>>>,
     /// Classes whose definition this commit extends, and the instructions saying so.
     pub(super) changed_classes: Vec<String>,
     pub(super) schema_changes: Vec<Instruction>,
@@ -328,6 +355,13 @@ struct Touched {
     current: Option<BTreeMap<String, Value>>,
 }
 
+impl Touched {
+    /// The primary key's bytes inside `record_key` (after realm id, class and separator).
+    fn object_key(&self, class: &Class) -> &[u8] {
+        &self.record_key[8 + class.name.len() + 1..]
+    }
+}
+
 /// The open tables of one commit.
 ///
 /// Operations edit the touched objects in memory; [`Applier::finish`] compares each with what it
@@ -340,13 +374,19 @@ pub(super) struct Applier<'t> {
     realm_classes: Table<'t, (u64, &'static str), &'static str>,
     objects: Table<'t, &'static [u8], &'static [u8]>,
     log: Table<'t, (u64, u64), &'static [u8]>,
-    locator: MultimapTable<'t, &'static [u8], u64>,
+    locator: Table<'t, &'static [u8], ()>,
     meta: Table<'t, &'static str, u64>,
     pub(super) states: Vec<RealmState>,
     pub(super) by_path: HashMap<RealmPath, usize>,
+    last_realm: Option<usize>,
     touched: Vec<Touched>,
     by_record: HashMap<Vec<u8>, usize>,
     pub(super) next_id: Option<u64>,
+    /// Scratch space for encoding records and keys, reused across objects.
+    record: Vec<u8>,
+    locator_row: Vec<u8>,
+    /// An updated object's instructions, before they go to the changeset.
+    changes: Vec<Instruction>,
 }
 
 impl<'t> Applier<'t> {
@@ -358,19 +398,30 @@ impl<'t> Applier<'t> {
             realm_classes: txn.open_table(REALM_CLASSES)?,
             objects: txn.open_table(OBJECTS)?,
             log: txn.open_table(LOG)?,
-            locator: txn.open_multimap_table(LOCATOR)?,
+            locator: txn.open_table(LOCATOR)?,
             meta: txn.open_table(META)?,
             states: Vec::new(),
             by_path: HashMap::new(),
+            last_realm: None,
             touched: Vec::new(),
             by_record: HashMap::new(),
             next_id: None,
+            record: Vec::new(),
+            locator_row: Vec::new(),
+            changes: Vec::new(),
         })
     }
 
     /// The realm's state; `create` makes a new realm when there is none.
     fn realm(&mut self, path: &RealmPath, create: bool) -> Result<Option<usize>, StoreError> {
+        // Consecutive operations usually name the same realm: one comparison, not a hash.
+        if let Some(i) = self.last_realm {
+            if self.states[i].path == *path {
+                return Ok(Some(i));
+            }
+        }
         if let Some(i) = self.by_path.get(path) {
+            self.last_realm = Some(*i);
             return Ok(Some(*i));
         }
         let existing = self.realms.get(path.as_str())?.map(|g| g.value());
@@ -397,11 +448,14 @@ impl<'t> Applier<'t> {
             oldest,
             is_new,
             classes: HashMap::new(),
+            ensured: Vec::new(),
+            last_keys: Vec::new(),
             changed_classes: Vec::new(),
             schema_changes: Vec::new(),
             objects: Vec::new(),
         });
         self.by_path.insert(path.clone(), self.states.len() - 1);
+        self.last_realm = Some(self.states.len() - 1);
         Ok(Some(self.states.len() - 1))
     }
 
@@ -463,9 +517,20 @@ impl<'t> Applier<'t> {
         if let Some(t) = self.by_record.get(&record_key) {
             return Ok(*t);
         }
-        let original = match self.objects.get(record_key.as_slice())? {
-            Some(g) => Some(decode_object(class_name, g.value())?.values),
-            None => None,
+        // A key past the last one the realm holds for the class (new rows of a serial key, the
+        // usual bulk insert) cannot be there: no lookup needed.
+        let past_last = match self.last_key(realm, class)? {
+            Some(last) => record_key.as_slice() > last,
+            None => true,
+        };
+        let class_name = &self.store.inner.schema.classes[class].name;
+        let original = if past_last {
+            None
+        } else {
+            match self.objects.get(record_key.as_slice())? {
+                Some(g) => Some(decode_object(class_name, g.value())?.values),
+                None => None,
+            }
         };
         self.touched.push(Touched {
             realm,
@@ -481,9 +546,46 @@ impl<'t> Applier<'t> {
         Ok(t)
     }
 
-    /// Give the realm the compiled definition of `class` (recording what it adds).
-    fn ensure_class(&mut self, i: usize, class: &Class) -> Result<(), StoreError> {
+    /// The greatest object key the realm holds for class number `class` as the commit began
+    /// (nothing is written before [`Applier::finish`]), read once per commit.
+    fn last_key(&mut self, realm: usize, class: usize) -> Result<Option<&[u8]>, StoreError> {
+        let state = &mut self.states[realm];
+        if state.last_keys.len() <= class {
+            state.last_keys.resize(class + 1, None);
+        }
+        if state.last_keys[class].is_none() {
+            let last = if state.is_new {
+                None
+            } else {
+                let class_name = &self.store.inner.schema.classes[class].name;
+                let prefix = object_prefix(state.id, class_name);
+                let mut end = prefix.clone();
+                *end.last_mut().expect("the prefix ends with a separator") += 1;
+                let last = self
+                    .objects
+                    .range(prefix.as_slice()..end.as_slice())?
+                    .next_back()
+                    .transpose()?;
+                last.map(|(k, _)| k.value().to_vec())
+            };
+            state.last_keys[class] = Some(last);
+        }
+        Ok(state.last_keys[class]
+            .as_ref()
+            .and_then(|last| last.as_deref()))
+    }
+
+    /// Give the realm the compiled definition of class number `index` (recording what it adds).
+    fn ensure_class(&mut self, i: usize, index: usize) -> Result<(), StoreError> {
+        let class = &self.store.inner.schema.classes[index];
         let state = &mut self.states[i];
+        if state.ensured.get(index).copied().unwrap_or(false) {
+            return Ok(());
+        }
+        if state.ensured.len() <= index {
+            state.ensured.resize(index + 1, false);
+        }
+        state.ensured[index] = true;
         if !state.classes.contains_key(&class.name) {
             let stored = self
                 .realm_classes
@@ -534,26 +636,27 @@ impl<'t> Applier<'t> {
         let store = self.store;
         let class_index = store.inner.classes[&object.class];
         let class = &store.inner.schema.classes[class_index];
-        self.ensure_class(i, class)?;
+        self.ensure_class(i, class_index)?;
         let t = self.touch(i, class_index, key)?;
         let touched = &mut self.touched[t];
         match &mut touched.current {
             Some(current) => current.extend(object.values),
             None => {
-                let mut given = object.values;
-                let mut values = BTreeMap::new();
+                // A new object: the given values (already checked) plus NULL or the empty list
+                // for every property not given, which a required property refuses.
+                let mut values = object.values;
                 for property in &class.properties {
-                    let value = match given.remove(&property.name) {
-                        Some(v) => v,
-                        None => check_value(store.schema(), class, property, Value::Null).map_err(
-                            |source| StoreError::Value {
-                                realm: self.states[i].path.clone(),
-                                class: class.name.clone(),
-                                key: touched.key.to_string(),
-                                source: Box::new(source),
-                            },
-                        )?,
-                    };
+                    if values.contains_key(&property.name) {
+                        continue;
+                    }
+                    let value = check_value(store.schema(), class, property, Value::Null).map_err(
+                        |source| StoreError::Value {
+                            realm: self.states[i].path.clone(),
+                            class: class.name.clone(),
+                            key: touched.key.to_string(),
+                            source: Box::new(source),
+                        },
+                    )?;
                     values.insert(property.name.clone(), value);
                 }
                 touched.current = Some(values);
@@ -562,13 +665,10 @@ impl<'t> Applier<'t> {
         Ok(())
     }
 
-    /// The net instructions of one touched object, writing it and the locator.
-    pub(super) fn settle(
-        &mut self,
-        t: usize,
-        out: &mut Vec<Instruction>,
-    ) -> Result<(), StoreError> {
-        // Each object settles once: its new state moves into the instructions.
+    /// Write the net instructions of one touched object to the changeset, and the object and
+    /// the locator to their tables.
+    pub(super) fn settle(&mut self, t: usize, log: &mut LogWriter) -> Result<(), StoreError> {
+        // Each object settles once: its new state is written and dropped.
         let current = self.touched[t].current.take();
         let touched = &self.touched[t];
         let class = &self.store.inner.schema.classes[touched.class];
@@ -577,29 +677,32 @@ impl<'t> Applier<'t> {
         match (&touched.original, current) {
             (None, None) => {}
             (None, Some(values)) => {
-                self.objects.insert(
-                    touched.record_key.as_slice(),
-                    encode_object(&values).as_slice(),
-                )?;
-                self.locator
-                    .insert(locator_key(&class.name, key).as_slice(), realm_id)?;
-                out.push(Instruction::Create {
-                    class: class.name.clone(),
-                    key: key.clone(),
-                    values,
-                });
+                encode_object_into(&values, &mut self.record);
+                self.objects
+                    .insert(touched.record_key.as_slice(), self.record.as_slice())?;
+                locator_row_into(
+                    class.name.as_bytes(),
+                    touched.object_key(class),
+                    realm_id,
+                    &mut self.locator_row,
+                );
+                self.locator.insert(self.locator_row.as_slice(), ())?;
+                log.create(&class.name, key, &self.record);
             }
             (Some(_), None) => {
                 self.objects.remove(touched.record_key.as_slice())?;
-                self.locator
-                    .remove(locator_key(&class.name, key).as_slice(), realm_id)?;
-                out.push(Instruction::Delete {
-                    class: class.name.clone(),
-                    key: key.clone(),
-                });
+                locator_row_into(
+                    class.name.as_bytes(),
+                    touched.object_key(class),
+                    realm_id,
+                    &mut self.locator_row,
+                );
+                self.locator.remove(self.locator_row.as_slice())?;
+                log.delete(&class.name, key);
             }
             (Some(old), Some(new)) => {
-                let before = out.len();
+                let out = &mut self.changes;
+                out.clear();
                 for (name, new_value) in &new {
                     let old_value = match old.get(name) {
                         Some(v) => v,
@@ -623,11 +726,13 @@ impl<'t> Applier<'t> {
                         }),
                     }
                 }
-                if out.len() > before {
-                    self.objects.insert(
-                        touched.record_key.as_slice(),
-                        encode_object(&new).as_slice(),
-                    )?;
+                if !out.is_empty() {
+                    for ins in out.iter() {
+                        log.push(ins);
+                    }
+                    encode_object_into(&new, &mut self.record);
+                    self.objects
+                        .insert(touched.record_key.as_slice(), self.record.as_slice())?;
                 }
             }
         }
@@ -641,12 +746,15 @@ impl<'t> Applier<'t> {
         let mut info = CommitInfo::default();
         let mut any_new = false;
         for i in 0..self.states.len() {
-            let mut instructions = std::mem::take(&mut self.states[i].schema_changes);
-            let schema_len = instructions.len();
-            for t in std::mem::take(&mut self.states[i].objects) {
-                self.settle(t, &mut instructions)?;
+            let mut log = LogWriter::new();
+            for ins in std::mem::take(&mut self.states[i].schema_changes) {
+                log.push(&ins);
             }
-            if instructions.len() == schema_len {
+            let schema_len = log.len();
+            for t in std::mem::take(&mut self.states[i].objects) {
+                self.settle(t, &mut log)?;
+            }
+            if log.len() == schema_len {
                 // Nothing happened to any object: no version, and the realm's schema stays as
                 // it was.
                 continue;
@@ -661,7 +769,7 @@ impl<'t> Applier<'t> {
                     .insert((state.id, name.as_str()), def.as_str())?;
             }
             state.version += 1;
-            let record = encode_log(now, origin, &instructions);
+            let record = log.finish(now, origin);
             self.log
                 .insert((state.id, state.version), record.as_slice())?;
             let keep_from = (state.version + 1).saturating_sub(retention).max(1);

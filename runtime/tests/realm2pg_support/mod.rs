@@ -111,9 +111,15 @@ pub struct Env {
 
 impl Env {
     pub async fn new(schema: Schema) -> Env {
+        let ddl = render_ddl(&schema);
+        Env::with_ddl(schema, &ddl).await
+    }
+
+    /// Like [`Env::new`], with tables made by `ddl` (an existing database's own).
+    pub async fn with_ddl(schema: Schema, ddl: &str) -> Env {
         let db = PgCluster::shared().fresh_database().unwrap();
         let client = db.connect().await.unwrap();
-        client.batch_execute(&render_ddl(&schema)).await.unwrap();
+        client.batch_execute(ddl).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), schema, StoreOptions::default()).unwrap();
         Env {

@@ -131,26 +131,20 @@ impl Marker {
         self.mark
     }
 
-    /// Mark the open transaction (nothing to do under a replication origin).
-    pub(crate) async fn mark_transaction(
-        &mut self,
-        client: &Client,
-    ) -> Result<(), tokio_postgres::Error> {
+    /// The statements that mark the open transaction (none under a replication origin), every
+    /// `MARKER_CLEANUP_EVERY`th time with the older marks' removal.
+    pub(crate) fn statements(&mut self) -> &'static [&'static str] {
+        const MARK: &str = "INSERT INTO pgrealm.marker DEFAULT VALUES";
+        const CLEAN: &str =
+            "DELETE FROM pgrealm.marker WHERE id < currval('pgrealm.marker_id_seq')";
         if self.mark == EchoMark::Origin {
-            return Ok(());
+            return &[];
         }
         self.marked += 1;
         if self.marked.is_multiple_of(MARKER_CLEANUP_EVERY) {
-            client
-                .batch_execute(
-                    "INSERT INTO pgrealm.marker DEFAULT VALUES; \
-                     DELETE FROM pgrealm.marker WHERE id < currval('pgrealm.marker_id_seq');",
-                )
-                .await
+            &[MARK, CLEAN]
         } else {
-            client
-                .batch_execute("INSERT INTO pgrealm.marker DEFAULT VALUES")
-                .await
+            &[MARK]
         }
     }
 }

@@ -8,6 +8,7 @@
 //! It never applies PostgreSQL's changes to realms (PostgreSQL → realm does, in WAL order), and
 //! it skips every changeset whose origin is `postgres`: those carry PostgreSQL's state already.
 
+mod bind;
 mod echo;
 mod mapping;
 mod refusal;

@@ -101,7 +101,12 @@ pub(crate) async fn compensate(
             None => tx.delete_object(&changeset.realm, &class, key)?,
         }
     }
-    let first = touched.iter().next();
+    // The object the refusal named when the encoder knew it, else the first one touched.
+    let named = writer
+        .refused_object()
+        .filter(|object| touched.contains(*object))
+        .cloned();
+    let first = named.as_ref().or(touched.iter().next());
     let class = first.map(|(c, _)| c.clone());
     let table = class
         .as_deref()

@@ -2,27 +2,34 @@
 //! transaction per batch, with the progress rows and the echo mark inside it.
 //!
 //! Instructions run in order, with two groupings that keep their meaning: a run of consecutive
-//! creates becomes multi-row upserts (and one rewrite of their lists per subtable), and
-//! consecutive list inserts at consecutive indices (or erases at one index) shift the
-//! remaining items once. Indices move through negative values because `PRIMARY KEY (oid, idx)`
-//! is checked row by row. Statements are prepared once per SQL text (table and column set) and
-//! cached for the connection's life. Values are always bound ([`PgValue`]), identifiers always
-//! quoted.
+//! creates becomes upserts of up to 1,000 rows, each column bound as one array (and one
+//! rewrite of their lists per subtable), and consecutive list inserts at consecutive indices
+//! (or erases at one index) shift the remaining items once. Indices move through negative
+//! values because `PRIMARY KEY (oid, idx)` is checked row by row. Statements are prepared once
+//! per SQL text (table and column set) and cached for the connection's life; the statements of
+//! a flush are sent together ([`Writer::pipeline`]), and a transaction's BEGIN and progress rows
+//! travel with them, so a small transaction costs two round trips (its statements, COMMIT).
+//! Values are always bound ([`PgValue`], [`ColumnArray`]), identifiers always quoted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+
+use futures_util::future::maybe_done;
 
 use pgrealm_schema::ddl::quote_ident;
 use pgrealm_schema::{Class, Object, PrimaryKey, Schema, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
+use super::bind::{ColumnArray, RefusedValue};
 use super::echo::{set_up_echo_mark, EchoMark, Marker};
 use super::mapping::{Extra, RealmMapping, Target};
 use super::refusal::{classify, Failure};
 use super::sql::{
-    key_column, key_object, list_target, placeholder, tsvector_cast, upsert_sql, Cell, Creates,
-    ListGroup, ListTarget, RowGroup,
+    key_column, key_object, list_target, placeholder, tsvector_cast, unnest_list_insert_sql,
+    unnest_upsert_sql, upsert_sql, Creates, ListGroup, ListTarget, RowGroup,
 };
 use super::RealmToPgError;
 use crate::pg::PgValue;
@@ -31,7 +38,8 @@ use crate::store::{Changeset, Instruction, RealmPath};
 
 /// Bind parameters per statement we build, well under the protocol's 65,535.
 const MAX_PARAMS: usize = 30_000;
-/// Rows per multi-row statement.
+/// Rows per multi-row statement, and per array-bound statement (several of which are sent
+/// without waiting: see [`Writer::pipeline`]).
 const MAX_ROWS: usize = 1_000;
 /// Prepared statements kept per connection before the cache starts over.
 const STATEMENT_CACHE: usize = 512;
@@ -45,6 +53,31 @@ fn parameter_labels() -> &'static [String] {
             .map(|i| format!("parameter {i}"))
             .collect()
     })
+}
+
+/// How list rows' values are named in errors.
+const LIST_LABELS: [&str; 3] = ["the list's owner", "the list index", "a list item"];
+
+/// A bound parameter of a pipelined statement.
+type Param<'a> = Box<dyn ToSql + Sync + Send + 'a>;
+
+/// One statement of a [`Writer::pipeline`]: prepared, with its parameters bound.
+struct Job<'a> {
+    statement: Statement,
+    params: Vec<Param<'a>>,
+    /// What it does, for errors.
+    action: &'static str,
+}
+
+impl Job<'_> {
+    async fn execute(&self, client: &Client) -> Result<u64, tokio_postgres::Error> {
+        let params: Vec<&(dyn ToSql + Sync)> = self
+            .params
+            .iter()
+            .map(|p| &**p as &(dyn ToSql + Sync))
+            .collect();
+        client.execute(&self.statement, &params).await
+    }
 }
 
 /// One changeset of a batch, and whether its data was already dealt with (a compensated
@@ -72,7 +105,14 @@ pub(crate) struct Writer {
     mapping: RealmMapping,
     statements: HashMap<String, Statement>,
     column_types: HashMap<(String, String), String>,
+    /// Per table: each column's type as an array parameter names its elements (`None`: a type
+    /// without an array form); `None` for a table the catalog does not have.
+    array_types: HashMap<String, Option<HashMap<String, Option<String>>>>,
     marker: Marker,
+    /// A transaction is open on our side but its BEGIN is not sent yet.
+    begin_pending: bool,
+    /// The object whose value the last batch's encoder refused, when it could name one.
+    refused_object: Option<(String, PrimaryKey)>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -99,8 +139,17 @@ impl Writer {
             mapping,
             statements: HashMap::new(),
             column_types: HashMap::new(),
+            array_types: HashMap::new(),
             marker: Marker::new(mark),
+            begin_pending: false,
+            refused_object: None,
         })
+    }
+
+    /// The object whose value the encoder refused in the last batch, when it named one (a
+    /// refusal by the server names its rows in the error's detail instead).
+    pub(crate) fn refused_object(&self) -> Option<&(String, PrimaryKey)> {
+        self.refused_object.as_ref()
     }
 
     /// How this session's transactions are recognised in the WAL.
@@ -119,6 +168,7 @@ impl Writer {
     /// Forget cached column types and statements (after a schema change).
     pub(crate) fn forget_catalog(&mut self) {
         self.column_types.clear();
+        self.array_types.clear();
         self.statements.clear();
     }
 
@@ -143,11 +193,12 @@ impl Writer {
 
     /// Write `items` in one transaction with their progress rows.
     pub(crate) async fn write_batch(&mut self, items: &[Item<'_>]) -> Result<Outcome, Failure> {
-        self.client
-            .batch_execute("BEGIN")
-            .await
-            .map_err(|e| classify("starting a transaction", e))?;
+        // BEGIN goes out with the transaction's first statements (see `pipeline`), not on a
+        // round trip of its own.
+        self.begin_pending = true;
+        self.refused_object = None;
         let result = self.write_in_transaction(items).await;
+        let begun = !std::mem::replace(&mut self.begin_pending, false);
         match result {
             Ok(Outcome::Written) => {
                 self.client
@@ -159,7 +210,9 @@ impl Writer {
             other => {
                 // After a failed statement the server only accepts ROLLBACK; a lost connection
                 // rolls back by itself.
-                let _ = self.client.batch_execute("ROLLBACK").await;
+                if begun {
+                    let _ = self.client.batch_execute("ROLLBACK").await;
+                }
                 other
             }
         }
@@ -182,37 +235,33 @@ impl Writer {
                     .await?;
             }
         }
-        self.flush_creates(&mut creates).await?;
-        if !self.write_progress(&progress).await? {
-            return Ok(Outcome::AlreadyApplied);
-        }
-        self.marker
-            .mark_transaction(&self.client)
-            .await
-            .map_err(|e| classify("marking the transaction in pgrealm.marker", e))?;
-        Ok(Outcome::Written)
-    }
-
-    /// Write the progress rows; false when one of them was already at or past its version.
-    async fn write_progress(
-        &mut self,
-        progress: &BTreeMap<&RealmPath, u64>,
-    ) -> Result<bool, Failure> {
-        // One statement text for any number of realms, so it is prepared once.
+        // The progress rows go in the same pipeline as the last creates. One statement text
+        // for any number of realms, so it is prepared once.
         let sql = "INSERT INTO pgrealm.progress (realm_path, version) \
                    SELECT * FROM unnest($1::text[], $2::bigint[]) \
                    ON CONFLICT (realm_path) DO UPDATE SET version = EXCLUDED.version \
                    WHERE pgrealm.progress.version < EXCLUDED.version";
         let paths: Vec<&str> = progress.keys().map(|p| p.as_str()).collect();
         let versions: Vec<i64> = progress.values().map(|v| *v as i64).collect();
-        let params: [&(dyn ToSql + Sync); 2] = [&paths, &versions];
-        let statement = self.statement(sql).await?;
-        let n = self
-            .client
-            .execute(&statement, &params)
-            .await
-            .map_err(|e| classify("writing pgrealm.progress", e))?;
-        Ok(n as usize == progress.len())
+        let mut tail = vec![Job {
+            statement: self.statement(sql).await?,
+            params: vec![Box::new(paths), Box::new(versions)],
+            action: "writing pgrealm.progress",
+        }];
+        // The echo mark, when it is a marker row, in the same pipeline too.
+        for sql in self.marker.statements() {
+            tail.push(Job {
+                statement: self.statement(sql).await?,
+                params: Vec::new(),
+                action: "marking the transaction in pgrealm.marker",
+            });
+        }
+        let written = self.flush_creates_then(&mut creates, tail).await?;
+        // Fewer rows than realms: a progress row was already at or past its version.
+        if written.first().copied().unwrap_or(0) as usize != progress.len() {
+            return Ok(Outcome::AlreadyApplied);
+        }
+        Ok(Outcome::Written)
     }
 
     /// Handle the instruction at the head of `rest` (and the ones grouped with it); returns how
@@ -430,24 +479,10 @@ impl Writer {
         item_column: &str,
         rows: &[[Value; 3]],
     ) -> Result<(), Failure> {
-        for chunk in rows.chunks(MAX_ROWS) {
-            let mut sql = format!(
-                "INSERT INTO {} (\"oid\", \"idx\", {}) VALUES ",
-                quote_ident(table),
-                quote_ident(item_column)
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
-            }
-            let values: Vec<(Value, Option<String>)> = chunk
-                .iter()
-                .flat_map(|r| r.iter().map(|v| (v.clone(), None)))
-                .collect();
-            self.run(&sql, &values, "inserting list items").await?;
-        }
+        let mut jobs = Vec::new();
+        self.list_row_jobs(table, item_column, rows, &mut jobs)
+            .await?;
+        self.pipeline(jobs).await?;
         Ok(())
     }
 
@@ -563,60 +598,110 @@ impl Writer {
         let Some(class_def) = schema.class(class) else {
             return Ok(());
         };
-        // Only a closure looks at the object: spare the copy otherwise.
-        let object = match &self.mapping {
-            RealmMapping::Closure(_) => Object {
+        if let RealmMapping::Closure(_) = &self.mapping {
+            // Only a closure looks at the object: it is given every property.
+            let object = Object {
                 class: class.to_owned(),
                 values: values.clone(),
+            };
+            let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
+                return Ok(());
+            };
+            return self
+                .queue_create(class_def, key, values, &target, creates)
+                .await;
+        }
+        // The other mappings look only at the realm path: a run of creates in one realm is
+        // mapped once.
+        let cached = match creates.target.take() {
+            Some(c) if c.0 == *realm && c.1 == class_def.table => c,
+            _ => match self
+                .mapping
+                .target(realm, &class_def.table, &Object::new(class))
+            {
+                Some(t) => (realm.clone(), class_def.table.clone(), t),
+                None => return Ok(()),
             },
-            _ => Object::new(class),
         };
-        let Some(target) = self.mapping.target(realm, &class_def.table, &object) else {
-            return Ok(());
+        let queued = self
+            .queue_create(class_def, key, values, &cached.2, creates)
+            .await;
+        creates.target = Some(cached);
+        queued
+    }
+
+    async fn queue_create(
+        &mut self,
+        class_def: &Class,
+        key: &PrimaryKey,
+        values: &BTreeMap<String, Value>,
+        target: &Target,
+        creates: &mut Creates,
+    ) -> Result<(), Failure> {
+        let fresh = match creates.keys.get_mut(target.table.as_str()) {
+            Some(keys) => keys.insert(key.clone()),
+            None => {
+                creates
+                    .keys
+                    .insert(target.table.clone(), HashSet::from([key.clone()]));
+                true
+            }
         };
-        if !creates.keys.insert((target.table.clone(), key.clone())) {
+        if !fresh {
             // The same row twice in one statement is refused by ON CONFLICT: write the first.
             self.flush_creates(creates).await?;
-            creates.keys.insert((target.table.clone(), key.clone()));
+            creates
+                .keys
+                .insert(target.table.clone(), HashSet::from([key.clone()]));
         }
-        let mut cells: Vec<Cell> = Vec::new();
-        for p in class_def.column_properties() {
-            if target.extras.iter().any(|e| e.column == p.column) {
-                continue;
+        let is_extra = |column: &str| target.extras.iter().any(|e| e.column == column);
+        let found = creates.groups.iter().position(|g| {
+            g.table == target.table
+                && g.class == class_def.name
+                && g.extras.iter().eq(target.extras.iter().map(|e| &e.column))
+        });
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let mut columns = Vec::new();
+                let mut labels = Vec::new();
+                for p in class_def.column_properties() {
+                    if !is_extra(&p.column) {
+                        columns.push((p.column.clone(), tsvector_cast(p)));
+                        labels.push(format!("{}.{}", class_def.name, p.name));
+                    }
+                }
+                for extra in &target.extras {
+                    let cast = self.extra_cast(&target.table, extra).await?;
+                    columns.push((extra.column.clone(), cast));
+                    labels.push(format!(
+                        "{}.{} (from the realm path)",
+                        target.table, extra.column
+                    ));
+                }
+                creates.groups.push(RowGroup {
+                    table: target.table.clone(),
+                    class: class_def.name.clone(),
+                    key_column: key_column(class_def)?,
+                    columns,
+                    extras: target.extras.iter().map(|e| e.column.clone()).collect(),
+                    labels,
+                    rows: Vec::new(),
+                    keys: Vec::new(),
+                });
+                creates.groups.len() - 1
             }
-            cells.push(Cell {
-                column: p.column.clone(),
-                value: values.get(&p.name).cloned().unwrap_or(Value::Null),
-                cast: tsvector_cast(p),
-            });
+        };
+        let group = &mut creates.groups[index];
+        let mut row = Vec::with_capacity(group.columns.len());
+        for p in class_def.column_properties() {
+            if !is_extra(&p.column) {
+                row.push(values.get(&p.name).cloned().unwrap_or(Value::Null));
+            }
         }
-        for extra in &target.extras {
-            let cast = self.extra_cast(&target.table, extra).await?;
-            cells.push(Cell {
-                column: extra.column.clone(),
-                value: extra.value.clone(),
-                cast,
-            });
-        }
-        let key_column = key_column(class_def)?;
-        let shape: Vec<(String, Option<String>)> = cells
-            .iter()
-            .map(|c| (c.column.clone(), c.cast.clone()))
-            .collect();
-        let row: Vec<Value> = cells.into_iter().map(|c| c.value).collect();
-        match creates
-            .groups
-            .iter_mut()
-            .find(|g| g.table == target.table && g.columns == shape)
-        {
-            Some(group) => group.rows.push(row),
-            None => creates.groups.push(RowGroup {
-                table: target.table.clone(),
-                key_column,
-                columns: shape,
-                rows: vec![row],
-            }),
-        }
+        row.extend(target.extras.iter().map(|e| e.value.clone()));
+        group.rows.push(row);
+        group.keys.push(key.clone());
         let owner = key.to_value();
         for p in class_def.list_properties() {
             let list = list_target(class_def, &target.table, p);
@@ -640,47 +725,286 @@ impl Writer {
         Ok(())
     }
 
-    /// Write the queued creates: multi-row upserts, then each subtable's rows of those owners
-    /// replaced.
+    /// Write the queued creates: upserts, then each subtable's rows of those owners replaced;
+    /// every statement sent before the first result is read.
     async fn flush_creates(&mut self, creates: &mut Creates) -> Result<(), Failure> {
         if creates.is_empty() {
             return Ok(());
         }
+        self.flush_creates_then(creates, Vec::new()).await?;
+        Ok(())
+    }
+
+    /// [`flush_creates`](Self::flush_creates), then `tail` in the same pipeline; the row counts
+    /// of `tail`.
+    async fn flush_creates_then(
+        &mut self,
+        creates: &mut Creates,
+        tail: Vec<Job<'_>>,
+    ) -> Result<Vec<u64>, Failure> {
         let groups = std::mem::take(&mut creates.groups);
         let lists = std::mem::take(&mut creates.lists);
-        creates.keys.clear();
-        for group in groups {
-            let per_row = group.columns.len().max(1);
-            let chunk_rows = (MAX_PARAMS / per_row).clamp(1, MAX_ROWS);
-            for chunk in group.rows.chunks(chunk_rows) {
-                let sql = upsert_sql(&group, chunk.len());
-                let values: Vec<(Value, Option<String>)> = chunk
-                    .iter()
-                    .flat_map(|row| {
-                        row.iter()
-                            .zip(&group.columns)
-                            .map(|(v, (_, cast))| (v.clone(), cast.clone()))
-                    })
-                    .collect();
-                self.run(&sql, &values, "inserting").await?;
+        creates.clear();
+        let labels = parameter_labels();
+        let mut jobs = Vec::new();
+        for group in &groups {
+            match self.array_types(&group.table, &group.columns).await? {
+                Some(types) => {
+                    let statement = self.statement(&unnest_upsert_sql(group, &types)).await?;
+                    for (rows, keys) in group.rows.chunks(MAX_ROWS).zip(group.keys.chunks(MAX_ROWS))
+                    {
+                        let params = (0..group.columns.len())
+                            .map(|column| {
+                                Box::new(ColumnArray {
+                                    rows,
+                                    column,
+                                    label: &group.labels[column],
+                                    class: &group.class,
+                                    keys,
+                                }) as Param<'_>
+                            })
+                            .collect();
+                        jobs.push(Job {
+                            statement: statement.clone(),
+                            params,
+                            action: "inserting",
+                        });
+                    }
+                }
+                None => {
+                    let per_row = group.columns.len().max(1);
+                    let chunk_rows = (MAX_PARAMS / per_row).clamp(1, MAX_ROWS);
+                    for chunk in group.rows.chunks(chunk_rows) {
+                        let statement = self.statement(&upsert_sql(group, chunk.len())).await?;
+                        let params = chunk
+                            .iter()
+                            .flatten()
+                            .zip(labels)
+                            .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'_>)
+                            .collect();
+                        jobs.push(Job {
+                            statement,
+                            params,
+                            action: "inserting",
+                        });
+                    }
+                }
             }
         }
-        for (table, group) in lists {
+        for (table, group) in &lists {
+            let owner_type = self.array_types(table, &[("oid".to_owned(), None)]).await?;
             for owners in group.owners.chunks(MAX_ROWS) {
-                let marks: Vec<String> = (1..=owners.len()).map(|i| format!("${i}")).collect();
-                let sql = format!(
-                    "DELETE FROM {} WHERE \"oid\" IN ({})",
-                    quote_ident(&table),
-                    marks.join(", ")
-                );
-                let values: Vec<(Value, Option<String>)> =
-                    owners.iter().map(|o| (o.clone(), None)).collect();
-                self.run(&sql, &values, "replacing lists").await?;
+                let (sql, params) = match &owner_type {
+                    Some(types) => (
+                        format!(
+                            "DELETE FROM {} WHERE \"oid\" = ANY($1::{}[])",
+                            quote_ident(table),
+                            types[0]
+                        ),
+                        vec![Box::new(ColumnArray {
+                            rows: owners,
+                            column: 0,
+                            label: "the list's owner",
+                            class: "",
+                            keys: &[],
+                        }) as Param<'_>],
+                    ),
+                    None => {
+                        let marks: Vec<String> =
+                            (1..=owners.len()).map(|i| format!("${i}")).collect();
+                        (
+                            format!(
+                                "DELETE FROM {} WHERE \"oid\" IN ({})",
+                                quote_ident(table),
+                                marks.join(", ")
+                            ),
+                            owners
+                                .iter()
+                                .zip(labels)
+                                .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'_>)
+                                .collect(),
+                        )
+                    }
+                };
+                jobs.push(Job {
+                    statement: self.statement(&sql).await?,
+                    params,
+                    action: "replacing lists",
+                });
             }
-            self.insert_list_rows(&table, group.item_column, &group.rows)
+            self.list_row_jobs(table, group.item_column, &group.rows, &mut jobs)
                 .await?;
         }
+        let first_of_tail = jobs.len();
+        jobs.extend(tail);
+        let mut counts = self.pipeline(jobs).await?;
+        Ok(counts.split_off(first_of_tail))
+    }
+
+    /// The statements inserting list rows `(owner, idx, item)` into `table`.
+    async fn list_row_jobs<'r>(
+        &mut self,
+        table: &str,
+        item_column: &str,
+        rows: &'r [[Value; 3]],
+        jobs: &mut Vec<Job<'r>>,
+    ) -> Result<(), Failure> {
+        let columns = [
+            ("oid".to_owned(), None),
+            ("idx".to_owned(), None),
+            (item_column.to_owned(), None),
+        ];
+        if let Some(types) = self.array_types(table, &columns).await? {
+            let statement = self
+                .statement(&unnest_list_insert_sql(table, item_column, &types))
+                .await?;
+            for chunk in rows.chunks(MAX_ROWS) {
+                let params = (0..3)
+                    .map(|column| {
+                        Box::new(ColumnArray {
+                            rows: chunk,
+                            column,
+                            label: LIST_LABELS[column],
+                            class: "",
+                            keys: &[],
+                        }) as Param<'r>
+                    })
+                    .collect();
+                jobs.push(Job {
+                    statement: statement.clone(),
+                    params,
+                    action: "inserting list items",
+                });
+            }
+            return Ok(());
+        }
+        let labels = parameter_labels();
+        for chunk in rows.chunks(MAX_ROWS) {
+            let mut sql = format!(
+                "INSERT INTO {} (\"oid\", \"idx\", {}) VALUES ",
+                quote_ident(table),
+                quote_ident(item_column)
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3));
+            }
+            let params = chunk
+                .iter()
+                .flatten()
+                .zip(labels)
+                .map(|(v, l)| Box::new(PgValue::new(v, l)) as Param<'r>)
+                .collect();
+            jobs.push(Job {
+                statement: self.statement(&sql).await?,
+                params,
+                action: "inserting list items",
+            });
+        }
         Ok(())
+    }
+
+    /// The element type of each column's array parameter (`text` for a column whose values
+    /// PostgreSQL casts from text), or `None` when a column has no array form or the table is
+    /// not in the catalog (then the rows take the one-parameter-per-value form, which also
+    /// gives PostgreSQL's own error for a missing table or column).
+    async fn array_types(
+        &mut self,
+        table: &str,
+        columns: &[(String, Option<String>)],
+    ) -> Result<Option<Vec<String>>, Failure> {
+        if !self.array_types.contains_key(table) {
+            // `format_type(…, -1)`: the type without its modifier (`bpchar`, not `character`,
+            // which would mean `character(1)`), so PostgreSQL's assignment to the column checks
+            // length and precision exactly as for a single bound value.
+            let rows = self
+                .client
+                .query(
+                    "SELECT a.attname::text, \
+                            CASE WHEN t.typarray <> 0 AND t.typcategory <> 'A' \
+                                 THEN format_type(a.atttypid, -1) END \
+                       FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                      WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 \
+                        AND NOT a.attisdropped",
+                    &[&quote_ident(table)],
+                )
+                .await
+                .map_err(|e| classify("reading a table's column types", e))?;
+            if rows.is_empty() {
+                // Not cached: the table may be created later.
+                return Ok(None);
+            }
+            let types = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            self.array_types.insert(table.to_owned(), Some(types));
+        }
+        let Some(Some(known)) = self.array_types.get(table) else {
+            return Ok(None);
+        };
+        Ok(columns
+            .iter()
+            .map(|(column, cast)| match cast {
+                Some(_) => Some("text".to_owned()),
+                None => known.get(column).cloned().flatten(),
+            })
+            .collect())
+    }
+
+    /// Run `jobs` in order, sending every statement before reading any result: the server runs
+    /// one while the next are on the wire, and this side encodes them meanwhile. They share the
+    /// open transaction (its BEGIN goes first when not sent yet); the first failure in order is
+    /// the batch's (the statements after it only report the aborted transaction). The row count
+    /// of each job.
+    async fn pipeline(&mut self, mut jobs: Vec<Job<'_>>) -> Result<Vec<u64>, Failure> {
+        let begin = self.begin_pending;
+        if begin {
+            let statement = self.statement("BEGIN").await?;
+            jobs.insert(
+                0,
+                Job {
+                    statement,
+                    params: Vec::new(),
+                    action: "starting a transaction",
+                },
+            );
+            self.begin_pending = false;
+        }
+        let client = &self.client;
+        let mut running: Vec<_> = jobs
+            .iter()
+            .map(|job| Box::pin(maybe_done(job.execute(client))))
+            .collect();
+        // A statement's request is sent by the first poll of its future (the statement is
+        // prepared already): poll each once, in order, so they reach the server in this order.
+        std::future::poll_fn(|cx| {
+            for f in running.iter_mut() {
+                let _ = f.as_mut().poll(cx);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        let mut counts = Vec::with_capacity(running.len());
+        let mut first = None;
+        for (f, job) in running.iter_mut().zip(&jobs) {
+            f.as_mut().await;
+            match f.as_mut().take_output() {
+                Some(Ok(n)) => counts.push(n),
+                Some(Err(e)) if first.is_none() => first = Some((e, job.action)),
+                _ => {}
+            }
+        }
+        drop(running);
+        if let Some((e, action)) = first {
+            if let Some(object) = RefusedValue::object_of(&e) {
+                self.refused_object = Some(object);
+            }
+            return Err(classify(action, e));
+        }
+        if begin {
+            counts.remove(0);
+        }
+        Ok(counts)
     }
 
     /// Prepare (or reuse) and execute `sql` with `values` bound.
@@ -688,21 +1012,25 @@ impl Writer {
         &mut self,
         sql: &str,
         values: &[(Value, Option<String>)],
-        action: &str,
+        action: &'static str,
     ) -> Result<u64, Failure> {
         let statement = self.statement(sql).await?;
-        let labels = parameter_labels();
-        let bound: Vec<PgValue<'_>> = values
+        let params = values
             .iter()
-            .zip(labels)
-            .map(|((v, _), l)| PgValue::new(v, l))
+            .zip(parameter_labels())
+            .map(|((v, _), l)| Box::new(PgValue::new(v, l)) as Param<'_>)
             .collect();
-        let params: Vec<&(dyn ToSql + Sync)> =
-            bound.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        self.client
-            .execute(&statement, &params)
-            .await
-            .map_err(|e| classify(action, e))
+        let job = Job {
+            statement,
+            params,
+            action,
+        };
+        Ok(self
+            .pipeline(vec![job])
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(0))
     }
 
     /// Prepare (or reuse) and run a query with `values` bound.
