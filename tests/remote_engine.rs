@@ -67,6 +67,17 @@ impl RemoteServer {
         self.thread = Some(thread);
     }
 
+    /// Stop the server, wait `down`, and serve the same store again on the same address: an
+    /// outage long enough for the engine to hit it.
+    fn restart_after(&mut self, down: Duration) {
+        drop(self.stop.take());
+        self.thread.take().unwrap().join().unwrap();
+        std::thread::sleep(down);
+        let (_, stop, thread) = serve(&self.store, &self.keys, &self.addr.to_string());
+        self.stop = Some(stop);
+        self.thread = Some(thread);
+    }
+
     fn config(&self, db_url: &str, data: &std::path::Path, token_file: &std::path::Path) -> Config {
         let overrides = vec![
             format!("postgres.url={db_url}"),
@@ -772,7 +783,9 @@ async fn the_remote_feed_and_reads_survive_a_server_restart() {
             .unwrap()
         {
             Ok(cs) => break cs,
-            Err(StoreError::Remote { .. }) => interruptions += 1,
+            Err(StoreError::Remote { .. } | StoreError::RemoteUnreachable { .. }) => {
+                interruptions += 1
+            }
             Err(e) => panic!("unexpected feed error: {e}"),
         }
         assert!(Instant::now() < deadline, "the feed never came back");
@@ -792,4 +805,76 @@ async fn the_remote_feed_and_reads_survive_a_server_restart() {
     .await
     .unwrap();
     assert_eq!(version, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_engine_waits_out_an_object_server_outage_and_applies_each_change_once() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let mut server = RemoteServer::start();
+    let data = tempfile::tempdir().unwrap();
+    let mut config = server.config(&db.url, data.path(), &server.token_file);
+    // Slots are cluster-wide and the other engine test of this file runs beside this one.
+    config.postgres.slot = "pgrealm_outage".into();
+    let realm = RealmPath::parse("/myRealm").unwrap();
+    let running = engine::start(transit::Schema::schema(), &config)
+        .await
+        .unwrap();
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "INSERT INTO route (id, name) VALUES ('r1', 'Loop')",
+        )
+        .unwrap();
+    let (store, r) = (server.store.clone(), realm.clone());
+    wait_for("route r1 in the remote realm", move || {
+        route(&store, &r, "r1")
+    })
+    .await;
+
+    // The server goes away; PostgreSQL changes go on meanwhile. The engine's commits fail while
+    // it is down and the engine retries instead of stopping.
+    let outage = {
+        let db_name = db.name.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            PgCluster::shared()
+                .batch_execute(
+                    &db_name,
+                    "INSERT INTO route (id, name) VALUES ('r2', 'Express'); \
+                     UPDATE route SET name = 'Loop 2' WHERE id = 'r1'",
+                )
+                .unwrap();
+        })
+    };
+    tokio::task::block_in_place(|| server.restart_after(Duration::from_millis(1500)));
+    outage.join().unwrap();
+    let (store, r) = (server.store.clone(), realm.clone());
+    wait_for("the changes made during the outage", move || {
+        let r1 = route(&store, &r, "r1")?;
+        (route(&store, &r, "r2").is_some()
+            && r1.get("name") == Some(&Value::String("Loop 2".into())))
+        .then_some(())
+    })
+    .await;
+    let reconnects = running
+        .pg_to_realm
+        .reconnects
+        .load(std::sync::atomic::Ordering::Relaxed);
+    running.stop().await.unwrap();
+    assert!(
+        reconnects >= 1,
+        "the engine never met the outage (reconnects = {reconnects})"
+    );
+
+    let log = server.store.changes(&realm, 0, 10_000).unwrap();
+    let creates = |id: &str| {
+        log.iter()
+            .flat_map(|cs| &cs.instructions)
+            .filter(|i| matches!(i, Instruction::Create { class, key, .. } if class == "Route" && *key == PrimaryKey::String(id.into())))
+            .count()
+    };
+    assert_eq!((creates("r1"), creates("r2")), (1, 1), "{log:#?}");
 }

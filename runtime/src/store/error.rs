@@ -120,6 +120,16 @@ pub enum StoreError {
         /// What happened and what to do next.
         message: String,
     },
+    /// The remote object server (remote mode) could not be reached, or the connection broke
+    /// before it answered: worth retrying once the server is back. A commit that failed this
+    /// way may or may not have landed; whoever retries re-reads what the server holds first.
+    #[error("object server {url}: {message}")]
+    RemoteUnreachable {
+        /// The server's base URL.
+        url: String,
+        /// What happened and what to do next.
+        message: String,
+    },
 }
 
 macro_rules! from_redb {

@@ -476,10 +476,15 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
             code,
             message,
         } => format!("it refused ({status} {code}): {message}"),
-        ClientError::Connect { reason, .. } => format!(
+        ClientError::Connect { reason, .. } => {
+            return StoreError::RemoteUnreachable {
+                url: url.to_owned(),
+                message: format!(
             "cannot reach it ({reason}): is the object server running (`serve`) and is realm.url \
              right?"
         ),
+            }
+        }
         ClientError::Protocol(detail) => format!(
             "unexpected answer ({detail}); is realm.url an object server of this pgrealm version?"
         ),

@@ -58,7 +58,7 @@ use crate::replication::{
     drop_slot, ensure_publication, ensure_slot, preflight, slot_info, Lsn, PgConnectOptions,
     QualifiedTable, ReplicationError,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::template::PathTemplate;
 
 /// The replication origin realm → PostgreSQL writes under; transactions carrying it (or a row of
@@ -381,5 +381,9 @@ fn retryable(e: &PgToRealmError) -> bool {
                 | ReplicationError::Sql { .. }
                 | ReplicationError::Protocol { .. }
         ) | PgToRealmError::Sql { .. }
+            // Remote mode: the object server restarted or the network dropped. The session
+            // starts again from the checkpoint the server holds, so a commit whose answer was
+            // lost is skipped if it landed and applied if it did not.
+            | PgToRealmError::Store(StoreError::RemoteUnreachable { .. })
     )
 }
