@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use engine_support::*;
 use pgrealm::runtime::client::{Client, RemoteRealm, RemoteTx};
-use pgrealm::runtime::sync::rejections::{self, Direction};
 use pgrealm::runtime::testing::{PgCluster, TestDb};
 use pgrealm::runtime::{Store, StoreOptions};
 use pgrealm::{Object, PrimaryKey, RealmObject, Value};
@@ -356,37 +355,17 @@ async fn crash_run(seed: u64, rounds: u64) {
         "seed {seed}: the store on disk differs from what the API showed"
     );
     let counts = live.1;
-    let origins = versions_by_origin(&store, REALM);
-    let app: u64 = origins
-        .iter()
-        .filter(|(o, _)| o.as_str() != "postgres")
-        .map(|(_, n)| n)
-        .sum();
-    let from_postgres = origins.get("postgres").copied().unwrap_or(0);
-    let compensations = rejections::count(&store, Direction::RealmToPostgres).unwrap();
-    eprintln!(
-        "seed {seed}: realm versions by origin {origins:?}; {} API writes ({} failed), {} \
-         PostgreSQL commits ({} refused); PostgreSQL counted {} engine transactions ({} changing \
-         rows), {} transactions changing rows; {compensations} realm → PostgreSQL rejections",
-        tally.api_ok.load(Ordering::Relaxed),
-        tally.api_failed.load(Ordering::Relaxed),
-        tally.pg_commits.load(Ordering::Relaxed),
-        tally.pg_refused.load(Ordering::Relaxed),
-        counts.engine,
-        counts.engine_touched,
-        counts.touched,
-    );
-    assert!(
-        counts.engine_touched as u64 <= app,
-        "seed {seed}: {} engine transactions changed rows for only {app} API changesets: a \
-         changeset was written to PostgreSQL twice",
-        counts.engine_touched
-    );
-    assert!(
-        from_postgres <= counts.touched as u64 + compensations,
-        "seed {seed}: {from_postgres} realm versions from PostgreSQL for {} PostgreSQL \
-         transactions and {compensations} compensations: a transaction was applied twice",
-        counts.touched
+    assert_applied_once(
+        seed,
+        &store,
+        REALM,
+        &counts,
+        Writes {
+            api_ok: tally.api_ok.load(Ordering::Relaxed),
+            api_not_ok: tally.api_failed.load(Ordering::Relaxed),
+            pg_commits: tally.pg_commits.load(Ordering::Relaxed),
+            pg_refused: tally.pg_refused.load(Ordering::Relaxed),
+        },
     );
     drop_slot(&db).await;
 }

@@ -539,6 +539,64 @@ pub fn versions_by_origin(store: &Store, realm: &str) -> BTreeMap<String, u64> {
     out
 }
 
+/// What a crash test's writers did, for the account [`assert_applied_once`] prints.
+#[derive(Debug, Clone, Copy)]
+pub struct Writes {
+    /// Writes through the API the server acknowledged.
+    pub api_ok: u64,
+    /// Writes through the API that were refused or lost with a killed engine.
+    pub api_not_ok: u64,
+    /// PostgreSQL transactions committed.
+    pub pg_commits: u64,
+    /// PostgreSQL transactions refused.
+    pub pg_refused: u64,
+}
+
+/// After a crash run: judged from the realm's log in `store` and PostgreSQL's counters, no
+/// changeset was written to PostgreSQL twice and no PostgreSQL transaction was applied to the
+/// realm twice (compensating writes excepted: they also carry origin `postgres`).
+pub fn assert_applied_once(
+    seed: u64,
+    store: &Store,
+    realm: &str,
+    counts: &PgCounts,
+    writes: Writes,
+) {
+    use pgrealm::runtime::sync::rejections::{self, Direction};
+    let origins = versions_by_origin(store, realm);
+    let app: u64 = origins
+        .iter()
+        .filter(|(o, _)| o.as_str() != "postgres")
+        .map(|(_, n)| n)
+        .sum();
+    let from_postgres = origins.get("postgres").copied().unwrap_or(0);
+    let compensations = rejections::count(store, Direction::RealmToPostgres).unwrap();
+    eprintln!(
+        "seed {seed}: realm versions by origin {origins:?}; {} API writes ({} refused or lost), {} \
+         PostgreSQL commits ({} refused); PostgreSQL counted {} engine transactions ({} changing \
+         rows), {} transactions changing rows; {compensations} realm → PostgreSQL rejections",
+        writes.api_ok,
+        writes.api_not_ok,
+        writes.pg_commits,
+        writes.pg_refused,
+        counts.engine,
+        counts.engine_touched,
+        counts.touched,
+    );
+    assert!(
+        counts.engine_touched as u64 <= app,
+        "seed {seed}: {} engine transactions changed rows for only {app} API changesets: a \
+         changeset was written to PostgreSQL twice",
+        counts.engine_touched
+    );
+    assert!(
+        from_postgres <= counts.touched as u64 + compensations,
+        "seed {seed}: {from_postgres} realm versions from PostgreSQL for {} PostgreSQL \
+         transactions and {compensations} compensations: a transaction was applied twice",
+        counts.touched
+    );
+}
+
 /// Poll until `probe` gives the same non-`None` answer twice `gap` apart, or panic after
 /// `timeout` with `describe`'s account of the last state.
 pub async fn settle<T: PartialEq>(
