@@ -84,6 +84,8 @@ impl RemoteServer {
             format!("realm.url={}", self.base),
             format!("realm.admin_token_file={}", token_file.display()),
             format!("realm.data_dir={}", data.display()),
+            // The engine's own /healthz and /metrics, on a port of its own.
+            "realm.listen=127.0.0.1:0".to_owned(),
             "sync.create_postgres_db=false".to_owned(),
         ];
         Config::from_parts("", None, |_| None, &overrides).unwrap()
@@ -587,6 +589,32 @@ async fn the_engine_syncs_both_ways_through_a_remote_server_and_resumes_from_its
         .unwrap();
     assert!(running.keys.is_none(), "remote mode has no keys of its own");
     assert_eq!(running.addr, server.addr);
+    // The engine serves its own health and counters, and nothing of the realms.
+    let local = running.listen_addr;
+    assert_ne!(local, server.addr);
+    let get = |target: &'static str| async move {
+        let mut stream = tokio::net::TcpStream::connect(local).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    assert!(get("/healthz").await.starts_with("HTTP/1.1 200"));
+    let metrics = get("/metrics").await;
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("pgrealm_"),
+        "{metrics}"
+    );
+    let realms = get("/v1/realms").await;
+    assert!(
+        realms.starts_with("HTTP/1.1 404") && realms.contains("remote object server"),
+        "{realms}"
+    );
     // No embedded store was created next to the engine.
     assert!(!data.path().join(pgrealm_runtime::STORE_FILE).exists());
 

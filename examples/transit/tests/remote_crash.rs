@@ -55,7 +55,7 @@ impl Setup {
             dir.path().join("engine/pgrealm.toml"),
             format!(
                 "[postgres]\nurl = \"{}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n\
-                 [realm]\nurl = \"http://127.0.0.1:{port}\"\n\n\
+                 [realm]\nurl = \"http://127.0.0.1:{port}\"\nlisten = \"127.0.0.1:0\"\n\n\
                  [sync]\ncreate_postgres_db = false\n",
                 db.url,
             ),

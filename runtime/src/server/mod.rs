@@ -138,6 +138,26 @@ impl Server {
     }
 }
 
+/// Only `GET /healthz` and `GET /metrics`, for a process that syncs a remote object server and
+/// serves no realms itself (the engine's remote mode), so its own counters can be scraped.
+pub fn health_and_metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics_response(&metrics) }
+            }),
+        )
+        .fallback(|| async {
+            ApiError::not_found(
+                "this process syncs a remote object server (realm.url) and serves only /healthz \
+                 and /metrics; the realms' API is on that server",
+            )
+        })
+}
+
 fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
@@ -179,9 +199,14 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn metrics(State(server): State<Server>) -> Response {
+    metrics_response(&server.shared.metrics)
+}
+
+/// The Prometheus text exposition of `metrics`.
+fn metrics_response(metrics: &Metrics) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        server.shared.metrics.render(),
+        metrics.render(),
     )
         .into_response()
 }

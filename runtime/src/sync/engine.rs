@@ -73,6 +73,9 @@ pub struct RunningEngine {
     /// The embedded server's keys (admin token, user tokens); `None` in remote mode, where
     /// the keys live with the remote server.
     pub keys: Option<Keys>,
+    /// Where this process listens (`realm.listen`): the embedded object server, or in remote
+    /// mode only `/healthz` and `/metrics`.
+    pub listen_addr: SocketAddr,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// PostgreSQL → realm's counters.
@@ -231,21 +234,22 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
     )?
     .with_metrics(metrics.clone());
 
-    // The embedded object server, unless the store is a remote server's.
-    let (addr, server) = match (&keys, store.remote_url()) {
+    // What this process serves on realm.listen: the embedded object server, or in remote mode
+    // only /healthz and /metrics (the realms' API is on the remote server).
+    let listener = tokio::net::TcpListener::bind(&config.realm.listen)
+        .await
+        .map_err(|source| EngineError::Listen {
+            addr: config.realm.listen.clone(),
+            source,
+        })?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|source| EngineError::Listen {
+            addr: config.realm.listen.clone(),
+            source,
+        })?;
+    let (addr, router) = match (&keys, store.remote_url()) {
         (Some(keys), _) => {
-            let listener = tokio::net::TcpListener::bind(&config.realm.listen)
-                .await
-                .map_err(|source| EngineError::Listen {
-                    addr: config.realm.listen.clone(),
-                    source,
-                })?;
-            let addr = listener
-                .local_addr()
-                .map_err(|source| EngineError::Listen {
-                    addr: config.realm.listen.clone(),
-                    source,
-                })?;
             let readable = config
                 .realm
                 .readable
@@ -262,9 +266,15 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
                     ..ServerOptions::default()
                 },
             );
-            (addr, Some((server, listener)))
+            (listen_addr, server.router())
         }
-        (None, remote) => (remote_addr(remote.unwrap_or_default()).await?, None),
+        (None, remote) => {
+            tracing::info!("remote mode: /healthz and /metrics on http://{listen_addr}");
+            (
+                remote_addr(remote.unwrap_or_default()).await?,
+                crate::server::health_and_metrics_router(metrics.clone()),
+            )
+        }
     };
 
     let (stop, stopped) = watch::channel(false);
@@ -289,32 +299,31 @@ pub async fn start(schema: &Schema, config: &Config) -> Result<RunningEngine, En
             Ok(())
         }),
     ));
-    if let Some((server, listener)) = server {
-        let mut s = stopped;
-        tasks.push((
-            "object server",
-            tokio::spawn(async move {
-                let shutdown = async move {
-                    while !*s.borrow_and_update() {
-                        if s.changed().await.is_err() {
-                            break;
-                        }
+    let mut s = stopped;
+    tasks.push((
+        "object server",
+        tokio::spawn(async move {
+            let shutdown = async move {
+                while !*s.borrow_and_update() {
+                    if s.changed().await.is_err() {
+                        break;
                     }
-                };
-                server
-                    .serve(listener, shutdown)
-                    .await
-                    .map_err(|source| EngineError::Listen {
-                        addr: "the object server".into(),
-                        source,
-                    })
-            }),
-        ));
-    }
+                }
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(|source| EngineError::Listen {
+                    addr: "the object server".into(),
+                    source,
+                })
+        }),
+    ));
     Ok(RunningEngine {
         addr,
         store,
         keys,
+        listen_addr,
         metrics,
         pg_to_realm: pg_stats,
         stop,
