@@ -10,15 +10,15 @@ mod engine_support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use engine_support::*;
-use pgrealm::runtime::client::{Client, RemoteRealm, RemoteTx};
+use pgrealm::runtime::client::{Client, RemoteRealm};
 use pgrealm::runtime::testing::{PgCluster, TestDb};
 use pgrealm::runtime::{Store, StoreOptions};
-use pgrealm::{Object, PrimaryKey, RealmObject, Value};
+use pgrealm::{Object, RealmObject, Value};
 
 const REALM: &str = "/myRealm";
 const ADMIN_TOKEN: &str = "engine-crash-test-admin-token";
@@ -114,22 +114,6 @@ impl Setup {
     }
 }
 
-fn healthy(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
-
 /// Send `signal` (`INT`, `TERM`) and wait for the exit.
 async fn signal_and_wait(child: &mut Child, signal: &str, setup: &Setup) -> ExitStatus {
     let sent = Command::new("kill")
@@ -151,24 +135,6 @@ async fn signal_and_wait(child: &mut Child, signal: &str, setup: &Setup) -> Exit
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn delete_dynamic(tx: &mut RemoteTx, class: &str, key: &PrimaryKey) {
-    match (class, key) {
-        ("Route", PrimaryKey::String(k)) => tx.delete::<transit::Route>(k.clone()),
-        ("Schedule", PrimaryKey::String(k)) => tx.delete::<transit::Schedule>(k.clone()),
-        ("Bus", PrimaryKey::Int(k)) => tx.delete::<transit::Bus>(*k),
-        ("Driver", PrimaryKey::Int(k)) => tx.delete::<transit::Driver>(*k),
-        _ => panic!("no {class} with key {key}"),
-    };
-}
-
-#[derive(Debug, Default)]
-struct Tally {
-    api_ok: AtomicU64,
-    api_failed: AtomicU64,
-    pg_commits: AtomicU64,
-    pg_refused: AtomicU64,
 }
 
 /// Writes through the API until `stop`; a write refused or lost with the engine is counted and
@@ -214,43 +180,10 @@ async fn api_writer(remote: RemoteRealm, mut rng: Rng, stop: Arc<AtomicBool>, ta
             tally.api_ok.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
         } else {
-            tally.api_failed.fetch_add(1, Ordering::Relaxed);
+            tally.api_not_ok.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-async fn pg_writer(url: String, mut rng: Rng, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let mut client = connect_writer!(&url).await.unwrap();
-    while !stop.load(Ordering::Relaxed) {
-        let sql = pg_transaction(&mut rng);
-        match pg_write!(&mut client, &sql).await {
-            Ok(true) => tally.pg_commits.fetch_add(1, Ordering::Relaxed),
-            Ok(false) => tally.pg_refused.fetch_add(1, Ordering::Relaxed),
-            Err(()) => panic!("the shared PostgreSQL went away"),
-        };
-        tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
-    }
-}
-
-/// The realm as the object server shows it.
-async fn api_state(remote: &RemoteRealm) -> Result<State, String> {
-    let mut objects = Objects::new();
-    for class in CLASSES {
-        for object in remote
-            .objects_dynamic(class)
-            .await
-            .map_err(|e| format!("reading {class} through the API: {e}"))?
-        {
-            let key = object.primary_key(schema()).unwrap();
-            objects.insert((class.to_string(), key), object);
-        }
-    }
-    let mut state = State::new();
-    if !objects.is_empty() {
-        state.insert(REALM.to_owned(), objects);
-    }
-    Ok(state)
 }
 
 async fn drop_slot(db: &TestDb) {
@@ -326,7 +259,7 @@ async fn crash_run(seed: u64, rounds: u64) {
                     setup.log_text()
                 );
             }
-            let realm_now = api_state(&remote).await?;
+            let realm_now = api_state(&remote, REALM).await?;
             let pg_now = pg_state(&db.url, None, |_| REALM.to_owned()).await;
             if realm_now != pg_now {
                 return Err(format!(
@@ -362,7 +295,7 @@ async fn crash_run(seed: u64, rounds: u64) {
         &counts,
         Writes {
             api_ok: tally.api_ok.load(Ordering::Relaxed),
-            api_not_ok: tally.api_failed.load(Ordering::Relaxed),
+            api_not_ok: tally.api_not_ok.load(Ordering::Relaxed),
             pg_commits: tally.pg_commits.load(Ordering::Relaxed),
             pg_refused: tally.pg_refused.load(Ordering::Relaxed),
         },

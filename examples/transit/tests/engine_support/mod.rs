@@ -9,8 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pgrealm::runtime::client::{RemoteRealm, RemoteTx};
 use pgrealm::runtime::pg::{object_from_row, read_list, select_columns};
 use pgrealm::runtime::testing::PgCluster;
 use pgrealm::runtime::{RealmPath, Store};
@@ -420,6 +423,8 @@ macro_rules! pg_write {
         }
     };
 }
+#[allow(unused_imports)]
+// Test files that write PostgreSQL only through pg_writer do not name it.
 pub(crate) use pg_write;
 
 /// A connection for a PostgreSQL writer (`Option<tokio_postgres::Client>`, `None` when
@@ -437,6 +442,8 @@ macro_rules! connect_writer {
         }
     };
 }
+#[allow(unused_imports)]
+// Test files that write PostgreSQL only through pg_writer do not name it.
 pub(crate) use connect_writer;
 
 /// PostgreSQL's full contents as realms: each row in the realm `realm_of` names (`None`: the
@@ -642,4 +649,81 @@ pub fn slot_name(db: &str) -> String {
 /// The shared cluster of this test binary.
 pub fn cluster() -> &'static PgCluster {
     PgCluster::shared()
+}
+
+// ---- Shared by the crash tests (engine_crash, remote_crash) ----
+
+/// Whether something answers `GET /healthz` with 200 on 127.0.0.1:`port`.
+pub fn healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+/// Delete a transit object by class name and key through the typed client.
+pub fn delete_dynamic(tx: &mut RemoteTx, class: &str, key: &PrimaryKey) {
+    match (class, key) {
+        ("Route", PrimaryKey::String(k)) => tx.delete::<transit::Route>(k.clone()),
+        ("Schedule", PrimaryKey::String(k)) => tx.delete::<transit::Schedule>(k.clone()),
+        ("Bus", PrimaryKey::Int(k)) => tx.delete::<transit::Bus>(*k),
+        ("Driver", PrimaryKey::Int(k)) => tx.delete::<transit::Driver>(*k),
+        _ => panic!("no {class} with key {key}"),
+    };
+}
+
+/// What the crash tests' writers did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Writes through the API the server acknowledged.
+    pub api_ok: AtomicU64,
+    /// Writes through the API refused, or lost with a killed engine.
+    pub api_not_ok: AtomicU64,
+    /// PostgreSQL transactions committed.
+    pub pg_commits: AtomicU64,
+    /// PostgreSQL transactions refused.
+    pub pg_refused: AtomicU64,
+}
+
+/// Random PostgreSQL transactions until `stop`; refusals are counted, not retried.
+pub async fn pg_writer(url: String, mut rng: Rng, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut client = connect_writer!(&url).await.unwrap();
+    while !stop.load(Ordering::Relaxed) {
+        let sql = pg_transaction(&mut rng);
+        match pg_write!(&mut client, &sql).await {
+            Ok(true) => tally.pg_commits.fetch_add(1, Ordering::Relaxed),
+            Ok(false) => tally.pg_refused.fetch_add(1, Ordering::Relaxed),
+            Err(()) => panic!("the shared PostgreSQL went away"),
+        };
+        tokio::time::sleep(Duration::from_millis(rng.below(5))).await;
+    }
+}
+
+/// `realm` as the object server shows it.
+pub async fn api_state(remote: &RemoteRealm, realm: &str) -> Result<State, String> {
+    let mut objects = Objects::new();
+    for class in CLASSES {
+        for object in remote
+            .objects_dynamic(class)
+            .await
+            .map_err(|e| format!("reading {class} through the API: {e}"))?
+        {
+            let key = object.primary_key(schema()).unwrap();
+            objects.insert((class.to_string(), key), object);
+        }
+    }
+    let mut state = State::new();
+    if !objects.is_empty() {
+        state.insert(realm.to_owned(), objects);
+    }
+    Ok(state)
 }
