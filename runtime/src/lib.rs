@@ -23,5 +23,5 @@ pub use store::{
     apply, ChangeFeed, Changeset, CodecError, CommitInfo, CommitStats, Instruction, PathError,
     RealmInfo, RealmObjects, RealmPath, RealmView, RealmWriter, Snapshot, Store, StoreError,
     StoreOptions, StreamingTx, Subscription, WriteTx, FORMAT_VERSION, MAX_PATH_LEN,
-    MAX_SEGMENT_LEN, STORE_FILE,
+    MAX_SEGMENT_LEN, STORE_FILE, WAL_FILE,
 };

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::replication::{drop_slot, slot_info, PgConnectOptions};
 use crate::server::{Server, ServerOptions};
-use crate::store::{Store, StoreError, StoreOptions, STORE_FILE};
+use crate::store::{Store, StoreError, StoreOptions, STORE_FILE, WAL_FILE};
 use crate::sync::engine::{given_admin_token, open_store, store_for};
 use crate::sync::rejections::{self, Direction};
 
@@ -368,6 +368,14 @@ pub(super) async fn reset(config: &Config, realms: bool, yes: bool) -> anyhow::R
             Ok(()) => println!("realms: {} deleted", file.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => println!("realms: none"),
             Err(e) => return Err(e).with_context(|| format!("deleting {}", file.display())),
+        }
+        // The write-ahead log holds nothing the store file does not after a clean close; a
+        // stale one would be ignored (it names its store), but it is the store's too.
+        let wal = config.realm.data_dir.join(WAL_FILE);
+        match std::fs::remove_file(&wal) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting {}", wal.display())),
         }
     }
     Ok(())

@@ -63,6 +63,15 @@ pub enum StoreError {
          check the disk and the data directory's permissions, then retry"
     )]
     GroupCommit(String),
+    /// The store's write-ahead log (`realms.wal` beside the store file) could not be read,
+    /// written or replayed; the message says what to do.
+    #[error("realm store write-ahead log {path}: {message}")]
+    Wal {
+        /// The log file.
+        path: PathBuf,
+        /// What happened and what to do next.
+        message: String,
+    },
     /// A class the compiled schema does not have.
     #[error("the schema has no class `{class}` (classes: {known}); add it to the schema! block")]
     UnknownClass {

@@ -1,5 +1,5 @@
 //! Group commit: transactions committed at the same time share one redb write transaction and
-//! one fsync.
+//! one fsync (of the write-ahead log, `wal.rs`, or of redb's file at a checkpoint).
 //!
 //! This module owns the queue of transactions waiting to commit. A committer that finds no
 //! commit in flight becomes the leader: it takes every queued transaction, applies them one after
@@ -14,6 +14,7 @@
 //! transaction run before it writes anything ([`WriteTx::apply_in`]), so it fails alone. Only a
 //! storage failure fails the whole group, and then none of it is committed.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
@@ -21,6 +22,7 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use redb::Durability;
 
 use super::error::StoreError;
+use super::wal::{Appended, Redo};
 use super::write::{ApplyError, CommitInfo, WriteTx};
 use super::{Committed, Store};
 
@@ -139,6 +141,9 @@ impl Drop for Leading<'_> {
     }
 }
 
+/// Groups of at most this many operations go through the write-ahead log.
+const LOGGED_OPERATIONS: usize = 256;
+
 /// Apply a group in one durable redb transaction; one result per ticket.
 fn commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Results {
     let tickets: Vec<u64> = group.iter().map(|(t, _)| *t).collect();
@@ -164,12 +169,18 @@ fn commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Results {
 
 fn try_commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Result<Results, StoreError> {
     let mut txn = store.db().begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
+    let mut wal = store.wal();
+    // A large group goes straight to a durable redb commit: its scattered pages cost little
+    // more than logging the same bytes, and recording them would cost CPU, which is what bounds
+    // large commits.
+    let operations: usize = group.iter().map(|(_, tx)| tx.len()).sum();
+    let logged = operations <= LOGGED_OPERATIONS;
+    let redo = RefCell::new(Redo::default());
     let mut results = Vec::with_capacity(group.len());
     let mut writes = false;
     for (ticket, tx) in group {
         let has_metadata = tx.has_metadata();
-        match tx.apply_in(&txn) {
+        match tx.apply_in(&txn, logged.then_some(&redo)) {
             Ok(info) => {
                 writes |= has_metadata || !info.is_empty();
                 results.push((ticket, Ok(info)));
@@ -182,7 +193,31 @@ fn try_commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Result<Results
         txn.abort()?;
         return Ok(results);
     }
-    txn.commit()?;
+    // Durable first in the log, then visible in redb: no reader sees what a crash could take
+    // back. When the log has no room, this commit is the checkpoint instead.
+    let appended = if logged {
+        wal.append(&redo.borrow())?
+    } else {
+        Appended::Checkpoint
+    };
+    match appended {
+        Appended::Logged => {
+            txn.set_durability(Durability::None)?;
+            if let Err(e) = txn.commit() {
+                // The record is durable in the log, so a reopen would apply it although its
+                // callers hear it failed: accept nothing more until then.
+                wal.poison(&e.to_string());
+                return Err(e.into());
+            }
+        }
+        Appended::Checkpoint => {
+            txn.set_durability(Durability::Immediate)?;
+            wal.stamp(&txn)?;
+            txn.commit()?;
+            wal.checkpointed();
+        }
+    }
+    drop(wal);
     let queue = &store.inner.commits;
     queue.groups.fetch_add(1, Ordering::Relaxed);
     let committed = results.iter().filter(|(_, r)| r.is_ok()).count() as u64;

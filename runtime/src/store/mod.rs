@@ -3,7 +3,9 @@
 //! It owns realms (objects of the schema's classes keyed by primary key, addressed by
 //! [`RealmPath`]), their versions and changeset log, the change feed, the locator (which realm
 //! holds an object) and the per-key commit metadata the sync engine keeps its LSNs in. All of it
-//! lives in one redb file, `<data_dir>/realms.redb`, stamped with [`FORMAT_VERSION`].
+//! lives in one redb file, `<data_dir>/realms.redb`, stamped with [`FORMAT_VERSION`]; the
+//! latest commits may also sit in its write-ahead log `<data_dir>/realms.wal` until the next
+//! checkpoint (see `wal.rs`: it is what makes a small commit one sequential write and one sync).
 //!
 //! A store may instead be a remote object server's ([`Store::connect_remote`], the engine's
 //! remote mode): the same API, each operation going through the server's admin endpoints (see
@@ -26,12 +28,13 @@ mod path;
 mod read;
 mod remote;
 mod streaming;
+mod wal;
 mod write;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pgrealm_schema::{Class, CompiledSchema, PrimaryKey, Schema};
 use redb::{Database, MultimapTableDefinition, ReadableDatabase, TableDefinition};
@@ -45,6 +48,7 @@ pub use group::CommitStats;
 pub use path::{PathError, RealmPath, MAX_PATH_LEN, MAX_SEGMENT_LEN};
 pub use read::{RealmInfo, RealmView, Snapshot};
 pub use streaming::StreamingTx;
+pub use wal::WAL_FILE;
 pub use write::{CommitInfo, RealmWriter, WriteTx};
 
 /// The on-disk format this build writes and the newest it reads.
@@ -149,6 +153,36 @@ struct Inner {
     options: StoreOptions,
     feed: broadcast::Sender<Committed>,
     commits: group::CommitQueue,
+    /// The write-ahead log of a local store (see `wal.rs`); whoever holds redb's write
+    /// transaction holds this lock too.
+    wal: Option<Mutex<wal::Wal>>,
+}
+
+impl Drop for Inner {
+    /// A store closed cleanly leaves nothing for the log to replay: one last durable commit,
+    /// stamped. (Skipping it is safe, only slower to open.)
+    fn drop(&mut self) {
+        let (Backend::Local(db), Some(wal)) = (&self.backend, &self.wal) else {
+            return;
+        };
+        let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
+        if !wal.has_records() {
+            return;
+        }
+        let result = (|| -> Result<(), StoreError> {
+            let txn = db.begin_write()?;
+            wal.stamp(&txn)?;
+            txn.commit()?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => wal.checkpointed(),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "realm store: the closing checkpoint failed; the next open replays the log"
+            ),
+        }
+    }
 }
 
 /// Where the realms live: the redb file, or a remote object server.
@@ -195,6 +229,7 @@ impl Store {
         }
         let db = open_db(&file, options.cache_bytes)?;
         stamp_format(&db, &file)?;
+        let wal = wal::Wal::open(dir, &db)?;
         let classes = schema
             .classes
             .iter()
@@ -211,6 +246,7 @@ impl Store {
                 options,
                 feed,
                 commits: group::CommitQueue::default(),
+                wal: Some(Mutex::new(wal)),
             }),
         })
     }
@@ -247,6 +283,7 @@ impl Store {
                 feed,
                 // Unused: a remote commit is one request, grouped (or not) by the server.
                 commits: group::CommitQueue::default(),
+                wal: None,
             }),
         })
     }
@@ -285,6 +322,16 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Store, StoreError> {
         Store::open(data_dir, S::schema().clone(), options)
+    }
+
+    /// The write-ahead log of a local store, locked (take redb's write transaction first).
+    fn wal(&self) -> MutexGuard<'_, wal::Wal> {
+        self.inner
+            .wal
+            .as_ref()
+            .expect("a local store has a write-ahead log; remote stores dispatch before")
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The compiled schema: every class a realm may hold.

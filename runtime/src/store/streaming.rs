@@ -141,7 +141,7 @@ impl StreamingTx {
         let (ops, metadata) = batch.drain();
         if !ops.is_empty() {
             let settled = {
-                let mut apply = Applier::open(&self.store, &self.txn)?;
+                let mut apply = Applier::open(&self.store, &self.txn, None)?;
                 apply.states = std::mem::take(&mut self.states);
                 apply.by_path = std::mem::take(&mut self.by_path);
                 apply.next_id = self.next_id;
@@ -379,7 +379,12 @@ impl StreamingTx {
             txn.abort()?;
             return Ok(info);
         }
+        // A durable redb commit: it covers every record of the write-ahead log so far.
+        let mut wal = store.wal();
+        wal.stamp(&txn)?;
         txn.commit()?;
+        wal.checkpointed();
+        drop(wal);
         for (path, version) in &info.versions {
             // Nobody listening is fine: subscribers catch up from the log.
             let _ = store.inner.feed.send(Committed {

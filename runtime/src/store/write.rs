@@ -10,17 +10,19 @@
 //! whose value differs from before the commit), so a commit whose operations cancel out creates
 //! no version.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 use pgrealm_schema::value::check_value;
 use pgrealm_schema::{Class, Object, PrimaryKey, RealmObject, Value, ValueError};
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
 use super::changeset::{diff_list, Instruction};
 use super::codec::{decode_object, encode_object_into, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
+use super::wal::{Logged, Redo, Tag};
 use super::{
     locator_row_into, object_key, object_prefix, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
     REALMS, REALM_CLASSES, REALM_PATHS,
@@ -259,9 +261,13 @@ impl WriteTx {
     /// Every check that depends on the data (a value a property refuses, a record that does not
     /// decode) runs before this transaction writes anything: such a failure is
     /// [`ApplyError::Refused`] and leaves `txn` as it was, so the rest of the group commits.
-    pub(super) fn apply_in(self, txn: &WriteTransaction) -> Result<CommitInfo, ApplyError> {
+    pub(super) fn apply_in(
+        self,
+        txn: &WriteTransaction,
+        redo: Option<&RefCell<Redo>>,
+    ) -> Result<CommitInfo, ApplyError> {
         let store = &self.store;
-        let mut apply = Applier::open(store, txn).map_err(ApplyError::Storage)?;
+        let mut apply = Applier::open(store, txn, redo).map_err(ApplyError::Storage)?;
         apply.touched.reserve(self.ops.len());
         apply.by_record.reserve(self.ops.len());
         for op in self.ops {
@@ -269,8 +275,7 @@ impl WriteTx {
         }
         let info = apply.finish(&self.origin).map_err(ApplyError::Storage)?;
         if !self.metadata.is_empty() {
-            let mut metadata = txn
-                .open_table(METADATA)
+            let mut metadata = Logged::open(txn, METADATA, Tag::Metadata, redo)
                 .map_err(|e| ApplyError::Storage(e.into()))?;
             for (key, value) in &self.metadata {
                 metadata
@@ -369,13 +374,13 @@ impl Touched {
 /// commit is nothing, and makes no version) and each object is written once.
 pub(super) struct Applier<'t> {
     store: &'t Store,
-    realms: Table<'t, &'static str, (u64, u64, u64)>,
-    realm_paths: Table<'t, u64, &'static str>,
-    realm_classes: Table<'t, (u64, &'static str), &'static str>,
-    objects: Table<'t, &'static [u8], &'static [u8]>,
-    log: Table<'t, (u64, u64), &'static [u8]>,
-    locator: Table<'t, &'static [u8], ()>,
-    meta: Table<'t, &'static str, u64>,
+    realms: Logged<'t, &'static str, (u64, u64, u64)>,
+    realm_paths: Logged<'t, u64, &'static str>,
+    realm_classes: Logged<'t, (u64, &'static str), &'static str>,
+    objects: Logged<'t, &'static [u8], &'static [u8]>,
+    log: Logged<'t, (u64, u64), &'static [u8]>,
+    locator: Logged<'t, &'static [u8], ()>,
+    meta: Logged<'t, &'static str, u64>,
     pub(super) states: Vec<RealmState>,
     pub(super) by_path: HashMap<RealmPath, usize>,
     last_realm: Option<usize>,
@@ -390,16 +395,22 @@ pub(super) struct Applier<'t> {
 }
 
 impl<'t> Applier<'t> {
-    pub(super) fn open(store: &'t Store, txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    /// Open the tables in `txn`; every write is also recorded in `redo` when there is one (a
+    /// commit that goes through the write-ahead log).
+    pub(super) fn open(
+        store: &'t Store,
+        txn: &'t WriteTransaction,
+        redo: Option<&'t RefCell<Redo>>,
+    ) -> Result<Self, StoreError> {
         Ok(Applier {
             store,
-            realms: txn.open_table(REALMS)?,
-            realm_paths: txn.open_table(REALM_PATHS)?,
-            realm_classes: txn.open_table(REALM_CLASSES)?,
-            objects: txn.open_table(OBJECTS)?,
-            log: txn.open_table(LOG)?,
-            locator: txn.open_table(LOCATOR)?,
-            meta: txn.open_table(META)?,
+            realms: Logged::open(txn, REALMS, Tag::Realms, redo)?,
+            realm_paths: Logged::open(txn, REALM_PATHS, Tag::RealmPaths, redo)?,
+            realm_classes: Logged::open(txn, REALM_CLASSES, Tag::RealmClasses, redo)?,
+            objects: Logged::open(txn, OBJECTS, Tag::Objects, redo)?,
+            log: Logged::open(txn, LOG, Tag::Log, redo)?,
+            locator: Logged::open(txn, LOCATOR, Tag::Locator, redo)?,
+            meta: Logged::open(txn, META, Tag::Meta, redo)?,
             states: Vec::new(),
             by_path: HashMap::new(),
             last_realm: None,
