@@ -1,0 +1,119 @@
+//! The store's write-ahead log (`realms.wal`): small commits are durable in the log before redb
+//! holds them durably, so a copy of the data directory taken while the store is open (what a
+//! crash leaves) must open with every acknowledged commit; a log that belongs to another store
+//! file is never replayed into it. The SIGKILL tests (`store_crash.rs`) cover the same through
+//! real crashes.
+
+mod store_support;
+
+use pgrealm_runtime::{RealmPath, Store, StoreOptions, STORE_FILE, WAL_FILE};
+use store_support::{bus, schema, Bus};
+
+fn open(dir: &std::path::Path) -> Store {
+    Store::open(dir, schema(), StoreOptions::default()).unwrap()
+}
+
+/// Copy the store file and its log, as they are on disk now, into a new directory.
+fn crash_image(from: &std::path::Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for name in [STORE_FILE, WAL_FILE] {
+        std::fs::copy(from.join(name), to.path().join(name)).unwrap();
+    }
+    to
+}
+
+#[test]
+fn an_image_taken_while_open_replays_every_acknowledged_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = RealmPath::parse("/transit").unwrap();
+    // Small commits go through the log; none has reached redb durably yet.
+    for i in 0..50 {
+        let mut tx = store.begin_write("app");
+        tx.realm(&realm).put(&bus(i % 7, &format!("v{i}"))).unwrap();
+        tx.set_metadata("lsn", i.to_string().into_bytes());
+        tx.commit().unwrap();
+    }
+    let image = crash_image(dir.path());
+    let wal_len = std::fs::metadata(image.path().join(WAL_FILE))
+        .unwrap()
+        .len();
+    assert!(wal_len > 0, "the log exists beside the store file");
+
+    let reopened = open(image.path());
+    let view = reopened.realm(&realm).unwrap().expect("the realm survived");
+    assert_eq!(view.version(), 50, "every acknowledged commit is there");
+    for id in 0..7 {
+        let last = (0..50).filter(|i| i % 7 == id).max().unwrap();
+        assert_eq!(
+            view.get::<Bus>(id).unwrap(),
+            Some(bus(id, &format!("v{last}")))
+        );
+    }
+    assert_eq!(reopened.metadata("lsn").unwrap(), Some(b"49".to_vec()));
+    assert_eq!(reopened.changes(&realm, 0, 100).unwrap().len(), 50);
+
+    // The replay was made durable: another image of the reopened store, taken before any new
+    // commit, holds the same.
+    let again = crash_image(image.path());
+    drop(reopened);
+    let twice = open(again.path());
+    assert_eq!(twice.realm(&realm).unwrap().unwrap().version(), 50);
+
+    // Commits after a replay keep numbering from where it ended, and a clean close leaves
+    // nothing to replay: the store file alone holds everything.
+    let mut tx = twice.begin_write("app");
+    tx.realm(&realm).put(&bus(100, "after")).unwrap();
+    assert_eq!(tx.commit().unwrap().version_of(&realm), Some(51));
+    drop(twice);
+    let alone = tempfile::tempdir().unwrap();
+    std::fs::copy(again.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    let reopened = open(alone.path());
+    let view = reopened.realm(&realm).unwrap().unwrap();
+    assert_eq!(view.version(), 51);
+    assert_eq!(view.get::<Bus>(100).unwrap(), Some(bus(100, "after")));
+    drop(store);
+}
+
+#[test]
+fn a_log_left_beside_another_store_file_is_never_replayed_into_it() {
+    let first = tempfile::tempdir().unwrap();
+    let store = open(first.path());
+    let realm = RealmPath::parse("/transit").unwrap();
+    for i in 0..5 {
+        let mut tx = store.begin_write("app");
+        tx.realm(&realm)
+            .put(&bus(i, "from the first store"))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    let image = crash_image(first.path());
+
+    // A second store (as after `reset --realms` had deleted only the store file), then the
+    // first store's log put beside it.
+    let second = tempfile::tempdir().unwrap();
+    {
+        let other = open(second.path());
+        let mut tx = other.begin_write("app");
+        tx.realm(&RealmPath::parse("/other").unwrap())
+            .put(&bus(1, "second"))
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    std::fs::copy(image.path().join(WAL_FILE), second.path().join(WAL_FILE)).unwrap();
+    let other = open(second.path());
+    assert!(
+        other.realm(&realm).unwrap().is_none(),
+        "nothing of the first store's log reached the second store"
+    );
+    assert_eq!(
+        other
+            .realm(&RealmPath::parse("/other").unwrap())
+            .unwrap()
+            .unwrap()
+            .get::<Bus>(1)
+            .unwrap(),
+        Some(bus(1, "second"))
+    );
+    drop(store);
+}
