@@ -176,11 +176,12 @@ fn try_commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Result<Results
     let operations: usize = group.iter().map(|(_, tx)| tx.len()).sum();
     let logged = operations <= LOGGED_OPERATIONS;
     let redo = RefCell::new(Redo::default());
+    let learned = RefCell::new(Vec::new());
     let mut results = Vec::with_capacity(group.len());
     let mut writes = false;
     for (ticket, tx) in group {
         let has_metadata = tx.has_metadata();
-        match tx.apply_in(&txn, logged.then_some(&redo)) {
+        match tx.apply_in(&txn, logged.then_some(&redo), &learned) {
             Ok(info) => {
                 writes |= has_metadata || !info.is_empty();
                 results.push((ticket, Ok(info)));
@@ -218,6 +219,7 @@ fn try_commit_group(store: &Store, group: Vec<(u64, WriteTx)>) -> Result<Results
         }
     }
     drop(wal);
+    store.learn_complete_classes(learned.into_inner());
     let queue = &store.inner.commits;
     queue.groups.fetch_add(1, Ordering::Relaxed);
     let committed = results.iter().filter(|(_, r)| r.is_ok()).count() as u64;

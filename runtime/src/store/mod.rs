@@ -31,7 +31,7 @@ mod streaming;
 mod wal;
 mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -156,6 +156,9 @@ struct Inner {
     /// The write-ahead log of a local store (see `wal.rs`); whoever holds redb's write
     /// transaction holds this lock too.
     wal: Option<Mutex<wal::Wal>>,
+    /// (realm id, class number) of realms a durable commit found holding the whole compiled
+    /// class: later commits skip reading (and parsing) the realm's class definition.
+    complete_classes: Mutex<HashSet<(u64, usize)>>,
 }
 
 impl Drop for Inner {
@@ -247,6 +250,7 @@ impl Store {
                 feed,
                 commits: group::CommitQueue::default(),
                 wal: Some(Mutex::new(wal)),
+                complete_classes: Mutex::default(),
             }),
         })
     }
@@ -284,6 +288,7 @@ impl Store {
                 // Unused: a remote commit is one request, grouped (or not) by the server.
                 commits: group::CommitQueue::default(),
                 wal: None,
+                complete_classes: Mutex::default(),
             }),
         })
     }
@@ -332,6 +337,27 @@ impl Store {
             .expect("a local store has a write-ahead log; remote stores dispatch before")
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a durable commit found realm `realm_id` holding the whole class number `class`.
+    fn class_is_complete(&self, realm_id: u64, class: usize) -> bool {
+        self.inner
+            .complete_classes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&(realm_id, class))
+    }
+
+    /// Remember what a commit, now durable, found (see [`Store::class_is_complete`]).
+    fn learn_complete_classes(&self, learned: Vec<(u64, usize)>) {
+        if learned.is_empty() {
+            return;
+        }
+        self.inner
+            .complete_classes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(learned);
     }
 
     /// The compiled schema: every class a realm may hold.

@@ -23,6 +23,7 @@
 //!
 //! [`StoreOptions::cache_bytes`]: super::StoreOptions::cache_bytes
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
@@ -86,6 +87,8 @@ pub struct StreamingTx {
     /// no version, as in [`WriteTx::commit`]).
     written: Vec<Written>,
     metadata_set: bool,
+    /// Classes found whole in realms (see `Applier`), for the store once this commits.
+    learned: RefCell<Vec<(u64, usize)>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -124,6 +127,7 @@ impl StreamingTx {
             next_id: None,
             written: Vec::new(),
             metadata_set: false,
+            learned: RefCell::default(),
         })
     }
 
@@ -141,7 +145,7 @@ impl StreamingTx {
         let (ops, metadata) = batch.drain();
         if !ops.is_empty() {
             let settled = {
-                let mut apply = Applier::open(&self.store, &self.txn, None)?;
+                let mut apply = Applier::open(&self.store, &self.txn, None, &self.learned)?;
                 apply.states = std::mem::take(&mut self.states);
                 apply.by_path = std::mem::take(&mut self.by_path);
                 apply.next_id = self.next_id;
@@ -317,6 +321,7 @@ impl StreamingTx {
             next_id,
             written,
             metadata_set,
+            learned,
             ..
         } = self;
         let now = Utc::now();
@@ -385,6 +390,7 @@ impl StreamingTx {
         txn.commit()?;
         wal.checkpointed();
         drop(wal);
+        store.learn_complete_classes(learned.into_inner());
         for (path, version) in &info.versions {
             // Nobody listening is fine: subscribers catch up from the log.
             let _ = store.inner.feed.send(Committed {

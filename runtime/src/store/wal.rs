@@ -145,6 +145,46 @@ impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
     }
 }
 
+/// A [`Logged`] table opened on first use: a small commit touches few of the store's tables,
+/// and opening one costs a lookup in redb's table tree (and a root update at commit).
+pub(super) struct Lazy<'t, K: Key + 'static, V: Value + 'static> {
+    txn: &'t WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    tag: Tag,
+    redo: Option<&'t RefCell<Redo>>,
+    table: Option<Logged<'t, K, V>>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Lazy<'t, K, V> {
+    pub(super) fn new(
+        txn: &'t WriteTransaction,
+        definition: TableDefinition<'static, K, V>,
+        tag: Tag,
+        redo: Option<&'t RefCell<Redo>>,
+    ) -> Self {
+        Lazy {
+            txn,
+            definition,
+            tag,
+            redo,
+            table: None,
+        }
+    }
+
+    /// The table, opened now if it was not.
+    pub(super) fn open(&mut self) -> Result<&mut Logged<'t, K, V>, redb::TableError> {
+        if self.table.is_none() {
+            self.table = Some(Logged::open(
+                self.txn,
+                self.definition,
+                self.tag,
+                self.redo,
+            )?);
+        }
+        Ok(self.table.as_mut().expect("opened above"))
+    }
+}
+
 impl<'t, K: Key + 'static, V: Value + 'static> Deref for Logged<'t, K, V> {
     type Target = Table<'t, K, V>;
 

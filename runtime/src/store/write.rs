@@ -22,7 +22,7 @@ use super::changeset::{diff_list, Instruction};
 use super::codec::{decode_object, encode_object_into, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
-use super::wal::{Logged, Redo, Tag};
+use super::wal::{Lazy, Logged, Redo, Tag};
 use super::{
     locator_row_into, object_key, object_prefix, Store, LOCATOR, LOG, META, METADATA, OBJECTS,
     REALMS, REALM_CLASSES, REALM_PATHS,
@@ -265,9 +265,10 @@ impl WriteTx {
         self,
         txn: &WriteTransaction,
         redo: Option<&RefCell<Redo>>,
+        learned: &RefCell<Vec<(u64, usize)>>,
     ) -> Result<CommitInfo, ApplyError> {
         let store = &self.store;
-        let mut apply = Applier::open(store, txn, redo).map_err(ApplyError::Storage)?;
+        let mut apply = Applier::open(store, txn, redo, learned).map_err(ApplyError::Storage)?;
         apply.touched.reserve(self.ops.len());
         apply.by_record.reserve(self.ops.len());
         for op in self.ops {
@@ -375,12 +376,15 @@ impl Touched {
 pub(super) struct Applier<'t> {
     store: &'t Store,
     realms: Logged<'t, &'static str, (u64, u64, u64)>,
-    realm_paths: Logged<'t, u64, &'static str>,
-    realm_classes: Logged<'t, (u64, &'static str), &'static str>,
+    realm_paths: Lazy<'t, u64, &'static str>,
+    realm_classes: Lazy<'t, (u64, &'static str), &'static str>,
     objects: Logged<'t, &'static [u8], &'static [u8]>,
     log: Logged<'t, (u64, u64), &'static [u8]>,
-    locator: Logged<'t, &'static [u8], ()>,
-    meta: Logged<'t, &'static str, u64>,
+    locator: Lazy<'t, &'static [u8], ()>,
+    meta: Lazy<'t, &'static str, u64>,
+    /// (realm id, class number) pairs found to hold the whole compiled class, for
+    /// [`Inner::complete_classes`](super::Inner) once the commit is durable.
+    learned: &'t RefCell<Vec<(u64, usize)>>,
     pub(super) states: Vec<RealmState>,
     pub(super) by_path: HashMap<RealmPath, usize>,
     last_realm: Option<usize>,
@@ -396,21 +400,24 @@ pub(super) struct Applier<'t> {
 
 impl<'t> Applier<'t> {
     /// Open the tables in `txn`; every write is also recorded in `redo` when there is one (a
-    /// commit that goes through the write-ahead log).
+    /// commit that goes through the write-ahead log). Realms found to hold a whole compiled
+    /// class are added to `learned`.
     pub(super) fn open(
         store: &'t Store,
         txn: &'t WriteTransaction,
         redo: Option<&'t RefCell<Redo>>,
+        learned: &'t RefCell<Vec<(u64, usize)>>,
     ) -> Result<Self, StoreError> {
         Ok(Applier {
             store,
             realms: Logged::open(txn, REALMS, Tag::Realms, redo)?,
-            realm_paths: Logged::open(txn, REALM_PATHS, Tag::RealmPaths, redo)?,
-            realm_classes: Logged::open(txn, REALM_CLASSES, Tag::RealmClasses, redo)?,
+            realm_paths: Lazy::new(txn, REALM_PATHS, Tag::RealmPaths, redo),
+            realm_classes: Lazy::new(txn, REALM_CLASSES, Tag::RealmClasses, redo),
             objects: Logged::open(txn, OBJECTS, Tag::Objects, redo)?,
             log: Logged::open(txn, LOG, Tag::Log, redo)?,
-            locator: Logged::open(txn, LOCATOR, Tag::Locator, redo)?,
-            meta: Logged::open(txn, META, Tag::Meta, redo)?,
+            locator: Lazy::new(txn, LOCATOR, Tag::Locator, redo),
+            meta: Lazy::new(txn, META, Tag::Meta, redo),
+            learned,
             states: Vec::new(),
             by_path: HashMap::new(),
             last_realm: None,
@@ -443,6 +450,7 @@ impl<'t> Applier<'t> {
                     Some(id) => id,
                     None => self
                         .meta
+                        .open()?
                         .get("next_realm_id")?
                         .map(|g| g.value())
                         .unwrap_or(1),
@@ -597,9 +605,15 @@ impl<'t> Applier<'t> {
             state.ensured.resize(index + 1, false);
         }
         state.ensured[index] = true;
+        if !state.is_new && self.store.class_is_complete(state.id, index) {
+            // A durable commit found this realm holding the whole compiled class: nothing to
+            // read or add (a realm's classes only ever grow).
+            return Ok(());
+        }
         if !state.classes.contains_key(&class.name) {
             let stored = self
                 .realm_classes
+                .open()?
                 .get((state.id, class.name.as_str()))?
                 .map(|g| serde_json::from_str::<Class>(g.value()));
             let stored = match stored {
@@ -639,6 +653,9 @@ impl<'t> Applier<'t> {
         }
         if changed && !state.changed_classes.contains(&class.name) {
             state.changed_classes.push(class.name.clone());
+        }
+        if !changed && !state.is_new {
+            self.learned.borrow_mut().push((state.id, index));
         }
         Ok(())
     }
@@ -697,7 +714,9 @@ impl<'t> Applier<'t> {
                     realm_id,
                     &mut self.locator_row,
                 );
-                self.locator.insert(self.locator_row.as_slice(), ())?;
+                self.locator
+                    .open()?
+                    .insert(self.locator_row.as_slice(), ())?;
                 log.create(&class.name, key, &self.record);
             }
             (Some(_), None) => {
@@ -708,7 +727,7 @@ impl<'t> Applier<'t> {
                     realm_id,
                     &mut self.locator_row,
                 );
-                self.locator.remove(self.locator_row.as_slice())?;
+                self.locator.open()?.remove(self.locator_row.as_slice())?;
                 log.delete(&class.name, key);
             }
             (Some(old), Some(new)) => {
@@ -777,6 +796,7 @@ impl<'t> Applier<'t> {
                     .expect("a changed class is known");
                 let def = serde_json::to_string(class).expect("a class serializes to JSON");
                 self.realm_classes
+                    .open()?
                     .insert((state.id, name.as_str()), def.as_str())?;
             }
             state.version += 1;
@@ -791,14 +811,16 @@ impl<'t> Applier<'t> {
             self.realms
                 .insert(state.path.as_str(), (state.id, state.version, state.oldest))?;
             if state.is_new {
-                self.realm_paths.insert(state.id, state.path.as_str())?;
+                self.realm_paths
+                    .open()?
+                    .insert(state.id, state.path.as_str())?;
                 any_new = true;
             }
             info.versions.push((state.path.clone(), state.version));
         }
         if any_new {
             let next = self.next_id.expect("a new realm took an id");
-            self.meta.insert("next_realm_id", next)?;
+            self.meta.open()?.insert("next_realm_id", next)?;
         }
         Ok(info)
     }
