@@ -166,6 +166,7 @@ impl StreamingTx {
                         settled.push((i, log.len() - schema_len, log));
                     }
                 }
+                apply.flush_created()?;
                 self.states = std::mem::take(&mut apply.states);
                 self.by_path = std::mem::take(&mut apply.by_path);
                 self.next_id = apply.next_id;

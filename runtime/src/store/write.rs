@@ -352,6 +352,14 @@ pub(super) struct RealmState {
 }
 
 /// One object a commit touches: as it was before the commit and as it is now.
+/// An object created by this commit, waiting for [`Applier::flush_created`]: where its record
+/// and its locator row are in `Applier::created_bytes`.
+struct Created {
+    touched: usize,
+    record: std::ops::Range<usize>,
+    locator_row: std::ops::Range<usize>,
+}
+
 struct Touched {
     realm: usize,
     class: usize,
@@ -394,6 +402,9 @@ pub(super) struct Applier<'t> {
     /// Scratch space for encoding records and keys, reused across objects.
     record: Vec<u8>,
     locator_row: Vec<u8>,
+    /// Objects created by this commit and not yet written (see [`Applier::flush_created`]).
+    created: Vec<Created>,
+    created_bytes: Vec<u8>,
     /// An updated object's instructions, before they go to the changeset.
     changes: Vec<Instruction>,
 }
@@ -426,6 +437,8 @@ impl<'t> Applier<'t> {
             next_id: None,
             record: Vec::new(),
             locator_row: Vec::new(),
+            created: Vec::new(),
+            created_bytes: Vec::new(),
             changes: Vec::new(),
         })
     }
@@ -706,18 +719,23 @@ impl<'t> Applier<'t> {
             (None, None) => {}
             (None, Some(values)) => {
                 encode_object_into(&values, &mut self.record);
-                self.objects
-                    .insert(touched.record_key.as_slice(), self.record.as_slice())?;
                 locator_row_into(
                     class.name.as_bytes(),
                     touched.object_key(class),
                     realm_id,
                     &mut self.locator_row,
                 );
-                self.locator
-                    .open()?
-                    .insert(self.locator_row.as_slice(), ())?;
                 log.create(&class.name, key, &self.record);
+                // Written by `flush_created`, sorted, with the other objects created.
+                let start = self.created_bytes.len();
+                self.created_bytes.extend_from_slice(&self.record);
+                let middle = self.created_bytes.len();
+                self.created_bytes.extend_from_slice(&self.locator_row);
+                self.created.push(Created {
+                    touched: t,
+                    record: start..middle,
+                    locator_row: middle..self.created_bytes.len(),
+                });
             }
             (Some(_), None) => {
                 self.objects.remove(touched.record_key.as_slice())?;
@@ -766,6 +784,37 @@ impl<'t> Applier<'t> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Write the objects [`Applier::settle`] created, and their locator rows, each table's in
+    /// key order: runs of new keys go in through one cursor (see `Logged::insert_sorted`).
+    pub(super) fn flush_created(&mut self) -> Result<(), StoreError> {
+        if self.created.is_empty() {
+            return Ok(());
+        }
+        let bytes = &self.created_bytes;
+        let mut objects: Vec<(&[u8], &[u8])> = self
+            .created
+            .iter()
+            .map(|c| {
+                (
+                    self.touched[c.touched].record_key.as_slice(),
+                    &bytes[c.record.clone()],
+                )
+            })
+            .collect();
+        objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        self.objects.insert_sorted(&objects)?;
+        let mut rows: Vec<(&[u8], ())> = self
+            .created
+            .iter()
+            .map(|c| (&bytes[c.locator_row.clone()], ()))
+            .collect();
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        self.locator.open()?.insert_sorted(&rows)?;
+        self.created.clear();
+        self.created_bytes.clear();
         Ok(())
     }
 
@@ -818,6 +867,7 @@ impl<'t> Applier<'t> {
             }
             info.versions.push((state.path.clone(), state.version));
         }
+        self.flush_created()?;
         if any_new {
             let next = self.next_id.expect("a new realm took an id");
             self.meta.open()?.insert("next_realm_id", next)?;
