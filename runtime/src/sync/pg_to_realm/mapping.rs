@@ -5,8 +5,8 @@
 //! a value that cannot convert, or a routing value that would make an invalid realm path, is a
 //! [`RowError`] with the reason and the raw values, which the apply step turns into a rejection.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use pgrealm_schema::pgtext::{parse_key_pg_text, parse_pg_text, PgType};
 use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Schema, Value};
@@ -79,6 +79,50 @@ pub(crate) struct TablePlan {
     pub(crate) kind: TableKind,
     /// A mapped table whose shape pgrealm cannot use: every change of it is rejected with this.
     pub(crate) broken: Option<String>,
+    /// A path template's captures and the positions of their columns (`None`: no such column).
+    pub(crate) route_columns: Vec<(String, Option<usize>)>,
+    /// The realm paths rendered for this table's rows so far.
+    pub(crate) paths: PathCache,
+}
+
+/// Realm paths a template rendered for a table's rows, each parsed once: rows of one realm
+/// render the same path, and parsing it again per row was a visible share of the mapping's
+/// CPU. Bounded: it is emptied when it holds [`PathCache::MAX`] paths.
+#[derive(Default)]
+pub(crate) struct PathCache(Mutex<HashMap<String, RealmPath>>);
+
+impl PathCache {
+    /// Paths kept at most.
+    const MAX: usize = 4096;
+
+    /// `RealmPath::parse(path)`, from the cache when this path was parsed before (a refused
+    /// path is not kept: it is parsed again, to give the same error).
+    fn parse(&self, path: String) -> Result<RealmPath, String> {
+        let mut paths = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(parsed) = paths.get(&path) {
+            return Ok(parsed.clone());
+        }
+        let parsed = RealmPath::parse(&path).map_err(|e| e.to_string())?;
+        if paths.len() >= Self::MAX {
+            paths.clear();
+        }
+        paths.insert(path, parsed.clone());
+        Ok(parsed)
+    }
+}
+
+impl Clone for PathCache {
+    /// A copy starts empty: the cache is only a saving.
+    fn clone(&self) -> Self {
+        PathCache::default()
+    }
+}
+
+impl std::fmt::Debug for PathCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.0.lock().map(|p| p.len()).unwrap_or_default();
+        f.debug_struct("PathCache").field("paths", &len).finish()
+    }
 }
 
 /// A row converted to realm values.
@@ -150,7 +194,19 @@ impl Mapper {
             columns,
             kind: TableKind::Ignored,
             broken: None,
+            route_columns: Vec::new(),
+            paths: PathCache::default(),
         };
+        if let RealmRouter::Template(template) = &self.router {
+            plan.route_columns = template
+                .captures()
+                .into_iter()
+                .map(|name| {
+                    let index = plan.columns.iter().position(|c| c == name);
+                    (name.to_owned(), index)
+                })
+                .collect();
+        }
         if relation.namespace == "pgrealm" && relation.name == "marker" {
             plan.kind = TableKind::Marker;
             return plan;
@@ -448,13 +504,22 @@ impl Mapper {
         let table = plan.table.rsplit('.').next().unwrap_or(&plan.table);
         match &self.router {
             RealmRouter::Template(template) => {
-                if template.captures().iter().any(|c| row.is_unchanged(c)) {
+                // What `PgRow::get`/`is_unchanged` would find, by the positions in the plan.
+                let value = |index: Option<usize>| index.and_then(|i| values.get(i));
+                if plan
+                    .route_columns
+                    .iter()
+                    .any(|(_, i)| matches!(value(*i), Some(ColumnValue::UnchangedToast)))
+                {
                     return Ok(Route::Unchanged);
                 }
-                let path = template.render(|name| row.get(name).map(str::to_owned))?;
-                RealmPath::parse(&path)
-                    .map(Route::Path)
-                    .map_err(|e| e.to_string())
+                let path = template.render(|name| {
+                    let (_, index) = plan.route_columns.iter().find(|(n, _)| n == name)?;
+                    value(*index)
+                        .and_then(ColumnValue::as_text)
+                        .map(str::to_owned)
+                })?;
+                plan.paths.parse(path).map(Route::Path)
             }
             RealmRouter::Closure(f) => f(table, &row).map(Route::Path),
         }
@@ -560,4 +625,30 @@ fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
             .map_err(|e| e.to_string());
     }
     parse_pg_text(plan.read_as, &plan.pg_type, text, &plan.label).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_cache_gives_what_parsing_gives_and_stays_bounded() {
+        let cache = PathCache::default();
+        let first = cache.parse("/u1/bench".into()).unwrap();
+        assert_eq!(first, RealmPath::parse("/u1/bench").unwrap());
+        assert_eq!(cache.parse("/u1/bench".into()).unwrap(), first);
+        // A refused path is refused each time, with the parser's own message, and not kept.
+        let refused = RealmPath::parse("/../bench").unwrap_err().to_string();
+        for _ in 0..2 {
+            assert_eq!(cache.parse("/../bench".into()), Err(refused.clone()));
+        }
+        for i in 0..PathCache::MAX + 10 {
+            let path = format!("/u{i}/bench");
+            assert_eq!(
+                cache.parse(path.clone()).unwrap(),
+                RealmPath::parse(&path).unwrap()
+            );
+        }
+        assert!(cache.0.lock().unwrap().len() <= PathCache::MAX);
+    }
 }
