@@ -22,9 +22,50 @@ use uuid::Uuid;
 use crate::types::{normalize_postgres_type, ScalarType};
 use crate::value::{PrimaryKey, Value, ValueError};
 
+/// A column's PostgreSQL type, spelled once as `format_type()` does (see
+/// [`normalize_postgres_type`]), so that reading a value does not normalise the name again:
+/// build it once per column, then call [`parse_pg_text`] for every value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgType {
+    /// The normalised spelling, e.g. `character varying(64)`.
+    normalized: String,
+    /// The length of the name without its modifier (`character varying`).
+    base_len: usize,
+}
+
+impl PgType {
+    /// Normalise `pg_type` (`int8`, `varchar(64)`, `numeric(38,10)`, `mood`, …).
+    pub fn new(pg_type: &str) -> Self {
+        let normalized = normalize_postgres_type(pg_type);
+        let base_len = normalized
+            .split('(')
+            .next()
+            .unwrap_or_default()
+            .trim_end()
+            .len();
+        PgType {
+            normalized,
+            base_len,
+        }
+    }
+
+    /// The normalised spelling, modifier included.
+    pub fn as_str(&self) -> &str {
+        &self.normalized
+    }
+
+    /// The name without its modifier (`numeric` for `numeric(38,10)`).
+    pub fn base(&self) -> &str {
+        self.normalized[..self.base_len].trim_start()
+    }
+}
+
 /// Read the text PostgreSQL prints for a column of type `pg_type` (as `format_type()` spells it,
 /// e.g. `bigint`, `character varying(64)`, `numeric(38,10)`, or a user-defined type such as
 /// `mood`) into a value of the property's type. `property` names the property in errors.
+///
+/// This normalises `pg_type` on every call; a caller reading many values of one column builds a
+/// [`PgType`] once and calls [`parse_pg_text`].
 ///
 /// ```
 /// use pgrealm_schema::pgtext::parse_text;
@@ -41,8 +82,28 @@ pub fn parse_text(
     text: &str,
     property: &str,
 ) -> Result<Value, ValueError> {
-    let pg = normalize_postgres_type(pg_type);
-    let base = pg.split('(').next().unwrap_or_default().trim();
+    parse_pg_text(ty, &PgType::new(pg_type), text, property)
+}
+
+/// [`parse_text`] for a column type normalised once ([`PgType`]). Nothing is formatted or
+/// allocated besides the value itself unless the text is refused.
+///
+/// ```
+/// use pgrealm_schema::pgtext::{parse_pg_text, PgType};
+/// use pgrealm_schema::{IntWidth, ScalarType, Value};
+///
+/// let column = PgType::new("int8");
+/// let v = parse_pg_text(ScalarType::Int(IntWidth::I64), &column, "7", "Bus.id").unwrap();
+/// assert_eq!(v, Value::Int(7));
+/// ```
+pub fn parse_pg_text(
+    ty: ScalarType,
+    pg_type: &PgType,
+    text: &str,
+    property: &str,
+) -> Result<Value, ValueError> {
+    let pg = pg_type.as_str();
+    let base = pg_type.base();
     let fail = |reason: String| ValueError::Unparsable {
         property: property.to_owned(),
         text: excerpt(text),
@@ -121,7 +182,17 @@ pub fn parse_key_text(
     text: &str,
     property: &str,
 ) -> Result<PrimaryKey, ValueError> {
-    let value = parse_text(ty, pg_type, text, property)?;
+    parse_key_pg_text(ty, &PgType::new(pg_type), text, property)
+}
+
+/// [`parse_key_text`] for a column type normalised once ([`PgType`]).
+pub fn parse_key_pg_text(
+    ty: ScalarType,
+    pg_type: &PgType,
+    text: &str,
+    property: &str,
+) -> Result<PrimaryKey, ValueError> {
+    let value = parse_pg_text(ty, pg_type, text, property)?;
     PrimaryKey::from_value(&value).ok_or_else(|| ValueError::WrongKind {
         property: property.to_owned(),
         expected: "an int, string or uuid primary key".into(),
@@ -389,6 +460,53 @@ mod tests {
             Err(ValueError::Unparsable { reason, .. }) => reason,
             other => panic!("expected Unparsable, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_column_type_is_normalised_once_and_reads_the_same() {
+        let numeric = PgType::new(" DECIMAL(38,10)");
+        assert_eq!(numeric.as_str(), "numeric(38,10)");
+        assert_eq!(numeric.base(), "numeric");
+        let varchar = PgType::new("varchar (64)");
+        assert_eq!(varchar.base(), "character varying");
+        assert_eq!(
+            PgType::new("timestamptz").base(),
+            "timestamp with time zone"
+        );
+        assert_eq!(PgType::new("").base(), "");
+        // Same values, same refusals, same messages as the per-call spelling.
+        let cases = [
+            (ScalarType::Double, "float4", "0.1"),
+            (ScalarType::Float, "float8", "0.1"),
+            (ScalarType::Double, "decimal(5,2)", "1.5"),
+            (ScalarType::Int(IntWidth::I16), "int8", "70000"),
+            (ScalarType::Decimal, "numeric(38,10)", "NaN"),
+            (ScalarType::Uuid, "uuid", "nope"),
+            (ScalarType::String, "varchar(64)", "bus"),
+        ];
+        for (ty, pg, text) in cases {
+            assert_eq!(
+                parse_pg_text(ty, &PgType::new(pg), text, "T.p"),
+                parse(ty, pg, text),
+                "{pg} {text}"
+            );
+        }
+        let err = parse_pg_text(ScalarType::Uuid, &PgType::new("UUID"), "nope", "T.p")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("cannot read \"nope\" as Uuid from uuid for `T.p`"),
+            "{err}"
+        );
+        assert_eq!(
+            parse_key_pg_text(
+                ScalarType::Int(IntWidth::I64),
+                &PgType::new("int4"),
+                "9",
+                "T.p"
+            ),
+            Ok(PrimaryKey::Int(9))
+        );
     }
 
     #[test]

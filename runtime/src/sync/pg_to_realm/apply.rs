@@ -218,6 +218,12 @@ impl Group {
         }
     }
 
+    /// Make room in the overlay for `objects` more touched objects at once, rather than growing
+    /// it by rehashing while rows arrive (the initial load knows about how many will).
+    pub(crate) fn reserve_overlay(&mut self, objects: usize) {
+        self.overlay.reserve(objects);
+    }
+
     /// Whether the state carried since the last refresh is large enough to start afresh.
     pub(crate) fn overlay_is_large(&self) -> bool {
         self.overlay.len() > PATCH_LIMIT
@@ -715,14 +721,16 @@ impl Group {
             );
             return Ok(());
         }
-        let mut values = base.unwrap_or_default();
+        // The row's values (its key among them: `row_image` puts it there) over the base's; a
+        // row created from nothing takes them as they are, without building the map again.
+        let mut values = match base {
+            Some(mut base) => {
+                base.extend(image.values);
+                base
+            }
+            None => image.values,
+        };
         let class_def = &mapper.schema.classes[class];
-        let key_name = &class_def
-            .primary_key()
-            .expect("a planned class has a key")
-            .name;
-        values.insert(key_name.clone(), image.key.to_value());
-        values.extend(image.values);
         // A row created (not moved) gets the list entries PostgreSQL already holds for it.
         for property in class_def.list_properties() {
             if !values.contains_key(&property.name) {

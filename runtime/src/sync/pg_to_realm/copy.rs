@@ -15,11 +15,11 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 
-use super::apply::Group;
+use super::apply::{Group, PATCH_LIMIT};
 use super::mapping::{Mapper, TableKind};
 use super::PgToRealmError;
 use crate::replication::{
@@ -151,6 +151,8 @@ pub(crate) async fn initial_load(
     let mut group = Group::new(store, slot)?;
     group.fresh_classes = fresh_classes(store, mapper)?;
     group.keep_values = false;
+    // The overlay holds every loaded row's location until it passes PATCH_LIMIT.
+    group.reserve_overlay((total.max(0) as usize).min(PATCH_LIMIT + ROWS_PER_COMMIT));
     let mut inflight: Option<Inflight> = None;
     group.begin(consistent_point, None, 0);
     // Class tables first, so list entries find their owners.
@@ -187,28 +189,30 @@ pub(crate) async fn initial_load(
             "COPY \"public\".{} ({columns}) TO STDOUT",
             pgrealm_schema::ddl::quote_ident(table)
         );
+        let copying = format!("copying table {table}");
         let stream = sql
             .copy_out(copy_sql.as_str())
             .await
-            .map_err(PgToRealmError::sql(format!("copying table {table}")))?;
+            .map_err(PgToRealmError::sql(copying.as_str()))?;
         pin_mut!(stream);
-        let mut buffer = BytesMut::new();
+        let mut lines_of = CopyLines::default();
         let mut rows_in_group = 0usize;
         let width = relation.columns.len();
         while let Some(chunk) = stream
             .try_next()
             .await
-            .map_err(PgToRealmError::sql(format!("copying table {table}")))?
+            .map_err(|source| PgToRealmError::Sql {
+                context: copying.clone(),
+                source,
+            })?
         {
-            buffer.extend_from_slice(&chunk);
+            let mut data = lines_of.push(chunk);
             let mut lines = 0u64;
-            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                let line = buffer.split_to(end + 1);
-                let values =
-                    parse_copy_line(&line[..end]).map_err(|message| PgToRealmError::Copy {
-                        table: table.clone(),
-                        message,
-                    })?;
+            while let Some(line) = CopyLines::next_line(&mut data) {
+                let values = parse_copy_line(&line).map_err(|message| PgToRealmError::Copy {
+                    table: table.clone(),
+                    message,
+                })?;
                 if values.len() != width {
                     return Err(PgToRealmError::Copy {
                         table: table.clone(),
@@ -237,10 +241,11 @@ pub(crate) async fn initial_load(
                     group.begin(consistent_point, None, 0);
                 }
             }
+            lines_of.keep(data);
             report.rows += lines;
             reporter.add(lines);
         }
-        if !buffer.is_empty() {
+        if !lines_of.is_empty() {
             return Err(PgToRealmError::Copy {
                 table: table.clone(),
                 message: "the copy ended inside a line".into(),
@@ -363,16 +368,59 @@ async fn column_types(sql: &Client, table: &str) -> Result<HashMap<u32, String>,
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// One line of `COPY … TO STDOUT` text format (without its newline) into column values.
-pub(crate) fn parse_copy_line(line: &[u8]) -> Result<Vec<ColumnValue>, String> {
+/// The lines of a `COPY … TO STDOUT` stream, cut from its chunks without copying them.
+///
+/// PostgreSQL sends one row per CopyData message, so a chunk is normally whole lines and is
+/// used as it is; only a line split across chunks is gathered into the buffer.
+#[derive(Debug, Default)]
+struct CopyLines {
+    /// The start of a line whose end has not arrived yet.
+    partial: BytesMut,
+}
+
+impl CopyLines {
+    /// The data to cut lines from: `chunk`, after the partial line the previous chunk left.
+    fn push(&mut self, chunk: Bytes) -> Bytes {
+        if self.partial.is_empty() {
+            return chunk;
+        }
+        self.partial.extend_from_slice(&chunk);
+        self.partial.split().freeze()
+    }
+
+    /// The next whole line of `data` (without its newline), taken off its front.
+    fn next_line(data: &mut Bytes) -> Option<Bytes> {
+        let end = data.iter().position(|b| *b == b'\n')?;
+        let line = data.split_to(end);
+        data.advance(1);
+        Some(line)
+    }
+
+    /// Keep what is left of `data` (a line without its end yet) for the next chunk.
+    fn keep(&mut self, data: Bytes) {
+        self.partial.extend_from_slice(&data);
+    }
+
+    /// Whether no partial line is kept.
+    fn is_empty(&self) -> bool {
+        self.partial.is_empty()
+    }
+}
+
+/// One line of `COPY … TO STDOUT` text format (without its newline) into column values. A
+/// field without escapes is a slice of `line` (no copy).
+pub(crate) fn parse_copy_line(line: &Bytes) -> Result<Vec<ColumnValue>, String> {
     let mut out = Vec::new();
+    let mut start = 0;
     for field in line.split(|b| *b == b'\t') {
+        let range = start..start + field.len();
+        start = range.end + 1;
         if field == b"\\N" {
             out.push(ColumnValue::Null);
             continue;
         }
         if !field.contains(&b'\\') {
-            out.push(ColumnValue::Text(Bytes::copy_from_slice(field)));
+            out.push(ColumnValue::Text(line.slice(range)));
             continue;
         }
         let mut value = Vec::with_capacity(field.len());
@@ -440,13 +488,48 @@ mod tests {
 
     #[test]
     fn copy_text_lines_unescape_exactly() {
-        let values = parse_copy_line(b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x42\t").unwrap();
+        let values =
+            parse_copy_line(&Bytes::from_static(b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x42\t")).unwrap();
         assert_eq!(values.len(), 5);
         assert_eq!(text(&values[0]), b"1");
         assert_eq!(values[1], ColumnValue::Null);
         assert_eq!(text(&values[2]), b"a\tb\\c\nd");
         assert_eq!(text(&values[3]), b"AB");
         assert_eq!(text(&values[4]), b"");
-        assert!(parse_copy_line(b"x\\").is_err());
+        assert!(parse_copy_line(&Bytes::from_static(b"x\\")).is_err());
+        // Every field, the first and the last included, is cut at its own bounds.
+        let values = parse_copy_line(&Bytes::from_static(b"\tab\t\\N\tcd")).unwrap();
+        assert_eq!(values.len(), 4);
+        assert_eq!(text(&values[0]), b"");
+        assert_eq!(text(&values[1]), b"ab");
+        assert_eq!(values[2], ColumnValue::Null);
+        assert_eq!(text(&values[3]), b"cd");
+        let one = parse_copy_line(&Bytes::from_static(b"only")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(text(&one[0]), b"only");
+        // Escapes: the other control characters, octal of 1 to 3 digits, `\x` without digits.
+        let values =
+            parse_copy_line(&Bytes::from_static(b"\\b\\f\\r\\v\\7\\0128\\xg\\x4a")).unwrap();
+        assert_eq!(text(&values[0]), b"\x08\x0c\r\x0b\x07\n8xgJ");
+    }
+
+    #[test]
+    fn copy_lines_are_cut_across_chunks() {
+        let mut lines = CopyLines::default();
+        let mut seen = Vec::new();
+        for chunk in ["1\ta\n2\tb", "b\n", "3\t", "c\n4\td\n"] {
+            let mut data = lines.push(Bytes::from_static(chunk.as_bytes()));
+            while let Some(line) = CopyLines::next_line(&mut data) {
+                seen.push(String::from_utf8(line.to_vec()).unwrap());
+            }
+            lines.keep(data);
+        }
+        assert!(lines.is_empty());
+        assert_eq!(seen, ["1\ta", "2\tbb", "3\tc", "4\td"]);
+        // A chunk ending inside a line leaves it kept.
+        let mut data = lines.push(Bytes::from_static(b"5\te"));
+        assert_eq!(CopyLines::next_line(&mut data), None);
+        lines.keep(data);
+        assert!(!lines.is_empty());
     }
 }

@@ -5,10 +5,10 @@
 //! a value that cannot convert, or a routing value that would make an invalid realm path, is a
 //! [`RowError`] with the reason and the raw values, which the apply step turns into a rejection.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use pgrealm_schema::pgtext::{parse_key_text, parse_text};
+use pgrealm_schema::pgtext::{parse_key_pg_text, parse_pg_text, PgType};
 use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Schema, Value};
 
 use crate::replication::{ColumnValue, Relation};
@@ -24,10 +24,12 @@ pub(crate) struct ColumnPlan {
     pub(crate) index: usize,
     /// The realm property it feeds.
     pub(crate) property: String,
+    /// That property's position in its class (`usize::MAX` in a placeholder).
+    pub(crate) property_index: usize,
     /// The property's label for errors (`Bus.name`).
     pub(crate) label: String,
-    /// The PostgreSQL type name (for [`parse_text`]).
-    pub(crate) pg_type: String,
+    /// The PostgreSQL type, normalised once here rather than per value (for [`parse_pg_text`]).
+    pub(crate) pg_type: PgType,
     /// What the text reads as.
     pub(crate) read_as: ScalarType,
     /// The property holds a link (to a key of type `read_as`).
@@ -77,6 +79,50 @@ pub(crate) struct TablePlan {
     pub(crate) kind: TableKind,
     /// A mapped table whose shape pgrealm cannot use: every change of it is rejected with this.
     pub(crate) broken: Option<String>,
+    /// A path template's captures and the positions of their columns (`None`: no such column).
+    pub(crate) route_columns: Vec<(String, Option<usize>)>,
+    /// The realm paths rendered for this table's rows so far.
+    pub(crate) paths: PathCache,
+}
+
+/// Realm paths a template rendered for a table's rows, each parsed once: rows of one realm
+/// render the same path, and parsing it again per row was a visible share of the mapping's
+/// CPU. Bounded: it is emptied when it holds [`PathCache::MAX`] paths.
+#[derive(Default)]
+pub(crate) struct PathCache(Mutex<HashMap<String, RealmPath>>);
+
+impl PathCache {
+    /// Paths kept at most.
+    const MAX: usize = 4096;
+
+    /// `RealmPath::parse(path)`, from the cache when this path was parsed before (a refused
+    /// path is not kept: it is parsed again, to give the same error).
+    fn parse(&self, path: String) -> Result<RealmPath, String> {
+        let mut paths = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(parsed) = paths.get(&path) {
+            return Ok(parsed.clone());
+        }
+        let parsed = RealmPath::parse(&path).map_err(|e| e.to_string())?;
+        if paths.len() >= Self::MAX {
+            paths.clear();
+        }
+        paths.insert(path, parsed.clone());
+        Ok(parsed)
+    }
+}
+
+impl Clone for PathCache {
+    /// A copy starts empty: the cache is only a saving.
+    fn clone(&self) -> Self {
+        PathCache::default()
+    }
+}
+
+impl std::fmt::Debug for PathCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let len = self.0.lock().map(|p| p.len()).unwrap_or_default();
+        f.debug_struct("PathCache").field("paths", &len).finish()
+    }
 }
 
 /// A row converted to realm values.
@@ -148,7 +194,19 @@ impl Mapper {
             columns,
             kind: TableKind::Ignored,
             broken: None,
+            route_columns: Vec::new(),
+            paths: PathCache::default(),
         };
+        if let RealmRouter::Template(template) = &self.router {
+            plan.route_columns = template
+                .captures()
+                .into_iter()
+                .map(|name| {
+                    let index = plan.columns.iter().position(|c| c == name);
+                    (name.to_owned(), index)
+                })
+                .collect();
+        }
         if relation.namespace == "pgrealm" && relation.name == "marker" {
             plan.kind = TableKind::Marker;
             return plan;
@@ -218,9 +276,14 @@ impl Mapper {
         let mut plan = ColumnPlan {
             index,
             property: property.name.clone(),
+            property_index: class
+                .properties
+                .iter()
+                .position(|p| p.name == property.name)
+                .expect("a property of the class"),
             label: label.clone(),
             read_as: property_type,
-            pg_type,
+            pg_type: PgType::new(&pg_type),
             link,
             enum_labels: None,
             mismatch: None,
@@ -329,8 +392,13 @@ impl Mapper {
         let owner = ColumnPlan {
             index: owner_index,
             property: key_property.name.clone(),
+            property_index: class
+                .properties
+                .iter()
+                .position(|p| p.name == key_property.name)
+                .expect("the key is a property of the class"),
             label: format!("{}.{property_name} (oid)", class.name),
-            pg_type: pg_type(owner_index),
+            pg_type: PgType::new(&pg_type(owner_index)),
             read_as: key_type,
             link: false,
             enum_labels: None,
@@ -392,11 +460,27 @@ impl Mapper {
             };
             let value = read_value(column, value)
                 .map_err(|reason| RowError::new(Some(&out.key), reason))?;
-            let property = class
-                .property_named(&column.property)
-                .expect("planned from the class");
-            let value = pgrealm_schema::value::check_value(&self.schema, class, property, value)
-                .map_err(|e| RowError::new(Some(&out.key), e.to_string()))?;
+            let property = &class.properties[column.property_index];
+            let value = if matches!(value, Value::Null) {
+                // NULL is the one value `read_value` makes that the property may refuse (or, for
+                // an optional property, keep): the schema's check says which, with its message.
+                pgrealm_schema::value::check_value(&self.schema, class, property, value)
+                    .map_err(|e| RowError::new(Some(&out.key), e.to_string()))?
+            } else {
+                // Any other value was read as exactly the property's type (`read_as` is the
+                // property's scalar type, or its link target's key type) and range-checked
+                // against its width, so `check_value` would return it unchanged: not run per
+                // value. Debug builds (the tests) still check that claim.
+                debug_assert!(
+                    matches!(
+                        pgrealm_schema::value::check_value(&self.schema, class, property, value.clone()),
+                        Ok(checked) if checked.same_as(&value)
+                    ),
+                    "{}: {value:?}",
+                    column.label
+                );
+                value
+            };
             out.values.insert(column.property.clone(), value);
         }
         Ok(out)
@@ -420,13 +504,22 @@ impl Mapper {
         let table = plan.table.rsplit('.').next().unwrap_or(&plan.table);
         match &self.router {
             RealmRouter::Template(template) => {
-                if template.captures().iter().any(|c| row.is_unchanged(c)) {
+                // What `PgRow::get`/`is_unchanged` would find, by the positions in the plan.
+                let value = |index: Option<usize>| index.and_then(|i| values.get(i));
+                if plan
+                    .route_columns
+                    .iter()
+                    .any(|(_, i)| matches!(value(*i), Some(ColumnValue::UnchangedToast)))
+                {
                     return Ok(Route::Unchanged);
                 }
-                let path = template.render(|name| row.get(name).map(str::to_owned))?;
-                RealmPath::parse(&path)
-                    .map(Route::Path)
-                    .map_err(|e| e.to_string())
+                let path = template.render(|name| {
+                    let (_, index) = plan.route_columns.iter().find(|(n, _)| n == name)?;
+                    value(*index)
+                        .and_then(ColumnValue::as_text)
+                        .map(str::to_owned)
+                })?;
+                plan.paths.parse(path).map(Route::Path)
             }
             RealmRouter::Closure(f) => f(table, &row).map(Route::Path),
         }
@@ -478,8 +571,9 @@ fn placeholder() -> ColumnPlan {
     ColumnPlan {
         index: usize::MAX,
         property: String::new(),
+        property_index: usize::MAX,
         label: String::new(),
-        pg_type: String::new(),
+        pg_type: PgType::new(""),
         read_as: ScalarType::String,
         link: false,
         enum_labels: None,
@@ -493,7 +587,7 @@ fn read_key(plan: &ColumnPlan, values: &[ColumnValue]) -> Result<PrimaryKey, Str
             let text = values[plan.index]
                 .as_text()
                 .ok_or_else(|| format!("the key of {} is not UTF-8", plan.label))?;
-            parse_key_text(plan.read_as, &plan.pg_type, text, &plan.label)
+            parse_key_pg_text(plan.read_as, &plan.pg_type, text, &plan.label)
                 .map_err(|e| e.to_string())
         }
         Some(ColumnValue::Null) | None => Err(format!("the key {} is NULL", plan.label)),
@@ -526,9 +620,35 @@ fn read_value(plan: &ColumnPlan, value: &ColumnValue) -> Result<Value, String> {
         }
     }
     if plan.link {
-        return parse_key_text(plan.read_as, &plan.pg_type, text, &plan.label)
+        return parse_key_pg_text(plan.read_as, &plan.pg_type, text, &plan.label)
             .map(Value::Link)
             .map_err(|e| e.to_string());
     }
-    parse_text(plan.read_as, &plan.pg_type, text, &plan.label).map_err(|e| e.to_string())
+    parse_pg_text(plan.read_as, &plan.pg_type, text, &plan.label).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_cache_gives_what_parsing_gives_and_stays_bounded() {
+        let cache = PathCache::default();
+        let first = cache.parse("/u1/bench".into()).unwrap();
+        assert_eq!(first, RealmPath::parse("/u1/bench").unwrap());
+        assert_eq!(cache.parse("/u1/bench".into()).unwrap(), first);
+        // A refused path is refused each time, with the parser's own message, and not kept.
+        let refused = RealmPath::parse("/../bench").unwrap_err().to_string();
+        for _ in 0..2 {
+            assert_eq!(cache.parse("/../bench".into()), Err(refused.clone()));
+        }
+        for i in 0..PathCache::MAX + 10 {
+            let path = format!("/u{i}/bench");
+            assert_eq!(
+                cache.parse(path.clone()).unwrap(),
+                RealmPath::parse(&path).unwrap()
+            );
+        }
+        assert!(cache.0.lock().unwrap().len() <= PathCache::MAX);
+    }
 }
