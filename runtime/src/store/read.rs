@@ -4,10 +4,10 @@
 //! On a remote store ([`Store::connect_remote`]) each read is one request to the server and
 //! sees the server's state as of that request: see [`Snapshot`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pgrealm_schema::{Class, KeyType, Object, PrimaryKey, RealmObject, Schema, Value};
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::changeset::Changeset;
 use super::codec::{decode_log, decode_object};
@@ -30,6 +30,14 @@ pub struct Snapshot {
     store: Store,
     /// `None` on a remote store.
     txn: Option<Arc<ReadTransaction>>,
+    /// The locator's tables, opened on the first [`Snapshot::locate`]: the sync engine asks
+    /// once per row change, and opening a table costs more than the lookup.
+    locate_tables: Arc<OnceLock<LocateTables>>,
+}
+
+struct LocateTables {
+    locator: ReadOnlyTable<&'static [u8], ()>,
+    paths: ReadOnlyTable<u64, &'static str>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -54,13 +62,31 @@ pub struct RealmInfo {
 impl Snapshot {
     pub(super) fn new(store: Store) -> Result<Snapshot, StoreError> {
         if store.remote().is_some() {
-            return Ok(Snapshot { store, txn: None });
+            return Ok(Snapshot {
+                store,
+                txn: None,
+                locate_tables: Arc::default(),
+            });
         }
         let txn = store.db().begin_read()?;
         Ok(Snapshot {
             store,
             txn: Some(Arc::new(txn)),
+            locate_tables: Arc::default(),
         })
+    }
+
+    fn locate_tables(&self) -> Result<&LocateTables, StoreError> {
+        if let Some(tables) = self.locate_tables.get() {
+            return Ok(tables);
+        }
+        let tables = LocateTables {
+            locator: self.txn().open_table(LOCATOR)?,
+            paths: self.txn().open_table(REALM_PATHS)?,
+        };
+        // Another clone may have opened them meanwhile: either is the same snapshot.
+        let _ = self.locate_tables.set(tables);
+        Ok(self.locate_tables.get().expect("set above"))
     }
 
     /// The read transaction of a local store (remote reads dispatch before this).
@@ -132,8 +158,7 @@ impl Snapshot {
         if let Some(remote) = self.store.remote() {
             return remote.locate(class, key);
         }
-        let locator = self.txn().open_table(LOCATOR)?;
-        let paths = self.txn().open_table(REALM_PATHS)?;
+        let LocateTables { locator, paths } = self.locate_tables()?;
         let prefix = locator_prefix(class, key);
         let mut out = Vec::new();
         for row in locator.range(prefix.as_slice()..)? {
