@@ -31,7 +31,9 @@ use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Key, ReadableDatabase, Table, TableDefinition, Value, WriteTransaction};
+use redb::{
+    Database, Key, ReadableDatabase, ReadableTable, Table, TableDefinition, Value, WriteTransaction,
+};
 
 use super::error::StoreError;
 use super::{LOCATOR, LOG, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS};
@@ -146,15 +148,23 @@ impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
 }
 
 impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
-    /// Insert `entries`, sorted by key, through a cursor: a run of keys that fall into one gap
-    /// of the table (new rows of a serial key, the usual bulk insert) is inserted as one run,
-    /// without a walk from the root per key. A key that does not fit the gap (it exists, or an
-    /// existing key lies between it and the previous one) is inserted the ordinary way, and the
-    /// cursor moves on.
+    /// Insert `entries`, sorted by key. When they all fall into one gap of the table (new rows
+    /// of a serial key, the usual bulk insert) they go in through one cursor, as one run,
+    /// without a walk from the root per key; otherwise (keys of other realms in between, keys
+    /// that exist) one by one, since a cursor would stop at every such key.
     pub(super) fn insert_sorted<'v>(
         &mut self,
         entries: &[(&[u8], V::SelfType<'v>)],
     ) -> Result<(), redb::StorageError> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        if self.table.range(first.0..=last.0)?.next().is_some() {
+            for (key, value) in entries {
+                self.insert(*key, value)?;
+            }
+            return Ok(());
+        }
         let mut i = 0;
         while i < entries.len() {
             {
@@ -635,8 +645,6 @@ fn checksum(seq: u64, payload: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use redb::ReadableTable;
-
     use super::*;
 
     fn record(seq: u64, payload: &[u8]) -> Vec<u8> {
@@ -730,9 +738,27 @@ mod tests {
             assert_eq!(all, expected);
         }
         // 3 ordinary puts + 6 sorted ones, each `tag, len, key, len, value`.
-        let payload = &redo.borrow().payload;
-        let puts = payload.len();
-        assert_eq!(puts, 3 * (1 + 4 + 1 + 4 + 3) + 6 * (1 + 4 + 1 + 4 + 1));
+        let put = |value_len: usize| 1 + 4 + 1 + 4 + value_len;
+        assert_eq!(redo.borrow().payload.len(), 3 * put(3) + 6 * put(1));
+
+        // Keys that all fall into one gap go through the cursor, between existing neighbours.
+        const U: TableDefinition<&[u8], &[u8]> = TableDefinition::new("u");
+        let redo = RefCell::new(Redo::default());
+        {
+            let mut table = Logged::open(&txn, U, Tag::Objects, Some(&redo)).unwrap();
+            table.insert(&b"a"[..], &b"first"[..]).unwrap();
+            table.insert(&b"z"[..], &b"last"[..]).unwrap();
+            let entries: Vec<(&[u8], &[u8])> = vec![(b"m", b"1"), (b"n", b"2"), (b"o", b"3")];
+            table.insert_sorted(&entries).unwrap();
+            let keys: Vec<Vec<u8>> = table
+                .range::<&[u8]>(..)
+                .unwrap()
+                .map(|e| e.unwrap().0.value().to_vec())
+                .collect();
+            assert_eq!(keys, [&b"a"[..], b"m", b"n", b"o", b"z"]);
+            assert_eq!(table.get(&b"n"[..]).unwrap().unwrap().value(), b"2");
+        }
+        assert_eq!(redo.borrow().payload.len(), put(5) + put(4) + 3 * put(1));
         txn.abort().unwrap();
     }
 
