@@ -14,8 +14,9 @@
 //!
 //! Sizes: `BENCH_ROWS` (default 200,000 changes per workload), `BENCH_BIG_TX` (default
 //! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
-//! copies what (a) and (b) wrote). Uses a private cluster from the test harness (127.0.0.1
-//! only). Not a test: figures go in BENCHMARKS.md.
+//! copies what (a) and (b) wrote). `BENCH_LAG_DETAIL=1` also prints the 40 worst lags with
+//! when their commit happened (stalls show as clusters). Uses a private cluster from the test
+//! harness (127.0.0.1 only). Not a test: figures go in BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -409,6 +410,24 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
             .filter_map(|(id, at)| committed.get(id).map(|c| at.saturating_duration_since(*c)))
             .collect()
     };
+    if std::env::var_os("BENCH_LAG_DETAIL").is_some() {
+        let committed = committed.lock().unwrap();
+        let first = committed.values().min().copied().unwrap();
+        let mut detail: Vec<(Duration, Duration)> = visible
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(id, at)| {
+                committed
+                    .get(id)
+                    .map(|c| (at.saturating_duration_since(*c), c.duration_since(first)))
+            })
+            .collect();
+        detail.sort();
+        for (lag, at) in detail.iter().rev().take(40) {
+            println!("  lag {lag:>10.2?} for the commit at {at:>10.2?}");
+        }
+    }
     lags.sort();
     latencies.sort();
     println!(
