@@ -86,6 +86,8 @@ pub use uuid::Uuid;
 #[doc(hidden)]
 pub mod __private {
     #[cfg(feature = "runtime")]
+    pub use mimalloc::MiMalloc;
+    #[cfg(feature = "runtime")]
     pub use pgrealm_runtime::cli;
     pub use pgrealm_schema as schema;
     pub use serde;
@@ -99,7 +101,8 @@ pub use pgrealm_runtime as runtime;
 
 /// Turn a compiled schema into the sync binary: `run`, `serve`, `ddl`, `status`, `reset`,
 /// `token`, `check`, `demo`, configured by `pgrealm.toml`. `pgrealm::main!(Schema, demo = DEMO)`
-/// gives the `demo` command its sample data (a [`runtime::cli::Demo`]).
+/// gives the `demo` command its sample data (a [`runtime::cli::Demo`]). The binary uses mimalloc
+/// as its global allocator, so the crate calling `main!` must not declare another.
 ///
 /// ```no_run
 /// pgrealm::schema! {
@@ -116,13 +119,22 @@ pub use pgrealm_runtime as runtime;
 #[macro_export]
 macro_rules! main {
     ($schema:ty) => {
+        $crate::main!(@allocator);
         fn main() -> ::std::process::ExitCode {
             $crate::__private::cli::main::<$schema>(env!("CARGO_PKG_NAME"))
         }
     };
     ($schema:ty, demo = $demo:expr) => {
+        $crate::main!(@allocator);
         fn main() -> ::std::process::ExitCode {
             $crate::__private::cli::main_with::<$schema>(env!("CARGO_PKG_NAME"), Some(&$demo))
         }
+    };
+    // The engine maps rows on one thread and commits them on another, so memory is freed on a
+    // thread other than the one that allocated it; mimalloc does that without the lock
+    // contention of glibc's malloc (BENCHMARKS.md, "PostgreSQL → realm").
+    (@allocator) => {
+        #[global_allocator]
+        static PGREALM_ALLOCATOR: $crate::__private::MiMalloc = $crate::__private::MiMalloc;
     };
 }

@@ -32,6 +32,10 @@ use pgrealm_schema::ddl::render_ddl;
 use pgrealm_schema::{Class, IntWidth, Object, Property, PropertyType, ScalarType, Schema, Value};
 use tokio_postgres::Client;
 
+/// The allocator the generated binary uses (`pgrealm::main!`), so the figures are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()

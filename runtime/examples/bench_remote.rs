@@ -30,6 +30,10 @@ use pgrealm_runtime::testing::PgCluster;
 use pgrealm_runtime::{Store, StoreOptions};
 use pgrealm_schema::{Class, IntWidth, Property, PropertyType, ScalarType, Schema};
 
+/// The allocator the generated binary uses (`pgrealm::main!`), so the figures are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn schema() -> Schema {
     let scalar = PropertyType::Scalar;
     Schema::new(vec![Class::new("Item")

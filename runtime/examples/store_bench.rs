@@ -19,6 +19,10 @@ use pgrealm_schema::{
     Class, IntWidth, ListItem, Object, Property, PropertyType, ScalarType, Schema, Value,
 };
 
+/// The allocator the generated binary uses (`pgrealm::main!`), so the figures are its.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long each timed loop runs (`STORE_BENCH_SECS`, default 4).
 fn run_time() -> Duration {
     let secs = std::env::var("STORE_BENCH_SECS")
