@@ -366,6 +366,24 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
             }
         })
     };
+    // With BENCH_LAG_DETAIL: a task that wakes every millisecond and notes how late it woke,
+    // to tell stalls of this process's tokio workers from stalls elsewhere.
+    let heartbeat = std::env::var_os("BENCH_LAG_DETAIL").map(|_| {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut late = Vec::new();
+            let mut expected = Instant::now() + Duration::from_millis(1);
+            while start.elapsed() < Duration::from_secs(6) {
+                tokio::time::sleep_until(expected.into()).await;
+                let now = Instant::now();
+                if now > expected + Duration::from_millis(5) {
+                    late.push((now.duration_since(start), now.duration_since(expected)));
+                }
+                expected = now + Duration::from_millis(1);
+            }
+            late
+        })
+    });
     let seconds = 5u64;
     let writers = 4i64;
     let mut latencies = Vec::new();
@@ -430,6 +448,13 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
         detail.sort();
         for (lag, at) in detail.iter().rev().take(40) {
             println!("  lag {lag:>10.2?} for the commit at {at:>10.2?}");
+        }
+        if let Some(heartbeat) = heartbeat {
+            for (at, late) in heartbeat.await.unwrap() {
+                println!(
+                    "  a 1 ms timer woke {late:>10.2?} late, {at:>10.2?} after the clients started"
+                );
+            }
         }
     }
     lags.sort();
