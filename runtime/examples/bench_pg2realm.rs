@@ -449,12 +449,12 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
         for (lag, at) in detail.iter().rev().take(40) {
             println!("  lag {lag:>10.2?} for the commit at {at:>10.2?}");
         }
-        if let Some(heartbeat) = heartbeat {
-            for (at, late) in heartbeat.await.unwrap() {
-                println!(
-                    "  a 1 ms timer woke {late:>10.2?} late, {at:>10.2?} after the clients started"
-                );
-            }
+    }
+    if let Some(heartbeat) = heartbeat {
+        for (at, late) in heartbeat.await.unwrap() {
+            println!(
+                "  a 1 ms timer woke {late:>10.2?} late, {at:>10.2?} after the clients started"
+            );
         }
     }
     lags.sort();
