@@ -202,21 +202,7 @@ async fn crash_run(seed: u64, rounds: u64) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
-    let mut writers = Vec::new();
-    for n in 0..WRITERS {
-        writers.push(tokio::spawn(api_writer(
-            remote.clone(),
-            Rng::fork(seed, n),
-            stop.clone(),
-            tally.clone(),
-        )));
-        writers.push(tokio::spawn(pg_writer(
-            db.url.clone(),
-            Rng::fork(seed, 100 + n),
-            stop.clone(),
-            tally.clone(),
-        )));
-    }
+    let writers = spawn_writers(WRITERS, api_writer, &remote, &db.url, seed, &stop, &tally);
     let mut rng = Rng::fork(seed, 1000);
     for round in 1..=rounds {
         tokio::time::sleep(Duration::from_millis(400 + rng.below(800))).await;
@@ -267,18 +253,7 @@ async fn crash_run(seed: u64, rounds: u64) {
     let store =
         Store::open_compiled::<transit::Schema>(setup.server_data(), StoreOptions::default())
             .unwrap();
-    assert_applied_once(
-        seed,
-        &store,
-        REALM,
-        &counts,
-        Writes {
-            api_ok: tally.api_ok.load(Ordering::Relaxed),
-            api_not_ok: tally.api_not_ok.load(Ordering::Relaxed),
-            pg_commits: tally.pg_commits.load(Ordering::Relaxed),
-            pg_refused: tally.pg_refused.load(Ordering::Relaxed),
-        },
-    );
+    assert_applied_once(seed, &store, REALM, &counts, tally.writes());
     let client = db.connect().await.unwrap();
     let _ = client
         .execute(

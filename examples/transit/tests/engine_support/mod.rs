@@ -694,6 +694,50 @@ pub struct Tally {
     pub pg_refused: AtomicU64,
 }
 
+impl Tally {
+    /// The counts so far, for [`assert_applied_once`].
+    pub fn writes(&self) -> Writes {
+        Writes {
+            api_ok: self.api_ok.load(Ordering::Relaxed),
+            api_not_ok: self.api_not_ok.load(Ordering::Relaxed),
+            pg_commits: self.pg_commits.load(Ordering::Relaxed),
+            pg_refused: self.pg_refused.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// `writers` API writers (`api_writer`, each test's own) and as many [`pg_writer`]s, each with
+/// its own random stream forked from `seed`, all running until `stop`.
+pub fn spawn_writers<F>(
+    writers: u64,
+    api_writer: fn(RemoteRealm, Rng, Arc<AtomicBool>, Arc<Tally>) -> F,
+    remote: &RemoteRealm,
+    url: &str,
+    seed: u64,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<()>>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut handles = Vec::new();
+    for n in 0..writers {
+        handles.push(tokio::spawn(api_writer(
+            remote.clone(),
+            Rng::fork(seed, n),
+            stop.clone(),
+            tally.clone(),
+        )));
+        handles.push(tokio::spawn(pg_writer(
+            url.to_owned(),
+            Rng::fork(seed, 100 + n),
+            stop.clone(),
+            tally.clone(),
+        )));
+    }
+    handles
+}
+
 /// Random PostgreSQL transactions until `stop`; refusals are counted, not retried.
 pub async fn pg_writer(url: String, mut rng: Rng, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let mut client = connect_writer!(&url).await.unwrap();
