@@ -28,33 +28,13 @@ use pgrealm_runtime::server::{Server, ServerOptions};
 use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, Progress};
 use pgrealm_runtime::testing::PgCluster;
 use pgrealm_runtime::{Store, StoreOptions};
-use pgrealm_schema::{Class, IntWidth, Property, PropertyType, ScalarType, Schema};
 
-/// The allocator the generated binary uses (`pgrealm::main!`), so the figures are its.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod item_bench;
 
-fn schema() -> Schema {
-    let scalar = PropertyType::Scalar;
-    Schema::new(vec![Class::new("Item")
-        .table("item")
-        .property(Property::new("id", scalar(ScalarType::Int(IntWidth::I64))).primary_key())
-        .property(Property::new("name", scalar(ScalarType::String)))
-        .property(Property::new(
-            "n",
-            scalar(ScalarType::Int(IntWidth::I64)),
-        ))])
-}
-
-const DDL: &str =
-    "CREATE TABLE item (id bigint PRIMARY KEY, name text NOT NULL, n bigint NOT NULL, \
-                   user_id text NOT NULL)";
+use item_bench::{schema, DDL};
 
 fn rows() -> i64 {
-    std::env::var("BENCH_ROWS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000)
+    item_bench::rows(20_000)
 }
 
 /// An object server over a fresh store, on a runtime thread of its own (as another process
