@@ -10,7 +10,10 @@
 //!   /dev/null and `pg_logical_slot_peek_binary_changes` over the same range (decoding alone);
 //! - the initial load's rows/s next to `psql -c "\copy … to '/dev/null'"` of the same table;
 //! - end-to-end lag (PostgreSQL commit returned → realm version visible) p50/p99 at a steady
-//!   1,000 transactions/s, next to the single-row commit latency.
+//!   1,000 transactions/s, next to the single-row commit latency and to how long a fixed piece
+//!   of CPU work took on this machine during the same seconds (a thread runs it once a
+//!   millisecond; on a shared virtual machine it shows the bursts in which every process runs
+//!   several times slower).
 //!
 //! Sizes: `BENCH_ROWS` (default 200,000 changes per workload), `BENCH_BIG_TX` (default
 //! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
@@ -148,6 +151,26 @@ impl Bench {
 
 fn rate(n: f64, d: Duration) -> f64 {
     n / d.as_secs_f64()
+}
+
+/// Runs a fixed piece of CPU work once a millisecond until `stop`, and returns how long each
+/// run took: where the machine itself slows down, it does too (about 2 % of one core).
+fn cpu_probe(stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let mut took = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+            let start = Instant::now();
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            for i in 0..20_000u64 {
+                x = (x ^ i).wrapping_mul(0xbf58_476d_1ce4_e5b9).rotate_left(17);
+            }
+            std::hint::black_box(x);
+            took.push(start.elapsed());
+        }
+        took.sort();
+        took
+    })
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -364,6 +387,8 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
             late
         })
     });
+    let probe_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probe = cpu_probe(probe_stop.clone());
     let seconds = 5u64;
     let writers = 4i64;
     let mut latencies = Vec::new();
@@ -395,6 +420,8 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
     for h in handles {
         latencies.extend(h.await.unwrap());
     }
+    probe_stop.store(true, Ordering::Relaxed);
+    let probe = probe.join().unwrap();
     let expected = latencies.len();
     let deadline = Instant::now() + Duration::from_secs(30);
     while visible.lock().unwrap().len() < expected && Instant::now() < deadline {
@@ -442,12 +469,19 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
     println!(
         "lag at 1,000 transactions/s ({} transactions, {writers} clients):\n  \
          commit → visible in realm   p50 {:>8.2?}  p99 {:>8.2?}\n  \
-         single-row commit latency   p50 {:>8.2?}  p99 {:>8.2?}",
+         single-row commit latency   p50 {:>8.2?}  p99 {:>8.2?}\n  \
+         fixed CPU work, same seconds p50 {:>8.2?}  p99 {:>8.2?}  max {:>8.2?}  \
+         ({} of {} runs over 3× the median)",
         lags.len(),
         percentile(&lags, 0.5),
         percentile(&lags, 0.99),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
+        percentile(&probe, 0.5),
+        percentile(&probe, 0.99),
+        probe.last().copied().unwrap_or_default(),
+        probe.iter().filter(|t| **t > percentile(&probe, 0.5) * 3).count(),
+        probe.len(),
     );
 }
 
