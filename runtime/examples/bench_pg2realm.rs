@@ -13,7 +13,8 @@
 //!   1,000 transactions/s, next to the single-row commit latency and to how long a fixed piece
 //!   of CPU work took on this machine during the same seconds (a thread runs it once a
 //!   millisecond; on a shared virtual machine it shows the bursts in which every process runs
-//!   several times slower).
+//!   several times slower), and how long after each apply the slot's `confirmed_flush_lsn` shows
+//!   it (target: within 100 ms).
 //!
 //! Sizes: `BENCH_ROWS` (default 200,000 changes per workload), `BENCH_BIG_TX` (default
 //! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
@@ -171,6 +172,47 @@ fn cpu_probe(stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandl
         took.sort();
         took
     })
+}
+
+/// Until `stop`: every 2 ms, the applier's durable position and the slot's
+/// `confirmed_flush_lsn`. Returns, for each applied position, how long after it was first seen
+/// the server first showed it confirmed (a position still unconfirmed at the end counts up to
+/// then).
+async fn follow_confirmations(
+    url: String,
+    slot: &'static str,
+    stats: Arc<PgToRealmStats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Duration> {
+    let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
+    let query = sql
+        .prepare(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots \
+             WHERE slot_name = $1",
+        )
+        .await
+        .unwrap();
+    // Applied positions not yet confirmed, with when they were first seen.
+    let mut waiting: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    let mut delays = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    while !*stop.borrow_and_update() {
+        tick.tick().await;
+        let applied = stats.confirmed_lsn.load(Ordering::Relaxed);
+        if waiting.back().is_none_or(|(lsn, _)| *lsn < applied) {
+            waiting.push_back((applied, Instant::now()));
+        }
+        let confirmed: i64 = sql.query_one(&query, &[&slot]).await.unwrap().get(0);
+        while let Some((lsn, seen)) = waiting.front() {
+            if *lsn > confirmed as u64 {
+                break;
+            }
+            delays.push(seen.elapsed());
+            waiting.pop_front();
+        }
+    }
+    delays.extend(waiting.iter().map(|(_, seen)| seen.elapsed()));
+    delays
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -341,8 +383,15 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
     let store = Store::open(dir.join("lag"), schema(), StoreOptions::default()).unwrap();
     let sync = b.applier("load", store.clone(), false);
     let _ = sync.setup().await;
+    let stats = sync.stats();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(sync.run(stopped));
+    let confirmations = tokio::spawn(follow_confirmations(
+        b.db.url.clone(),
+        "load",
+        stats,
+        stop.subscribe(),
+    ));
     let committed: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
     let visible: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
     let watcher = {
@@ -430,6 +479,8 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     watcher.abort();
+    let mut confirm_delays = confirmations.await.unwrap();
+    confirm_delays.sort();
     let mut lags: Vec<Duration> = {
         let committed = committed.lock().unwrap();
         visible
@@ -471,7 +522,9 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
          commit → visible in realm   p50 {:>8.2?}  p99 {:>8.2?}\n  \
          single-row commit latency   p50 {:>8.2?}  p99 {:>8.2?}\n  \
          fixed CPU work, same seconds p50 {:>8.2?}  p99 {:>8.2?}  max {:>8.2?}  \
-         ({} of {} runs over 3× the median)",
+         ({} of {} runs over 3× the median)\n  \
+         applied → slot confirmed     p50 {:>8.2?}  p99 {:>8.2?}  max {:>8.2?}  \
+         ({} applied positions, polled every 2 ms)",
         lags.len(),
         percentile(&lags, 0.5),
         percentile(&lags, 0.99),
@@ -480,8 +533,15 @@ async fn lag(b: &Bench, dir: &std::path::Path) {
         percentile(&probe, 0.5),
         percentile(&probe, 0.99),
         probe.last().copied().unwrap_or_default(),
-        probe.iter().filter(|t| **t > percentile(&probe, 0.5) * 3).count(),
+        probe
+            .iter()
+            .filter(|t| **t > percentile(&probe, 0.5) * 3)
+            .count(),
         probe.len(),
+        percentile(&confirm_delays, 0.5),
+        percentile(&confirm_delays, 0.99),
+        confirm_delays.last().copied().unwrap_or_default(),
+        confirm_delays.len(),
     );
 }
 
