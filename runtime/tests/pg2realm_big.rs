@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use pg2realm_support::*;
 use pgrealm_runtime::sync::pg_to_realm::stored_checkpoint;
-use pgrealm_runtime::{Instruction, RealmObjects, Store, StoreOptions};
+use pgrealm_runtime::sync::realm_to_pg::POSTGRES_ORIGIN;
+use pgrealm_runtime::{Instruction, RealmObjects, Store, StoreOptions, Subscription};
 use pgrealm_schema::{PrimaryKey, Value};
 
 /// Growth of the peak resident set allowed while one large transaction is applied, with the
@@ -59,6 +60,18 @@ async fn a_huge_transaction_is_one_store_commit_in_bounded_memory() {
     };
     f.store = Store::open(f.dir.path().join("bounded"), schema(), options).unwrap();
     let running = f.start(f.options()).await;
+    // A follower like realm → PostgreSQL's, which skips PostgreSQL's own commits: it learns of
+    // the four new versions without reading their instructions, inside the same memory bound.
+    let mut follower = f
+        .store
+        .subscribe(Subscription::all().headers_only_from(POSTGRES_ORIGIN));
+    let followed = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            seen.push(follower.next().await.unwrap());
+        }
+        seen
+    });
     f.exec(&format!(
         "INSERT INTO bus (id, name, counter, user_id) \
          SELECT i, 'bus ' || i, i, 'u' || (i % 4) FROM generate_series(1, {rows}) i"
@@ -69,6 +82,17 @@ async fn a_huge_transaction_is_one_store_commit_in_bounded_memory() {
     let started = Instant::now();
     wait_for_lsn(&running, end, Duration::from_secs(600)).await;
     let took = started.elapsed();
+    let followed = tokio::time::timeout(Duration::from_secs(60), followed)
+        .await
+        .expect("the follower sees the commit")
+        .unwrap();
+    for changeset in &followed {
+        assert_eq!(
+            (changeset.version, changeset.origin.as_str()),
+            (1, POSTGRES_ORIGIN)
+        );
+        assert!(changeset.instructions.is_empty());
+    }
     let growth_mib = status_kib("VmHWM:").saturating_sub(rss_before) / 1024;
     println!(
         "{rows} rows in one transaction: applied in {took:.2?}, peak RSS grew by {growth_mib} MiB \

@@ -300,3 +300,45 @@ async fn dropping_next_midway_loses_nothing() {
     }
     eprintln!("{cancelled} calls were dropped midway");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changesets_of_a_skipped_origin_come_without_their_instructions() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
+    let realm = path("/transit");
+    // A commit streamed in parts (its instructions live in several records), then an ordinary
+    // one, both from "postgres"; then one from an app.
+    let mut streaming = store.begin_streaming("postgres").unwrap();
+    let mut batch = store.begin_write("postgres");
+    for id in 0..3_000 {
+        batch.realm(&realm).put(&bus(id, "streamed")).unwrap();
+        if batch.len() == 1_000 {
+            streaming = streaming.apply(&mut batch).unwrap();
+        }
+    }
+    streaming.apply(&mut batch).unwrap().commit().unwrap();
+    let mut tx = store.begin_write("postgres");
+    tx.realm(&realm).put(&bus(5_000, "plain")).unwrap();
+    tx.commit().unwrap();
+    commit(&store, std::slice::from_ref(&realm), 6_000);
+
+    let mut skipping = store.subscribe(Subscription::all().headers_only_from("postgres"));
+    let mut whole = store.subscribe(Subscription::all());
+    for version in 1..=3u64 {
+        let header = next(&mut skipping).await;
+        let full = next(&mut whole).await;
+        assert_eq!((header.version, full.version), (version, version));
+        assert_eq!(header.origin, full.origin);
+        assert_eq!(header.committed_at, full.committed_at);
+        if full.origin == "postgres" {
+            assert!(header.instructions.is_empty(), "version {version}");
+            assert!(!full.instructions.is_empty(), "version {version}");
+        } else {
+            assert_eq!(header.instructions, full.instructions);
+        }
+    }
+    // The streamed commit holds every object; the header-only reader never decoded them.
+    let streamed = store.changes(&realm, 0, 1).unwrap().remove(0);
+    assert!(streamed.instructions.len() > 3_000);
+    assert_eq!(store.changes(&realm, 0, 10).unwrap().len(), 3);
+}

@@ -570,10 +570,7 @@ pub(crate) fn decode_log(
     bytes: &[u8],
 ) -> Result<(DateTime<Utc>, String, Vec<Instruction>), CodecError> {
     let mut d = Decoder::new(bytes, "changeset");
-    let micros = d.signed()?;
-    let at = DateTime::<Utc>::from_timestamp_micros(micros)
-        .ok_or_else(|| d.err("commit time out of range"))?;
-    let origin = d.str()?;
+    let (at, origin) = log_header(&mut d)?;
     let n = d.len()?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -583,6 +580,18 @@ pub(crate) fn decode_log(
         return Err(d.err("trailing bytes"));
     }
     Ok((at, origin, out))
+}
+
+/// A log record's commit time and origin, without decoding its instructions.
+pub(crate) fn decode_log_header(bytes: &[u8]) -> Result<(DateTime<Utc>, String), CodecError> {
+    log_header(&mut Decoder::new(bytes, "changeset"))
+}
+
+fn log_header(d: &mut Decoder<'_>) -> Result<(DateTime<Utc>, String), CodecError> {
+    let micros = d.signed()?;
+    let at = DateTime::<Utc>::from_timestamp_micros(micros)
+        .ok_or_else(|| d.err("commit time out of range"))?;
+    Ok((at, d.str()?))
 }
 
 #[cfg(test)]
@@ -671,5 +680,6 @@ mod tests {
             decode_log(&bytes).unwrap(),
             (at, "app".to_owned(), instructions)
         );
+        assert_eq!(decode_log_header(&bytes).unwrap(), (at, "app".to_owned()));
     }
 }

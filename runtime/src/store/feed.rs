@@ -28,6 +28,7 @@ const BATCH: usize = 512;
 pub struct Subscription {
     pattern: Regex,
     resume: HashMap<RealmPath, u64>,
+    headers_only: Option<String>,
 }
 
 impl Subscription {
@@ -44,6 +45,7 @@ impl Subscription {
         Subscription {
             pattern,
             resume: HashMap::new(),
+            headers_only: None,
         }
     }
 
@@ -56,6 +58,15 @@ impl Subscription {
     /// ones after it.
     pub fn resume_from(mut self, realm: RealmPath, last_seen: u64) -> Self {
         self.resume.insert(realm, last_seen);
+        self
+    }
+
+    /// Deliver the changesets committed with `origin` without their instructions (realm,
+    /// version, origin and time only), for a follower that skips them: their instructions are
+    /// never read, so one commit of a million objects costs it nothing. On a remote store they
+    /// still arrive whole.
+    pub fn headers_only_from(mut self, origin: &str) -> Self {
+        self.headers_only = Some(origin.to_owned());
         self
     }
 }
@@ -89,6 +100,7 @@ pub struct ChangeFeed {
     delivered: HashMap<RealmPath, u64>,
     rx: broadcast::Receiver<Committed>,
     pending: VecDeque<Changeset>,
+    headers_only: Option<String>,
     dirty: BTreeSet<RealmPath>,
     last_fetched: Option<RealmPath>,
     rescan: bool,
@@ -108,6 +120,7 @@ impl ChangeFeed {
             delivered: subscription.resume,
             rx,
             pending: VecDeque::new(),
+            headers_only: subscription.headers_only,
             dirty: BTreeSet::new(),
             last_fetched: None,
             rescan: true,
@@ -209,7 +222,13 @@ impl ChangeFeed {
         let after = self.delivered.get(&realm).copied().unwrap_or(0);
         let store = self.store.clone();
         let path = realm.clone();
-        let read = blocking(move || store.changes(&path, after, BATCH)).await;
+        let headers_only = self.headers_only.clone();
+        let read = blocking(move || {
+            store
+                .snapshot()?
+                .changes_skipping(&path, after, BATCH, headers_only.as_deref())
+        })
+        .await;
         let changes = match read {
             Err(e @ StoreError::Pruned { .. }) => {
                 self.dirty.remove(&realm);

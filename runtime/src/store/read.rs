@@ -10,7 +10,7 @@ use pgrealm_schema::{Class, KeyType, Object, PrimaryKey, RealmObject, Schema, Va
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use super::changeset::Changeset;
-use super::codec::{decode_log, decode_object};
+use super::codec::{decode_log, decode_log_header, decode_object};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
@@ -206,6 +206,19 @@ impl Snapshot {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Changeset>, StoreError> {
+        self.changes_skipping(realm, after, limit, None)
+    }
+
+    /// [`changes`](Self::changes), but a changeset committed with origin `headers_only` comes
+    /// without its instructions, which are not read (a commit streamed in parts can hold a
+    /// million of them). A remote store sends them whole.
+    pub(super) fn changes_skipping(
+        &self,
+        realm: &RealmPath,
+        after: u64,
+        limit: usize,
+        headers_only: Option<&str>,
+    ) -> Result<Vec<Changeset>, StoreError> {
         if let Some(remote) = self.store.remote() {
             return remote.changes(realm, after, limit);
         }
@@ -227,9 +240,15 @@ impl Snapshot {
         let mut out = Vec::new();
         for row in log.range((id, after + 1)..=(id, info.version))?.take(limit) {
             let (k, v) = row?;
-            let (committed_at, origin, mut instructions) = decode_log(v.value())?;
             let version = k.value().1;
-            parts.prepend(id, version, &mut instructions)?;
+            let (committed_at, origin) = decode_log_header(v.value())?;
+            let instructions = if headers_only == Some(origin.as_str()) {
+                Vec::new()
+            } else {
+                let (_, _, mut instructions) = decode_log(v.value())?;
+                parts.prepend(id, version, &mut instructions)?;
+                instructions
+            };
             out.push(Changeset {
                 realm: realm.clone(),
                 version,

@@ -208,7 +208,10 @@ impl RealmToPg {
             return Ok(());
         };
         let mut progress = writer.load_progress().await?;
-        let mut subscription = Subscription::new(self.options.realm_regex.clone());
+        // PostgreSQL's own changes are skipped below: they come without their instructions, so
+        // a large PostgreSQL transaction is never read whole here.
+        let mut subscription =
+            Subscription::new(self.options.realm_regex.clone()).headers_only_from(POSTGRES_ORIGIN);
         for (path, version) in &progress {
             subscription = subscription.resume_from(path.clone(), *version);
         }
