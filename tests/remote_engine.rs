@@ -401,6 +401,38 @@ async fn the_store_api_works_over_a_remote_server() {
         next.instructions
     );
 
+    // A feed that skips an origin gets its changesets without instructions from the server.
+    let mut skipping = remote.subscribe(
+        Subscription::all()
+            .resume_from(a.clone(), 0)
+            .resume_from(b.clone(), 1)
+            .headers_only_from("postgres"),
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let next = tokio::time::timeout(Duration::from_secs(10), skipping.next())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push((
+            next.realm.to_string(),
+            next.version,
+            next.origin.clone(),
+            next.instructions.len(),
+        ));
+    }
+    seen.sort();
+    let postgres_empty = seen
+        .iter()
+        .all(|(_, _, origin, n)| (origin == "postgres") == (*n == 0));
+    assert!(postgres_empty, "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .map(|(_, _, o, _)| o.as_str())
+            .collect::<Vec<_>>(),
+        ["postgres", "postgres", "postgres", "app"]
+    );
+
     // A value the schema refuses fails at the call, before anything is sent.
     let mut tx = remote.begin_write("postgres");
     let err = tx

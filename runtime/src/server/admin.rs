@@ -8,9 +8,11 @@
 //!   rebuilds the store write transaction and commits it atomically and durably before
 //!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`].
 //! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is
-//!   `{"pattern": regex, "resume": {path: version}}`; the server then sends every changeset of
-//!   every matching realm (realms created later included) after those positions, caught up from
-//!   the log then live, as `changes` does. A realm whose log no longer reaches back sends
+//!   `{"pattern": regex, "resume": {path: version}, "headers_only": origin}` (`headers_only`
+//!   optional: changesets of that origin come with `"instructions": []`, unread, as
+//!   [`Subscription::headers_only_from`]); the server then sends every changeset of every
+//!   matching realm (realms created later included) after those positions, caught up from the
+//!   log then live, as `changes` does. A realm whose log no longer reaches back sends
 //!   `{"error":{"code":"pruned","realm","asked","oldest","message"}}` and is skipped; any other
 //!   error is sent and the socket closed.
 //!
@@ -365,6 +367,9 @@ struct Subscribe {
     pattern: String,
     #[serde(default)]
     resume: BTreeMap<String, u64>,
+    /// Changesets of this origin are sent without their instructions.
+    #[serde(default)]
+    headers_only: Option<String>,
 }
 
 /// `GET /v1/admin/feed` (WebSocket).
@@ -460,6 +465,9 @@ fn subscription_from(text: &str) -> Result<Subscription, String> {
     for (path, version) in req.resume {
         let path = RealmPath::parse(&path).map_err(|e| format!("resume: {e}"))?;
         subscription = subscription.resume_from(path, version);
+    }
+    if let Some(origin) = &req.headers_only {
+        subscription = subscription.headers_only_from(origin);
     }
     Ok(subscription)
 }

@@ -32,9 +32,10 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The pattern and the positions to resume from (for a remote server's feed).
-    pub(super) fn parts(&self) -> (&Regex, &HashMap<RealmPath, u64>) {
-        (&self.pattern, &self.resume)
+    /// The pattern, the positions to resume from and the origin sent without instructions (for
+    /// a remote server's feed).
+    pub(super) fn parts(&self) -> (&Regex, &HashMap<RealmPath, u64>, Option<&str>) {
+        (&self.pattern, &self.resume, self.headers_only.as_deref())
     }
 
     /// Follow every realm whose path matches `pattern` anywhere (like JavaScript's
@@ -63,8 +64,8 @@ impl Subscription {
 
     /// Deliver the changesets committed with `origin` without their instructions (realm,
     /// version, origin and time only), for a follower that skips them: their instructions are
-    /// never read, so one commit of a million objects costs it nothing. On a remote store they
-    /// still arrive whole.
+    /// never read, so one commit of a million objects costs it nothing (on a remote store the
+    /// server leaves them out).
     pub fn headers_only_from(mut self, origin: &str) -> Self {
         self.headers_only = Some(origin.to_owned());
         self

@@ -211,7 +211,8 @@ impl Snapshot {
 
     /// [`changes`](Self::changes), but a changeset committed with origin `headers_only` comes
     /// without its instructions, which are not read (a commit streamed in parts can hold a
-    /// million of them). A remote store sends them whole.
+    /// million of them). A remote store answers with whole changesets (its feed honours the
+    /// origin; see `remote.rs`).
     pub(super) fn changes_skipping(
         &self,
         realm: &RealmPath,

@@ -406,7 +406,7 @@ impl RemoteBackend {
 
     /// Follow the server's change feed for `subscription`.
     pub(super) fn subscribe(&self, subscription: &Subscription) -> RemoteFeed {
-        let (pattern, resume) = subscription.parts();
+        let (pattern, resume, headers_only) = subscription.parts();
         let positions: BTreeMap<String, u64> = resume
             .iter()
             .map(|(p, v)| (p.as_str().to_owned(), *v))
@@ -416,6 +416,7 @@ impl RemoteBackend {
             self.client.clone(),
             pattern.as_str().to_owned(),
             positions,
+            headers_only.map(str::to_owned),
             tx,
         ));
         RemoteFeed { rx, task }
@@ -552,6 +553,7 @@ async fn feed_task(
     client: Client,
     pattern: String,
     mut positions: BTreeMap<String, u64>,
+    headers_only: Option<String>,
     tx: mpsc::Sender<Result<Changeset, StoreError>>,
 ) {
     let url = client.base_url().to_owned();
@@ -560,7 +562,8 @@ async fn feed_task(
     // A pruned realm is reported once; the server reports it again after a reconnect.
     let mut pruned: HashSet<String> = HashSet::new();
     loop {
-        let subscribe = json!({"pattern": pattern, "resume": positions});
+        let subscribe =
+            json!({"pattern": pattern, "resume": positions, "headers_only": headers_only});
         let connected = tokio::time::timeout(CONNECT_TIMEOUT, client.admin_feed(subscribe)).await;
         let problem = match connected {
             Err(_) => StoreError::Remote {
