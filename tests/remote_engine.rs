@@ -14,7 +14,7 @@ use pgrealm_runtime::sync::pg_to_realm::checkpoint_key;
 use pgrealm_runtime::testing::PgCluster;
 use pgrealm_runtime::{Instruction, RealmPath, Store, StoreError, Subscription};
 use pgrealm_schema::{Object, PrimaryKey, Value};
-use remote_support::{wait_for, RemoteServer};
+use remote_support::{stream_id, wait_for, RemoteServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn route(store: &Store, realm: &RealmPath, id: &str) -> Option<Object> {
@@ -355,13 +355,7 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         )
         .await;
     assert_eq!(status, 200, "{text}");
-    let id = text
-        .split("\"id\":\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
+    let id = stream_id(&text);
     let (status, text) = server
         .raw(
             "DELETE",

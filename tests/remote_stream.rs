@@ -19,7 +19,7 @@ use pgrealm_runtime::sync::pg_to_realm::{
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::{RealmPath, Store, StoreError};
 use pgrealm_schema::{Object, PrimaryKey, Value};
-use remote_support::{wait_for, RemoteServer};
+use remote_support::{stream_id, wait_for, RemoteServer};
 use tokio::sync::watch;
 
 /// Rows of the large transaction: 20 batches of [`STREAM_AFTER`].
@@ -405,12 +405,7 @@ async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
         )
         .await;
     assert_eq!(status, 200, "{text}");
-    let id = text
-        .split("\"id\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let id = stream_id(&text);
     let good = r#"{"ops":[{"put":{"realm":"/a","class":"Bus","object":{"id":1,"name":"one"}}}]}"#;
     let (status, text) = server
         .raw(
@@ -472,12 +467,7 @@ async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
         )
         .await;
     assert_eq!(status, 200, "{text}");
-    let id = text
-        .split("\"id\":\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .unwrap()
-        .to_owned();
+    let id = stream_id(&text);
     let (status, text) = server
         .raw(
             "POST",

@@ -161,6 +161,16 @@ impl RemoteServer {
     }
 }
 
+/// The stream id in the raw answer to `POST /v1/admin/streams`.
+pub fn stream_id(answer: &str) -> String {
+    answer
+        .split("\"id\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no stream id in {answer}"))
+        .to_owned()
+}
+
 /// Whether `out` holds a whole answer: the head of a 101, or a head and its body.
 fn complete(out: &[u8]) -> bool {
     let text = String::from_utf8_lossy(out);
