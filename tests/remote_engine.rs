@@ -2,226 +2,20 @@
 //! running both directions against it (`realm.url`), on the real PostgreSQL of the test harness.
 //!
 //! The object server runs in this process but on a runtime and thread of its own, as a server in
-//! another process would: the remote store blocks its caller's thread on each request, so the
-//! server must not depend on the caller's runtime.
+//! another process would (see `remote_support`).
 
-use std::sync::Arc;
+mod remote_support;
+
 use std::time::{Duration, Instant};
 
-use pgrealm_runtime::auth::Keys;
 use pgrealm_runtime::client::Client;
-use pgrealm_runtime::config::Config;
-use pgrealm_runtime::metrics::Metrics;
-use pgrealm_runtime::server::{Server, ServerOptions};
 use pgrealm_runtime::sync::engine;
 use pgrealm_runtime::sync::pg_to_realm::checkpoint_key;
 use pgrealm_runtime::testing::PgCluster;
-use pgrealm_runtime::{Instruction, RealmPath, Store, StoreError, StoreOptions, Subscription};
+use pgrealm_runtime::{Instruction, RealmPath, Store, StoreError, Subscription};
 use pgrealm_schema::{Object, PrimaryKey, Value};
+use remote_support::{stream_id, wait_for, RemoteServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// An object server on 127.0.0.1:0, on its own runtime thread; stopped when dropped.
-struct RemoteServer {
-    _dir: tempfile::TempDir,
-    /// The server's own (embedded) store, to check what arrived.
-    store: Store,
-    keys: Keys,
-    base: String,
-    addr: std::net::SocketAddr,
-    token_file: std::path::PathBuf,
-    stop: Option<Stop>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl RemoteServer {
-    fn start() -> RemoteServer {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_compiled::<transit::Schema>(
-            dir.path().join("server"),
-            StoreOptions::default(),
-        )
-        .unwrap();
-        let keys = Keys::load_or_create(&dir.path().join("server"), None).unwrap();
-        let token_file = dir.path().join("admin.token");
-        std::fs::write(&token_file, keys.admin_token()).unwrap();
-        let (addr, stop, thread) = serve(&store, &keys, "127.0.0.1:0");
-        RemoteServer {
-            _dir: dir,
-            store,
-            keys,
-            base: format!("http://{addr}"),
-            addr,
-            token_file,
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    /// Stop the server (dropping every connection) and serve the same store again on the
-    /// same address, as a restarted server process would.
-    fn restart(&mut self) {
-        drop(self.stop.take());
-        self.thread.take().unwrap().join().unwrap();
-        let (_, stop, thread) = serve(&self.store, &self.keys, &self.addr.to_string());
-        self.stop = Some(stop);
-        self.thread = Some(thread);
-    }
-
-    /// Stop the server, wait `down`, and serve the same store again on the same address: an
-    /// outage long enough for the engine to hit it.
-    fn restart_after(&mut self, down: Duration) {
-        drop(self.stop.take());
-        self.thread.take().unwrap().join().unwrap();
-        std::thread::sleep(down);
-        let (_, stop, thread) = serve(&self.store, &self.keys, &self.addr.to_string());
-        self.stop = Some(stop);
-        self.thread = Some(thread);
-    }
-
-    fn config(&self, db_url: &str, data: &std::path::Path, token_file: &std::path::Path) -> Config {
-        let overrides = vec![
-            format!("postgres.url={db_url}"),
-            format!("realm.url={}", self.base),
-            format!("realm.admin_token_file={}", token_file.display()),
-            format!("realm.data_dir={}", data.display()),
-            // The engine's own /healthz and /metrics, on a port of its own.
-            "realm.listen=127.0.0.1:0".to_owned(),
-            "sync.create_postgres_db=false".to_owned(),
-        ];
-        Config::from_parts("", None, |_| None, &overrides).unwrap()
-    }
-
-    /// One raw HTTP/1.1 request; the status and what came back (only the head after a
-    /// WebSocket upgrade).
-    async fn raw(
-        &self,
-        method: &str,
-        target: &str,
-        token: Option<&str>,
-        extra: &str,
-        body: &str,
-    ) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let connection = if extra.is_empty() {
-            "Connection: close\r\n"
-        } else {
-            ""
-        };
-        let mut head =
-            format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{connection}{extra}");
-        if let Some(t) = token {
-            head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut buf = [0u8; 4096];
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-            }
-            if complete(&out) {
-                break;
-            }
-        }
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
-    }
-}
-
-/// Whether `out` holds a whole answer: the head of a 101, or a head and its body.
-fn complete(out: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(out);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    if head.starts_with("HTTP/1.1 101") {
-        return true;
-    }
-    head.lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse::<usize>().ok())?
-        })
-        .is_some_and(|n| body.len() >= n)
-}
-
-impl Drop for RemoteServer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-type Stop = tokio::sync::oneshot::Sender<()>;
-
-/// Serve `store` on `bind` from a runtime on a thread of its own, until the sender is dropped.
-fn serve(
-    store: &Store,
-    keys: &Keys,
-    bind: &str,
-) -> (std::net::SocketAddr, Stop, std::thread::JoinHandle<()>) {
-    let server = Server::new(
-        store.clone(),
-        keys.clone(),
-        Arc::new(Metrics::default()),
-        ServerOptions::default(),
-    );
-    let bind = bind.to_owned();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind(&bind).await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            server
-                .serve(listener, async move {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        // Dropping the runtime here ends the upgraded WebSocket tasks too.
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    (addr, stop, thread)
-}
-
-/// Poll `probe` (on the blocking pool: remote store calls block) until it returns `Some`.
-async fn wait_for<T: Send + 'static>(
-    what: &str,
-    probe: impl Fn() -> Option<T> + Send + Sync + 'static,
-) -> T {
-    let probe = Arc::new(probe);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let p = probe.clone();
-        if let Some(v) = tokio::task::spawn_blocking(move || p()).await.unwrap() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn route(store: &Store, realm: &RealmPath, id: &str) -> Option<Object> {
     store
@@ -540,10 +334,23 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
     let forged = format!("{}x", &user[..user.len() - 1]);
     let commit = r#"{"origin":"postgres","ops":[{"put":{"realm":"/alice/r","class":"Bus","object":{"id":1,"name":"x"}}}]}"#;
     let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
-    let cases: [(&str, &str, &str, &str); 3] = [
+    let batch =
+        r#"{"ops":[{"put":{"realm":"/alice/r","class":"Bus","object":{"id":1,"name":"x"}}}]}"#;
+    let cases: [(&str, &str, &str, &str); 8] = [
         ("POST", "/v1/admin/read", "", r#"{"realms":{}}"#),
         ("POST", "/v1/admin/commit", "", commit),
         ("GET", "/v1/admin/feed", ws, ""),
+        // Streamed writes: checked before the stream id is even looked up.
+        ("POST", "/v1/admin/streams", "", r#"{"origin":"postgres"}"#),
+        ("POST", "/v1/admin/streams/abc/ops", "", batch),
+        (
+            "POST",
+            "/v1/admin/streams/abc/read",
+            "",
+            r#"{"metadata":{"key":"k"}}"#,
+        ),
+        ("POST", "/v1/admin/streams/abc/commit", "", "{}"),
+        ("DELETE", "/v1/admin/streams/abc", "", ""),
     ];
     for (method, target, extra, body) in cases {
         let (status, text) = server.raw(method, target, None, extra, body).await;
@@ -569,6 +376,28 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         .realms()
         .unwrap()
         .is_empty());
+    // No refused request opened a stream: the admin's opens at once (and is aborted).
+    let (status, text) = server
+        .raw(
+            "POST",
+            "/v1/admin/streams",
+            Some(&admin),
+            "",
+            r#"{"origin":"postgres"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let id = stream_id(&text);
+    let (status, text) = server
+        .raw(
+            "DELETE",
+            &format!("/v1/admin/streams/{id}"),
+            Some(&admin),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
 
     // The admin gets through; a bad op names its index and writes nothing.
     let (status, text) = server

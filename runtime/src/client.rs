@@ -4,9 +4,9 @@
 //! and dynamic where no struct is at hand; changesets come back typed by the schema, so the sync
 //! engine can follow a remote server exactly as it follows the embedded store.
 //!
-//! The admin-only sync endpoints (`/v1/admin/read`, `/v1/admin/commit`, `/v1/admin/feed`) are
-//! reached through crate-internal calls here; the store's remote backend (`store/remote.rs`)
-//! gives them meaning.
+//! The admin-only sync endpoints (`/v1/admin/read`, `/v1/admin/commit`, `/v1/admin/feed`,
+//! `/v1/admin/streams`) are reached through crate-internal calls here; the store's remote
+//! backend (`store/remote.rs`, `store/remote_stream.rs`) gives them meaning.
 
 use std::sync::Arc;
 
@@ -128,6 +128,18 @@ impl Client {
             .await
     }
 
+    /// A request of a streamed write under `/v1/admin/streams` (admin only); `body` is JSON
+    /// text, sent as it is.
+    pub(crate) async fn admin_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Json, ClientError> {
+        self.request_bytes(method, &format!("/v1/admin/streams{path}"), body)
+            .await
+    }
+
     /// `GET /v1/admin/feed` upgraded to a WebSocket, subscribed with `subscribe` (admin only):
     /// the changesets of every matching realm, as JSON messages.
     pub(crate) async fn admin_feed(&self, subscribe: Json) -> Result<JsonSocket, ClientError> {
@@ -199,6 +211,16 @@ impl Client {
         path_and_query: &str,
         body: Option<Json>,
     ) -> Result<Json, ClientError> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        self.request_bytes(method, path_and_query, body).await
+    }
+
+    async fn request_bytes(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Bytes>,
+    ) -> Result<Json, ClientError> {
         let url = format!("{}{}", self.inner.base, path_and_query);
         let mut req = Request::builder()
             .method(method)
@@ -207,7 +229,7 @@ impl Client {
         let body = match body {
             Some(b) => {
                 req = req.header(CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(b.to_string()))
+                Full::new(b)
             }
             None => Full::new(Bytes::new()),
         };

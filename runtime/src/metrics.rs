@@ -25,6 +25,12 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     /// Realm transactions committed through the API.
     pub api_transactions: AtomicU64,
+    /// Batches applied to streamed writes of the admin API (`/v1/admin/streams`).
+    pub admin_stream_batches: AtomicU64,
+    /// Streamed writes of the admin API committed.
+    pub admin_streams_committed: AtomicU64,
+    /// Streamed writes of the admin API aborted (by the client, a bad batch, or idle too long).
+    pub admin_streams_aborted: AtomicU64,
 }
 
 impl Metrics {
@@ -101,6 +107,24 @@ impl Metrics {
             "pgrealm_api_transactions_total",
             "Realm transactions committed through the API.",
             &self.api_transactions,
+        );
+        counter(
+            &mut out,
+            "pgrealm_admin_stream_batches_total",
+            "Batches applied to streamed writes of the admin API.",
+            &self.admin_stream_batches,
+        );
+        counter(
+            &mut out,
+            "pgrealm_admin_streams_committed_total",
+            "Streamed writes of the admin API committed.",
+            &self.admin_streams_committed,
+        );
+        counter(
+            &mut out,
+            "pgrealm_admin_streams_aborted_total",
+            "Streamed writes of the admin API aborted (by the client, a bad batch, or idle too long).",
+            &self.admin_streams_aborted,
         );
         out
     }

@@ -1,12 +1,20 @@
 //! The admin-only endpoints a sync engine in remote mode works through ([`Store::connect_remote`]
-//! is their client): reads of the store, whole write transactions, and the multi-realm change
-//! feed.
+//! is their client): reads of the store, whole write transactions, streamed write transactions,
+//! and the multi-realm change feed.
 //!
 //! - `POST /v1/admin/read` with one read (`{"realm":{"path":"/a"}}`, `{"locate":{…}}`, …) →
 //!   its answer; see [`Read`].
 //! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
 //!   rebuilds the store write transaction and commits it atomically and durably before
 //!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`].
+//! - A streamed write, for a transaction too large for one request (see `streams.rs`):
+//!   `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`;
+//!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
+//!   `{"ops": n}`; `POST /v1/admin/streams/{id}/read` (`locate`, `object`, `keys`, `metadata`,
+//!   as of the stream's own batches); `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` →
+//!   `{"versions":[…]}` as `commit` answers; `DELETE /v1/admin/streams/{id}` aborts. One stream
+//!   at a time (409 `stream_open`); one idle past `ServerOptions::stream_idle_timeout` is
+//!   aborted (404 `no_stream` afterwards); a refused batch aborts the whole stream.
 //! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is
 //!   `{"pattern": regex, "resume": {path: version}, "headers_only": origin}` (`headers_only`
 //!   optional: changesets of that origin come with `"instructions": []`, unread, as
@@ -41,7 +49,7 @@ use serde_json::{json, Value as Json};
 
 use super::{blocking, changeset_to_json, class, require_admin, ApiError, Caller, Server};
 use crate::json::{key_from_json, object_from_json, object_to_json};
-use crate::store::{RealmInfo, RealmPath, Store, StoreError, Subscription};
+use crate::store::{RealmInfo, RealmPath, Store, StoreError, Subscription, WriteTx};
 
 /// Most changesets one `changes` read returns (the admin is trusted; this only bounds memory).
 const MAX_CHANGES_PER_READ: usize = 100_000;
@@ -100,7 +108,7 @@ fn realm_info_json(info: &RealmInfo) -> Json {
     json!({"path": info.path.as_str(), "version": info.version, "oldest": info.oldest})
 }
 
-fn parse_path(path: &str) -> Result<RealmPath, ApiError> {
+pub(super) fn parse_path(path: &str) -> Result<RealmPath, ApiError> {
     Ok(RealmPath::parse(path)?)
 }
 
@@ -228,7 +236,7 @@ struct CommitRequest {
 /// API's JSON form and may be partial (absent properties keep their value).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
-enum CommitOp {
+pub(super) enum CommitOp {
     /// `WriteTx::put_object`.
     Put {
         realm: String,
@@ -257,7 +265,7 @@ enum CommitOp {
 }
 
 /// Longest origin tag accepted.
-const MAX_ORIGIN_LEN: usize = 64;
+pub(super) const MAX_ORIGIN_LEN: usize = 64;
 
 /// `POST /v1/admin/commit`.
 pub(super) async fn commit(
@@ -292,10 +300,17 @@ pub(super) async fn commit(
 }
 
 /// Rebuild the write transaction a remote `WriteTx` collected; a bad op anywhere writes nothing.
-fn build_tx(store: &Store, req: CommitRequest) -> Result<crate::store::WriteTx, ApiError> {
-    let schema = store.schema();
+fn build_tx(store: &Store, req: CommitRequest) -> Result<WriteTx, ApiError> {
     let mut tx = store.begin_write(req.origin);
-    for (i, op) in req.ops.into_iter().enumerate() {
+    add_ops(store, &mut tx, req.ops)?;
+    add_metadata(&mut tx, req.metadata)?;
+    Ok(tx)
+}
+
+/// Add `ops` to `tx`, each checked against the schema; the first bad one is named by its index.
+pub(super) fn add_ops(store: &Store, tx: &mut WriteTx, ops: Vec<CommitOp>) -> Result<(), ApiError> {
+    let schema = store.schema();
+    for (i, op) in ops.into_iter().enumerate() {
         let at = |e: ApiError| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
@@ -351,13 +366,21 @@ fn build_tx(store: &Store, req: CommitRequest) -> Result<crate::store::WriteTx, 
             }
         }
     }
-    for (key, value) in req.metadata {
+    Ok(())
+}
+
+/// Add metadata given as key → base64 value to `tx`.
+pub(super) fn add_metadata(
+    tx: &mut WriteTx,
+    metadata: BTreeMap<String, String>,
+) -> Result<(), ApiError> {
+    for (key, value) in metadata {
         let value = STANDARD
             .decode(value.as_bytes())
             .map_err(|e| ApiError::bad_request(format!("metadata {key:?}: not base64: {e}")))?;
         tx.set_metadata(key, value);
     }
-    Ok(tx)
+    Ok(())
 }
 
 /// The feed's subscription message.

@@ -37,6 +37,13 @@ impl ApiError {
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
+
+    /// The same error, its message followed by `more` (what happened because of it, what to
+    /// do next).
+    pub(crate) fn and(mut self, more: &str) -> Self {
+        self.message = format!("{}; {more}", self.message);
+        self
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -8,6 +8,7 @@
 
 mod admin;
 mod error;
+mod streams;
 mod wire;
 
 use std::future::Future;
@@ -19,7 +20,7 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Json as JsonBody;
 use axum::Router;
 use pgrealm_schema::{Class, Object};
@@ -50,9 +51,13 @@ pub struct ServerOptions {
     /// Longest user token lifetime the token endpoint issues.
     pub max_token_ttl_seconds: i64,
     /// Largest request body (and feed subscription message) of the admin-only sync endpoints,
-    /// in bytes: a remote engine sends each PostgreSQL transaction as one commit, so this
-    /// bounds the largest transaction it can apply. Checked only after the admin token.
+    /// in bytes: it bounds the largest PostgreSQL transaction a remote engine sends as one
+    /// commit (larger ones it streams in requests of a few MiB each, see
+    /// `/v1/admin/streams`). Checked only after the admin token.
     pub max_admin_body_bytes: usize,
+    /// How long a streamed write (`/v1/admin/streams`) may wait for its next request before
+    /// the server aborts it: it holds the store's write lock, which a dead engine must not keep.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for ServerOptions {
@@ -64,6 +69,7 @@ impl Default for ServerOptions {
             max_changes_per_request: 1000,
             max_token_ttl_seconds: 30 * 24 * 3600,
             max_admin_body_bytes: 1024 * 1024 * 1024,
+            stream_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -73,6 +79,7 @@ struct Shared {
     keys: Keys,
     metrics: Arc<Metrics>,
     options: ServerOptions,
+    streams: streams::Streams,
 }
 
 /// The object server: cheap to clone, one per process.
@@ -99,6 +106,7 @@ impl Server {
                 keys,
                 metrics,
                 options,
+                streams: streams::Streams::default(),
             }),
         }
     }
@@ -117,6 +125,17 @@ impl Server {
             .route("/v1/admin/read", post(admin::read).layer(admin_limit))
             .route("/v1/admin/commit", post(admin::commit).layer(admin_limit))
             .route("/v1/admin/feed", get(admin::feed))
+            .route("/v1/admin/streams", post(streams::open))
+            .route("/v1/admin/streams/{id}", delete(streams::abort))
+            .route(
+                "/v1/admin/streams/{id}/ops",
+                post(streams::ops).layer(admin_limit),
+            )
+            .route("/v1/admin/streams/{id}/read", post(streams::read))
+            .route(
+                "/v1/admin/streams/{id}/commit",
+                post(streams::commit).layer(admin_limit),
+            )
             .fallback(|| async {
                 ApiError::not_found(
                     "no such endpoint; the API lives under /v1/realms/<realm path>/-/<action>",

@@ -139,6 +139,17 @@ pub enum StoreError {
         /// What happened and what to do next.
         message: String,
     },
+    /// The remote object server (remote mode) cannot take this streamed write: another stream
+    /// holds its write lock, or it no longer holds this one (aborted after its idle timeout, or
+    /// the server restarted). Nothing of the stream was committed; worth retrying from the
+    /// checkpoint the server holds.
+    #[error("object server {url}: {message}")]
+    RemoteStream {
+        /// The server's base URL.
+        url: String,
+        /// What happened and what to do next.
+        message: String,
+    },
 }
 
 macro_rules! from_redb {

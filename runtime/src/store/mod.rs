@@ -27,6 +27,7 @@ mod group;
 mod path;
 mod read;
 mod remote;
+mod remote_stream;
 mod streaming;
 mod wal;
 mod write;
@@ -382,7 +383,9 @@ impl Store {
 
     /// Start a write transaction for a change too large to hold in memory: it takes the store's
     /// write lock now (waiting for a commit in progress) and applies operations as they come.
-    /// See [`StreamingTx`]. Only the embedded store streams: a remote one refuses.
+    /// See [`StreamingTx`]. On a remote store the object server holds the transaction open (and
+    /// aborts it if this side goes silent past its idle timeout); it refuses a second stream
+    /// while one is open ([`StoreError::RemoteStream`]).
     pub fn begin_streaming(&self, origin: impl Into<String>) -> Result<StreamingTx, StoreError> {
         StreamingTx::new(self.clone(), origin.into())
     }

@@ -7,7 +7,9 @@
 //! its commit sends the whole buffer in one request, and the server rebuilds the transaction and
 //! commits it atomically and durably before answering. So a commit across any number of realms,
 //! with the sync engine's LSN checkpoint in its metadata, is still all or nothing, and "durable
-//! before confirm" holds: the engine confirms a PostgreSQL position only after the answer.
+//! before confirm" holds: the engine confirms a PostgreSQL position only after the answer. A
+//! [`StreamingTx`](super::StreamingTx) keeps those guarantees with a transaction the server
+//! holds open, fed in batches (see `remote_stream.rs`).
 //!
 //! What differs:
 //! - Reads are not one snapshot: each answers as of its own request (see
@@ -31,6 +33,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use bytes::Bytes;
+use hyper::Method;
 use pgrealm_schema::{Object, PrimaryKey, Schema};
 use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot};
@@ -167,7 +171,7 @@ impl RemoteBackend {
         }
     }
 
-    fn unexpected(&self, what: &str, detail: &str) -> StoreError {
+    pub(super) fn unexpected(&self, what: &str, detail: &str) -> StoreError {
         self.fail(format!(
             "unexpected answer for {what} ({detail}); is realm.url an object server of this \
              pgrealm version?"
@@ -217,7 +221,7 @@ impl RemoteBackend {
         })
     }
 
-    fn schema(&self) -> &Schema {
+    pub(super) fn schema(&self) -> &Schema {
         self.client.schema()
     }
 
@@ -230,7 +234,7 @@ impl RemoteBackend {
         })
     }
 
-    fn object_from(&self, class: &str, json: &Json) -> Result<Object, StoreError> {
+    pub(super) fn object_from(&self, class: &str, json: &Json) -> Result<Object, StoreError> {
         let def = self
             .schema()
             .class(class)
@@ -259,6 +263,11 @@ impl RemoteBackend {
 
     pub(super) fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let answer = self.read("reading metadata", json!({"metadata": {"key": key}}))?;
+        self.metadata_in(&answer)
+    }
+
+    /// The value of a metadata read's answer.
+    pub(super) fn metadata_in(&self, answer: &Json) -> Result<Option<Vec<u8>>, StoreError> {
         match &answer["value"] {
             Json::Null => Ok(None),
             Json::String(b64) => STANDARD
@@ -278,6 +287,11 @@ impl RemoteBackend {
             "locating an object",
             json!({"locate": {"class": class, "key": key_to_json(key)}}),
         )?;
+        self.locations_in(&answer)
+    }
+
+    /// The realm paths of a locate's answer.
+    pub(super) fn locations_in(&self, answer: &Json) -> Result<Vec<RealmPath>, StoreError> {
         answer["realms"]
             .as_array()
             .ok_or_else(|| self.unexpected("a location", &answer.to_string()))?
@@ -389,6 +403,11 @@ impl RemoteBackend {
         let answer = self.call("committing", COMMIT_TIMEOUT, async move {
             client.admin_commit(body).await
         })?;
+        self.commit_info(&answer)
+    }
+
+    /// The versions of a commit's answer.
+    pub(super) fn commit_info(&self, answer: &Json) -> Result<CommitInfo, StoreError> {
         let versions = answer["versions"]
             .as_array()
             .ok_or_else(|| self.unexpected("a commit", &answer.to_string()))?
@@ -402,6 +421,38 @@ impl RemoteBackend {
             })
             .collect::<Result<_, StoreError>>()?;
         Ok(CommitInfo { versions })
+    }
+
+    /// One request of a streamed write (see `remote_stream.rs`): `path` under
+    /// `/v1/admin/streams`, `body` JSON text.
+    pub(super) fn stream_request(
+        &self,
+        what: &str,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+    ) -> Result<Json, StoreError> {
+        let client = self.client.clone();
+        let timeout = if method == Method::POST && path.ends_with("/commit") {
+            COMMIT_TIMEOUT
+        } else {
+            READ_TIMEOUT
+        };
+        self.call(what, timeout, async move {
+            client.admin_stream(method, &path, body).await
+        })
+    }
+
+    /// Send a request of a streamed write without waiting for its answer (an abort on drop:
+    /// if it is lost, the server's idle timeout aborts the stream all the same).
+    pub(super) fn stream_request_detached(&self, method: Method, path: String) {
+        let client = self.client.clone();
+        self.handle.spawn(async move {
+            let sent = tokio::time::timeout(READ_TIMEOUT, client.admin_stream(method, &path, None));
+            if let Ok(Err(e)) = sent.await {
+                tracing::debug!(error = %e, "aborting a streamed write");
+            }
+        });
     }
 
     /// Follow the server's change feed for `subscription`.
@@ -473,6 +524,19 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
              token"
         ),
         ClientError::Api {
+            status: 409 | 404,
+            code,
+            message,
+        } if code == "stream_open" || code == "no_stream" => {
+            return StoreError::RemoteStream {
+                url: url.to_owned(),
+                message: format!(
+                    "it refused the streamed write ({message}); the sync engine retries from \
+                     the checkpoint the server holds"
+                ),
+            }
+        }
+        ClientError::Api {
             status,
             code,
             message,
@@ -497,7 +561,7 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
     }
 }
 
-fn op_to_json(op: &Op) -> Json {
+pub(super) fn op_to_json(op: &Op) -> Json {
     match op {
         Op::Put { realm, object, .. } => json!({"put": {
             "realm": realm.as_str(), "class": object.class, "object": object_to_json(object),

@@ -19,7 +19,8 @@
 //! the shortest. A file holding parts is stamped format 3, which older pgrealm refuses to open.
 //!
 //! It owns nothing else: validation, versions and the locator are [`WriteTx`]'s rules, applied
-//! through the hooks of `write.rs`.
+//! through the hooks of `write.rs`. On a remote store (the engine's remote mode) the same API
+//! drives a stream the object server holds open: see `remote_stream.rs`.
 //!
 //! [`StoreOptions::cache_bytes`]: super::StoreOptions::cache_bytes
 
@@ -38,6 +39,7 @@ use super::codec::{decode_log, decode_object, key_from, LogWriter};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
+use super::remote_stream::RemoteStream;
 use super::write::{Applier, CommitInfo, RealmState, WriteTx};
 use super::{
     locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
@@ -75,6 +77,116 @@ const PARTS_FORMAT: u64 = 3;
 /// # Ok(()) }
 /// ```
 pub struct StreamingTx {
+    inner: Inner,
+}
+
+// The local variant is as large as `StreamingTx` always was (a redb write transaction and its
+// state) and one stream exists at a time: boxing it would only add an indirection.
+#[allow(clippy::large_enum_variant)]
+enum Inner {
+    Local(LocalStream),
+    Remote(RemoteStream),
+}
+
+impl std::fmt::Debug for StreamingTx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("StreamingTx");
+        match &self.inner {
+            Inner::Local(local) => d
+                .field("origin", &local.origin)
+                .field("realms", &local.states.len()),
+            Inner::Remote(remote) => d.field("origin", &remote.origin()).field("remote", &true),
+        };
+        d.finish_non_exhaustive()
+    }
+}
+
+impl StreamingTx {
+    pub(super) fn new(store: Store, origin: String) -> Result<Self, StoreError> {
+        let inner = if store.remote().is_some() {
+            Inner::Remote(RemoteStream::open(store, origin)?)
+        } else {
+            Inner::Local(LocalStream::new(store, origin)?)
+        };
+        Ok(StreamingTx { inner })
+    }
+
+    /// The origin tag this transaction's changesets carry.
+    pub fn origin(&self) -> &str {
+        match &self.inner {
+            Inner::Local(local) => &local.origin,
+            Inner::Remote(remote) => remote.origin(),
+        }
+    }
+
+    /// Apply everything `batch` collected (its operations and metadata) to the open
+    /// transaction, leaving `batch` empty to collect the next batch. `batch`'s own origin is
+    /// ignored: the changesets carry this transaction's.
+    ///
+    /// On error the whole transaction is abandoned (it is consumed): nothing of it is applied.
+    pub fn apply(self, batch: &mut WriteTx) -> Result<Self, StoreError> {
+        let inner = match self.inner {
+            Inner::Local(local) => Inner::Local(local.apply(batch)?),
+            Inner::Remote(mut remote) => {
+                let (ops, metadata) = batch.drain();
+                remote.apply(ops, metadata)?;
+                Inner::Remote(remote)
+            }
+        };
+        Ok(StreamingTx { inner })
+    }
+
+    /// The realms holding an object of `class` with this key, as of the batches applied so far.
+    pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => local.locate(class, key),
+            Inner::Remote(remote) => remote.locate(class, key),
+        }
+    }
+
+    /// An object's values (every property of the compiled class present), as of the batches
+    /// applied so far.
+    pub fn object(
+        &self,
+        realm: &RealmPath,
+        class: &str,
+        key: &PrimaryKey,
+    ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => local.object(realm, class, key),
+            Inner::Remote(remote) => remote.object(realm, class, key),
+        }
+    }
+
+    /// The keys of every object of `class` in any realm (a key held by several realms appears
+    /// once per realm), as of the batches applied so far.
+    pub fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => local.keys(class),
+            Inner::Remote(remote) => remote.keys(class),
+        }
+    }
+
+    /// The metadata stored under `key`, as of the batches applied so far.
+    pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => local.metadata(key),
+            Inner::Remote(remote) => remote.metadata(key),
+        }
+    }
+
+    /// Give every changed realm its next version (its changeset: the parts written, in order),
+    /// and return once the whole transaction is durable. Only then do readers see any of it.
+    pub fn commit(self) -> Result<CommitInfo, StoreError> {
+        match self.inner {
+            Inner::Local(local) => local.commit(),
+            Inner::Remote(remote) => remote.commit(),
+        }
+    }
+}
+
+/// A [`StreamingTx`] of the embedded store: one redb write transaction held open.
+struct LocalStream {
     store: Store,
     origin: String,
     txn: WriteTransaction,
@@ -97,28 +209,11 @@ struct Written {
     object_instructions: u64,
 }
 
-impl std::fmt::Debug for StreamingTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamingTx")
-            .field("origin", &self.origin)
-            .field("realms", &self.states.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl StreamingTx {
-    pub(super) fn new(store: Store, origin: String) -> Result<Self, StoreError> {
-        if let Some(url) = store.remote_url() {
-            return Err(StoreError::Remote {
-                url: url.to_owned(),
-                message: "a streaming write needs the embedded store (the object server's admin \
-                          API commits a write in one request); write in ordinary transactions"
-                    .into(),
-            });
-        }
+impl LocalStream {
+    fn new(store: Store, origin: String) -> Result<Self, StoreError> {
         let mut txn = store.db().begin_write()?;
         txn.set_durability(Durability::Immediate)?;
-        Ok(StreamingTx {
+        Ok(LocalStream {
             store,
             origin,
             txn,
@@ -131,17 +226,7 @@ impl StreamingTx {
         })
     }
 
-    /// The origin tag this transaction's changesets carry.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
-    /// Apply everything `batch` collected (its operations and metadata) to the open
-    /// transaction, leaving `batch` empty to collect the next batch. `batch`'s own origin is
-    /// ignored: the changesets carry this transaction's.
-    ///
-    /// On error the whole transaction is abandoned (it is consumed): nothing of it is applied.
-    pub fn apply(mut self, batch: &mut WriteTx) -> Result<Self, StoreError> {
+    fn apply(mut self, batch: &mut WriteTx) -> Result<Self, StoreError> {
         let (ops, metadata) = batch.drain();
         if !ops.is_empty() {
             let settled = {
@@ -221,8 +306,7 @@ impl StreamingTx {
         Ok(())
     }
 
-    /// The realms holding an object of `class` with this key, as of the batches applied so far.
-    pub fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
+    fn locate(&self, class: &str, key: &PrimaryKey) -> Result<Vec<RealmPath>, StoreError> {
         self.store.class(class)?;
         let locator = self.txn.open_table(LOCATOR)?;
         let prefix = locator_prefix(class, key);
@@ -252,9 +336,7 @@ impl StreamingTx {
         Ok(out)
     }
 
-    /// An object's values (every property of the compiled class present), as of the batches
-    /// applied so far.
-    pub fn object(
+    fn object(
         &self,
         realm: &RealmPath,
         class: &str,
@@ -272,9 +354,7 @@ impl StreamingTx {
         }
     }
 
-    /// The keys of every object of `class` in any realm (a key held by several realms appears
-    /// once per realm), as of the batches applied so far.
-    pub fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {
+    fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {
         self.store.class(class)?;
         let mut ids: Vec<u64> = Vec::new();
         for row in self.txn.open_table(REALMS)?.iter()? {
@@ -295,8 +375,7 @@ impl StreamingTx {
         Ok(keys)
     }
 
-    /// The metadata stored under `key`, as of the batches applied so far.
-    pub fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let table = self.txn.open_table(METADATA)?;
         let found = table.get(key)?.map(|g| g.value().to_vec());
         Ok(found)
@@ -311,10 +390,8 @@ impl StreamingTx {
         Ok(found)
     }
 
-    /// Give every changed realm its next version (its changeset: the parts written, in order),
-    /// and return once the whole transaction is durable. Only then do readers see any of it.
-    pub fn commit(self) -> Result<CommitInfo, StoreError> {
-        let StreamingTx {
+    fn commit(self) -> Result<CommitInfo, StoreError> {
+        let LocalStream {
             store,
             origin,
             txn,

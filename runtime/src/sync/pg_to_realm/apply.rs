@@ -118,10 +118,10 @@ impl Handover {
 pub(crate) struct Group {
     tx: WriteTx,
     streaming: Option<StreamingTx>,
-    /// Operations in one PostgreSQL transaction past which the group streams (never on a
-    /// remote store, which commits a write in one request).
+    /// Operations in one PostgreSQL transaction past which the group streams (on a remote
+    /// store too: the object server then holds the store transaction open, see
+    /// `store/remote_stream.rs`).
     pub(crate) stream_after: usize,
-    can_stream: bool,
     /// The initial load (`copy.rs`): classes the store held no object of when it began. A row
     /// of such a class table is not looked up in the store: the table's primary key gives each
     /// key once, so only an app's write racing the load could have put it there — which a
@@ -168,7 +168,6 @@ impl Group {
             tx: store.begin_write(ORIGIN),
             streaming: None,
             stream_after: usize::MAX,
-            can_stream: store.remote_url().is_none(),
             fresh_classes: Vec::new(),
             keep_values: true,
             snapshot: store.snapshot()?,
@@ -232,8 +231,7 @@ impl Group {
     /// Whether the transaction in hand has grown large enough to stream (see [`Group`]). The
     /// caller then waits for the commit in flight and calls [`Group::start_streaming`].
     pub(crate) fn wants_streaming(&self) -> bool {
-        self.can_stream
-            && self.streaming.is_none()
+        self.streaming.is_none()
             && self.in_tx
             && self.tx.len().saturating_sub(self.tx_first_op) >= self.stream_after
     }

@@ -385,5 +385,9 @@ fn retryable(e: &PgToRealmError) -> bool {
             // starts again from the checkpoint the server holds, so a commit whose answer was
             // lost is skipped if it landed and applied if it did not.
             | PgToRealmError::Store(StoreError::RemoteUnreachable { .. })
+            // Remote mode: a streamed write could not open (the stream of an engine that died
+            // holds the server's write lock until its idle timeout) or was lost; nothing of it
+            // was committed.
+            | PgToRealmError::Store(StoreError::RemoteStream { .. })
     )
 }

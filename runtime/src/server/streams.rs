@@ -1,0 +1,449 @@
+//! Streamed writes through the admin API: one store transaction too large for one request (a
+//! remote engine's large PostgreSQL transaction), opened, fed in batches, read from and
+//! committed over several requests — the remote side of [`StreamingTx`].
+//!
+//! - `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`: opens a
+//!   [`StreamingTx`] on the server's store, which takes the store's write lock.
+//! - `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{key: base64}}` → `{"ops": n}`:
+//!   one batch, ops in `/v1/admin/commit`'s form, applied to the open transaction.
+//! - `POST /v1/admin/streams/{id}/read` with one read of the store as the stream leaves it
+//!   (its own batches included): `{"locate":{"class","key"}}` → `{"realms":[path]}`,
+//!   `{"object":{"path","class","key"}}` → `{"object": {…} | null}`, `{"keys":{"class"}}` →
+//!   `{"keys":[key]}`, `{"metadata":{"key"}}` → `{"value": base64 | null}`.
+//! - `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` → `{"versions":[{"path","version"}]}`
+//!   once the whole transaction is durable, as `/v1/admin/commit` answers.
+//! - `DELETE /v1/admin/streams/{id}` → `{"aborted": true}`.
+//!
+//! What it guarantees:
+//! - All or nothing. A batch that fails validation or cannot be applied aborts the whole
+//!   stream and the answer says so; an abort, a failed commit and the idle timeout leave
+//!   nothing of it either. Nothing is visible before the commit answers.
+//! - A stream holds the store's write lock (ordinary commits wait for it), so at most one is
+//!   open: opening a second answers 409 `stream_open`, naming the open one. A stream idle for
+//!   longer than [`ServerOptions::stream_idle_timeout`] is aborted by the server, so a dead
+//!   engine cannot hold the lock forever; a request for a stream that is gone answers 404
+//!   `no_stream`.
+//! - Its redb work never runs on the async workers: each stream's transaction lives on a thread
+//!   of its own, which the requests hand their bodies to (parsing included) and which answers
+//!   them in order.
+//!
+//! [`ServerOptions::stream_idle_timeout`]: super::ServerOptions::stream_idle_timeout
+
+use std::collections::BTreeMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json as JsonBody;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use pgrealm_schema::Object;
+use serde::Deserialize;
+use serde_json::{json, Value as Json};
+use tokio::sync::oneshot;
+
+use super::admin::{add_metadata, add_ops, parse_path, Admin, CommitOp, MAX_ORIGIN_LEN};
+use super::{class, ApiError, Server};
+use crate::json::{key_from_json, key_to_json, object_to_json};
+use crate::metrics::Metrics;
+use crate::store::{StreamingTx, WriteTx};
+
+/// What every answer that ends a stream without committing it adds.
+const ABORTED: &str = "the stream was aborted and nothing of it was committed: open a new \
+                       stream (POST /v1/admin/streams) and send the whole transaction again";
+
+/// The open stream, if any: at most one, since it holds the store's write lock.
+#[derive(Default)]
+pub(super) struct Streams {
+    open: Mutex<Option<Open>>,
+}
+
+struct Open {
+    id: String,
+    origin: String,
+    opened: Instant,
+    commands: std_mpsc::Sender<Command>,
+}
+
+/// A request handed to the stream's thread, with where its answer goes.
+struct Command {
+    kind: Kind,
+    body: Bytes,
+    reply: oneshot::Sender<Result<Json, ApiError>>,
+}
+
+enum Kind {
+    Ops,
+    Read,
+    Commit,
+    Abort,
+}
+
+impl Streams {
+    fn lock(&self) -> MutexGuard<'_, Option<Open>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forget stream `id`: it ended. Called before its last answer goes out, so the client may
+    /// open the next stream at once.
+    fn close(&self, id: &str) {
+        let mut open = self.lock();
+        if open.as_ref().is_some_and(|o| o.id == id) {
+            *open = None;
+        }
+    }
+}
+
+fn no_stream(id: &str, idle: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_stream",
+        format!(
+            "no open stream {id}: it was committed, aborted, or aborted by the server after {}s \
+             idle (nothing of an aborted stream is committed); open a new stream (POST \
+             /v1/admin/streams) and send the whole transaction again",
+            idle.as_secs_f64()
+        ),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenRequest {
+    /// The origin tag of the changesets, as in `/v1/admin/commit`.
+    origin: String,
+}
+
+/// `POST /v1/admin/streams`.
+pub(super) async fn open(
+    State(server): State<Server>,
+    _: Admin,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    let req: OpenRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"origin\": \"…\"}}: {e}")))?;
+    if req.origin.is_empty() || req.origin.len() > MAX_ORIGIN_LEN {
+        return Err(ApiError::bad_request(format!(
+            "origin must be 1 to {MAX_ORIGIN_LEN} characters"
+        )));
+    }
+    let idle = server.shared.options.stream_idle_timeout;
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (commands, received) = std_mpsc::channel();
+    {
+        let mut open = server.shared.streams.lock();
+        if let Some(other) = open.as_ref() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stream_open",
+                format!(
+                    "another stream ({}, origin `{}`, opened {}s ago) is open and holds the \
+                     store's write lock; only one stream may be open at a time: commit or abort \
+                     it (DELETE /v1/admin/streams/{}), or retry later — the server aborts a \
+                     stream idle for more than {}s",
+                    other.id,
+                    other.origin,
+                    other.opened.elapsed().as_secs(),
+                    other.id,
+                    idle.as_secs_f64()
+                ),
+            ));
+        }
+        *open = Some(Open {
+            id: id.clone(),
+            origin: req.origin.clone(),
+            opened: Instant::now(),
+            commands,
+        });
+    }
+    let (ready, opened) = oneshot::channel();
+    let (thread_server, thread_id) = (server.clone(), id.clone());
+    let spawned = std::thread::Builder::new()
+        .name("pgrealm-stream".into())
+        .spawn(move || run(thread_server, thread_id, req.origin, received, ready));
+    if let Err(e) = spawned {
+        server.shared.streams.close(&id);
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            format!("cannot start the stream's thread ({e}); check the process's thread limit"),
+        ));
+    }
+    match opened.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the stream's thread ended before the stream opened; see the server's log",
+            ))
+        }
+    }
+    Ok(JsonBody(
+        json!({"id": id, "idle_timeout_seconds": idle.as_secs_f64()}),
+    ))
+}
+
+/// `POST /v1/admin/streams/{id}/ops`.
+pub(super) async fn ops(
+    State(server): State<Server>,
+    _: Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    send(&server, &id, Kind::Ops, body).await
+}
+
+/// `POST /v1/admin/streams/{id}/read`.
+pub(super) async fn read(
+    State(server): State<Server>,
+    _: Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    send(&server, &id, Kind::Read, body).await
+}
+
+/// `POST /v1/admin/streams/{id}/commit`.
+pub(super) async fn commit(
+    State(server): State<Server>,
+    _: Admin,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    send(&server, &id, Kind::Commit, body).await
+}
+
+/// `DELETE /v1/admin/streams/{id}`.
+pub(super) async fn abort(
+    State(server): State<Server>,
+    _: Admin,
+    Path(id): Path<String>,
+) -> Result<JsonBody<Json>, ApiError> {
+    send(&server, &id, Kind::Abort, Bytes::new()).await
+}
+
+/// Hand a request to stream `id`'s thread and wait for its answer.
+async fn send(
+    server: &Server,
+    id: &str,
+    kind: Kind,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    let idle = server.shared.options.stream_idle_timeout;
+    let commands = match server.shared.streams.lock().as_ref() {
+        Some(open) if open.id == id => open.commands.clone(),
+        _ => return Err(no_stream(id, idle)),
+    };
+    let (reply, answer) = oneshot::channel();
+    if commands.send(Command { kind, body, reply }).is_err() {
+        return Err(no_stream(id, idle));
+    }
+    // A dropped reply: the thread ended (idle timeout) with this request still queued.
+    match answer.await {
+        Ok(result) => result.map(JsonBody),
+        Err(_) => Err(no_stream(id, idle)),
+    }
+}
+
+/// The thread of one stream: open it, answer its requests in order, end it.
+fn run(
+    server: Server,
+    id: String,
+    origin: String,
+    commands: std_mpsc::Receiver<Command>,
+    ready: oneshot::Sender<Result<(), ApiError>>,
+) {
+    let shared = &server.shared;
+    let store = shared.store.clone();
+    let idle = shared.options.stream_idle_timeout;
+    let ended = |committed: bool| {
+        let counter = if committed {
+            &shared.metrics.admin_streams_committed
+        } else {
+            &shared.metrics.admin_streams_aborted
+        };
+        Metrics::add(counter, 1);
+        shared.streams.close(&id);
+    };
+    let mut stream = match store.begin_streaming(origin.clone()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            shared.streams.close(&id);
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    if ready.send(Ok(())).is_err() {
+        // The opening request went away: nobody knows this stream's id.
+        drop(stream);
+        ended(false);
+        return;
+    }
+    let mut batch = store.begin_write(origin);
+    loop {
+        let Command { kind, body, reply } = match commands.recv_timeout(idle) {
+            Ok(command) => command,
+            Err(e) => {
+                if e == std_mpsc::RecvTimeoutError::Timeout {
+                    tracing::warn!(
+                        stream = %id,
+                        idle_seconds = idle.as_secs_f64(),
+                        "a streamed write was idle past its timeout: aborted, nothing of it committed"
+                    );
+                }
+                drop(stream);
+                ended(false);
+                return;
+            }
+        };
+        match kind {
+            Kind::Read => {
+                let _ = reply.send(read_in(&server, &stream, &body));
+            }
+            Kind::Ops => match apply_batch(&server, stream, &mut batch, &body, false) {
+                Ok((next, n)) => {
+                    stream = next;
+                    Metrics::add(&shared.metrics.admin_stream_batches, 1);
+                    let _ = reply.send(Ok(json!({ "ops": n })));
+                }
+                Err(e) => {
+                    ended(false);
+                    let _ = reply.send(Err(e.and(ABORTED)));
+                    return;
+                }
+            },
+            Kind::Commit => {
+                let committed = apply_batch(&server, stream, &mut batch, &body, true)
+                    .and_then(|(stream, _)| Ok(stream.commit()?));
+                ended(committed.is_ok());
+                let answer = match committed {
+                    Ok(info) => {
+                        let versions: Vec<Json> = info
+                            .versions
+                            .iter()
+                            .map(|(path, version)| json!({"path": path.as_str(), "version": version}))
+                            .collect();
+                        Ok(json!({ "versions": versions }))
+                    }
+                    Err(e) => Err(e.and(ABORTED)),
+                };
+                let _ = reply.send(answer);
+                return;
+            }
+            Kind::Abort => {
+                drop(stream);
+                ended(false);
+                let _ = reply.send(Ok(json!({ "aborted": true })));
+                return;
+            }
+        }
+    }
+}
+
+/// One batch's body: ops (not for a commit) and metadata.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    #[serde(default)]
+    ops: Vec<CommitOp>,
+    /// Metadata key → base64 value, stored atomically with the commit.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+}
+
+/// Apply a batch to the open transaction; on error the transaction is gone (dropped: aborted).
+fn apply_batch(
+    server: &Server,
+    stream: StreamingTx,
+    batch: &mut WriteTx,
+    body: &[u8],
+    commit: bool,
+) -> Result<(StreamingTx, usize), ApiError> {
+    let expected = if commit {
+        "expected {\"metadata\": {key: base64}}"
+    } else {
+        "expected {\"ops\": [{\"put\": {\"realm\", \"class\", \"object\"}}, …], \"metadata\": {key: base64}}"
+    };
+    let req: Batch = serde_json::from_slice(if body.is_empty() { b"{}" } else { body })
+        .map_err(|e| ApiError::bad_request(format!("{expected}: {e}")))?;
+    if commit && !req.ops.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{expected}: send the last ops to /ops before the commit"
+        )));
+    }
+    let n = req.ops.len();
+    let store = &server.shared.store;
+    add_ops(store, batch, req.ops)?;
+    add_metadata(batch, req.metadata)?;
+    Ok((stream.apply(batch)?, n))
+}
+
+/// One read of `POST /v1/admin/streams/{id}/read`, externally tagged.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum StreamRead {
+    Locate {
+        class: String,
+        key: Json,
+    },
+    Object {
+        path: String,
+        class: String,
+        key: Json,
+    },
+    Keys {
+        class: String,
+    },
+    Metadata {
+        key: String,
+    },
+}
+
+fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, ApiError> {
+    let read: StreamRead = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected one read such as {{\"locate\":{{\"class\",\"key\"}}}}, \
+             {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}} or \
+             {{\"metadata\":{{\"key\"}}}}: {e}"
+        ))
+    })?;
+    let schema = server.shared.store.schema();
+    Ok(match read {
+        StreamRead::Locate { class: name, key } => {
+            let class = class(server, &name)?;
+            let key = key_from_json(schema, class, &key)?;
+            let realms = stream.locate(&class.name, &key)?;
+            json!({ "realms": realms.iter().map(|r| r.as_str()).collect::<Vec<_>>() })
+        }
+        StreamRead::Object {
+            path,
+            class: name,
+            key,
+        } => {
+            let path = parse_path(&path)?;
+            let class = class(server, &name)?;
+            let key = key_from_json(schema, class, &key)?;
+            let object = stream.object(&path, &class.name, &key)?.map(|values| {
+                object_to_json(&Object {
+                    class: class.name.clone(),
+                    values,
+                })
+            });
+            json!({ "object": object })
+        }
+        StreamRead::Keys { class: name } => {
+            let class = class(server, &name)?;
+            let keys = stream.keys(&class.name)?;
+            json!({ "keys": keys.iter().map(key_to_json).collect::<Vec<_>>() })
+        }
+        StreamRead::Metadata { key } => {
+            let value = stream.metadata(&key)?;
+            json!({ "value": value.map(|v| STANDARD.encode(v)) })
+        }
+    })
+}

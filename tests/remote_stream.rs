@@ -1,0 +1,499 @@
+//! Remote mode with PostgreSQL transactions too large to hold in memory: the engine streams them
+//! into a stream the object server holds open (`/v1/admin/streams`), committed once, atomically,
+//! with the LSN checkpoint; and the server's rules for streams — one at a time, a silent one
+//! aborted after its idle timeout, a bad batch aborting all of it — on the real PostgreSQL of
+//! the test harness.
+
+mod remote_support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgrealm_runtime::metrics::Metrics;
+use pgrealm_runtime::replication::PgConnectOptions;
+use pgrealm_runtime::server::ServerOptions;
+use pgrealm_runtime::sync::pg_to_realm::{
+    checkpoint_key, PgToRealm, PgToRealmOptions, PgToRealmStats, Progress,
+};
+use pgrealm_runtime::testing::{PgCluster, TestDb};
+use pgrealm_runtime::{RealmPath, Store, StoreError};
+use pgrealm_schema::{Object, PrimaryKey, Value};
+use remote_support::{stream_id, wait_for, RemoteServer};
+use tokio::sync::watch;
+
+/// Rows of the large transaction: 20 batches of [`STREAM_AFTER`].
+const ROWS: i64 = 20_000;
+const STREAM_AFTER: usize = 1_000;
+
+fn realm() -> RealmPath {
+    RealmPath::parse("/myRealm").unwrap()
+}
+
+fn bus(id: i64) -> Object {
+    Object::new("Bus")
+        .with("id", Value::Int(id))
+        .with("name", Value::String(format!("bus {id}")))
+}
+
+fn counter(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+/// The server's counters of streamed writes: (batches, committed, aborted).
+fn streams(server: &RemoteServer) -> (u64, u64, u64) {
+    let m = &server.metrics;
+    (
+        counter(&m.admin_stream_batches),
+        counter(&m.admin_streams_committed),
+        counter(&m.admin_streams_aborted),
+    )
+}
+
+async fn connect(server: &RemoteServer) -> Store {
+    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
+    let schema = transit::Schema::schema().clone();
+    tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// PostgreSQL → realm in remote mode, streaming past [`STREAM_AFTER`] operations.
+struct Engine {
+    stats: Arc<PgToRealmStats>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), pgrealm_runtime::sync::pg_to_realm::PgToRealmError>>,
+}
+
+async fn start_engine(db: &TestDb, remote: &Store) -> Engine {
+    let slot = format!("stream_{}", db.name).to_lowercase();
+    let mut options = PgToRealmOptions::new(
+        slot.clone(),
+        slot,
+        PgToRealmOptions::template("/myRealm").unwrap(),
+    );
+    options.stream_after_changes = STREAM_AFTER;
+    options.progress = Progress::Log;
+    let sync = PgToRealm::new(
+        PgConnectOptions::from_url(&db.url).unwrap(),
+        options,
+        remote.clone(),
+        Arc::new(Metrics::default()),
+    );
+    sync.setup().await.unwrap();
+    let stats = sync.stats();
+    let (stop, stopped) = watch::channel(false);
+    Engine {
+        stats,
+        stop,
+        task: tokio::spawn(sync.run(stopped)),
+    }
+}
+
+impl Engine {
+    async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn checkpoint(server: &RemoteServer, db: &TestDb) -> Option<Vec<u8>> {
+    let slot = format!("stream_{}", db.name).to_lowercase();
+    server.store.metadata(&checkpoint_key(&slot)).unwrap()
+}
+
+fn version(server: &RemoteServer) -> u64 {
+    server
+        .store
+        .realm(&realm())
+        .unwrap()
+        .map_or(0, |v| v.version())
+}
+
+fn buses(server: &RemoteServer) -> usize {
+    server
+        .store
+        .realm(&realm())
+        .unwrap()
+        .map_or(0, |v| v.count("Bus").unwrap())
+}
+
+async fn current_wal_lsn(db: &TestDb) -> String {
+    let client = db.connect().await.unwrap();
+    client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+const BIG_INSERT: &str =
+    "INSERT INTO bus (id, name) SELECT i, 'bus ' || i FROM generate_series(1, 20000) i";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_transaction_streams_into_the_remote_server_as_one_version_with_its_checkpoint() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start();
+    let remote = connect(&server).await;
+    let engine = start_engine(&db, &remote).await;
+
+    // A small transaction first: an ordinary commit.
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "INSERT INTO route (id, name) VALUES ('r1', 'Loop')",
+        )
+        .unwrap();
+    let store = server.store.clone();
+    wait_for("route r1", move || {
+        store
+            .realm(&realm())
+            .unwrap()
+            .filter(|v| v.version() == 1)
+            .map(|_| ())
+    })
+    .await;
+    assert_eq!(
+        streams(&server),
+        (0, 0, 0),
+        "a small transaction does not stream"
+    );
+
+    let before_lsn = pgrealm_runtime::replication::Lsn::parse(&current_wal_lsn(&db).await)
+        .unwrap()
+        .as_u64();
+    PgCluster::shared()
+        .batch_execute(&db.name, BIG_INSERT)
+        .unwrap();
+    let end = current_wal_lsn(&db).await;
+    let stats = engine.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counter(&stats.streamed_commits) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the large transaction never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It arrived through a stream the server held open, in batches, committed once.
+    let (batches, committed, aborted) = streams(&server);
+    assert_eq!((committed, aborted), (1, 0));
+    assert!(
+        batches >= ROWS as u64 / STREAM_AFTER as u64,
+        "{batches} batches for {ROWS} rows"
+    );
+    // One new version holding every row, and the checkpoint written by that same commit.
+    assert_eq!(version(&server), 2);
+    assert_eq!(buses(&server), ROWS as usize);
+    let changes = server.store.changes(&realm(), 1, 10).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].origin, "postgres");
+    let creates = changes[0]
+        .instructions
+        .iter()
+        .filter(
+            |i| matches!(i, pgrealm_runtime::Instruction::Create { class, .. } if class == "Bus"),
+        )
+        .count();
+    assert_eq!(creates, ROWS as usize);
+    let lsn = String::from_utf8(checkpoint(&server, &db).unwrap()).unwrap();
+    let parse = |t: &str| {
+        pgrealm_runtime::replication::Lsn::parse(t)
+            .unwrap()
+            .as_u64()
+    };
+    assert!(
+        parse(&lsn) > before_lsn && parse(&lsn) <= parse(&end),
+        "checkpoint {lsn}: not the large transaction's (it ends by {end})"
+    );
+
+    // The stream goes on normally after it.
+    PgCluster::shared()
+        .batch_execute(&db.name, "UPDATE bus SET name = 'later' WHERE id = 7")
+        .unwrap();
+    let store = server.store.clone();
+    wait_for("bus 7 renamed", move || {
+        let view = store.realm(&realm()).unwrap()?;
+        let bus = view.object("Bus", &PrimaryKey::Int(7)).unwrap()?;
+        (bus.get("name") == Some(&Value::String("later".into()))).then_some(())
+    })
+    .await;
+    assert_eq!(version(&server), 3);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_engine_dropped_mid_stream_commits_nothing_and_its_restart_applies_the_transaction_once()
+{
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start_with(ServerOptions {
+        stream_idle_timeout: Duration::from_secs(2),
+        ..ServerOptions::default()
+    });
+    let remote = connect(&server).await;
+    let engine = start_engine(&db, &remote).await;
+    let before = checkpoint(&server, &db).expect("setup stores a checkpoint");
+
+    PgCluster::shared()
+        .batch_execute(&db.name, BIG_INSERT)
+        .unwrap();
+    // Mid-stream: batches applied on the server, nothing committed.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while streams(&server).0 < 2 {
+        assert!(Instant::now() < deadline, "the stream never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    engine.task.abort();
+    let _ = engine.task.await;
+    drop(engine.stop);
+    let (_, committed, _) = streams(&server);
+    assert_eq!(
+        committed, 0,
+        "the engine was stopped too late to test anything"
+    );
+    // The server lets the stream go (the dropped engine's abort, or at worst its idle timeout)
+    // and nothing of it is visible: no realm, the checkpoint as it was.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while streams(&server).2 < 1 {
+        assert!(Instant::now() < deadline, "the stream was never aborted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(buses(&server), 0);
+    assert_eq!(version(&server), 0);
+    assert_eq!(checkpoint(&server, &db), Some(before));
+
+    // A new engine applies the whole transaction, once.
+    let engine = start_engine(&db, &remote).await;
+    let stats = engine.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while counter(&stats.streamed_commits) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted engine never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(version(&server), 1);
+    assert_eq!(buses(&server), ROWS as usize);
+    assert_eq!(streams(&server).1, 1);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_at_a_time_and_a_silent_one_is_aborted_after_the_idle_timeout() {
+    let idle = Duration::from_secs(2);
+    let server = RemoteServer::start_with(ServerOptions {
+        stream_idle_timeout: idle,
+        ..ServerOptions::default()
+    });
+    let a = connect(&server).await;
+    let b = connect(&server).await;
+    let (r, server_store) = (realm(), server.store.clone());
+    let metadata_a = b"a".to_vec();
+    tokio::task::spawn_blocking(move || {
+        // A stream reads its own batches; nothing is visible outside it.
+        let mut batch = a.begin_write("postgres");
+        for id in 1..=10 {
+            batch.put_object(&r, bus(id)).unwrap();
+        }
+        batch.set_metadata("k", metadata_a.clone());
+        let stream = a
+            .begin_streaming("postgres")
+            .unwrap()
+            .apply(&mut batch)
+            .unwrap();
+        assert_eq!(
+            stream.locate("Bus", &PrimaryKey::Int(3)).unwrap(),
+            vec![r.clone()]
+        );
+        assert_eq!(stream.keys("Bus").unwrap().len(), 10);
+        let five = stream
+            .object(&r, "Bus", &PrimaryKey::Int(5))
+            .unwrap()
+            .unwrap();
+        assert_eq!(five.get("name"), Some(&Value::String("bus 5".into())));
+        assert_eq!(
+            five.get("route"),
+            Some(&Value::Null),
+            "every property present"
+        );
+        assert_eq!(stream.metadata("k").unwrap(), Some(metadata_a));
+        assert!(stream
+            .object(&r, "Bus", &PrimaryKey::Int(11))
+            .unwrap()
+            .is_none());
+        assert!(server_store.realm(&r).unwrap().is_none());
+        assert!(a.locate("Bus", &PrimaryKey::Int(3)).unwrap().is_empty());
+
+        // A second stream is refused while the first holds the write lock, saying why.
+        let err = b.begin_streaming("postgres").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::RemoteStream { .. }), "{text}");
+        assert!(
+            text.contains("only one stream may be open at a time") && text.contains("idle"),
+            "{text}"
+        );
+
+        // The first one's engine dies: nothing is sent any more (no abort either).
+        std::mem::forget(stream);
+        let started = Instant::now();
+        let opened = loop {
+            match b.begin_streaming("postgres") {
+                Ok(stream) => break stream,
+                Err(StoreError::RemoteStream { .. }) => {
+                    assert!(started.elapsed() < idle * 5, "the lock was never released");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        assert!(
+            started.elapsed() >= idle / 2,
+            "released after {:?}, before the idle timeout",
+            started.elapsed()
+        );
+        // Nothing of the dead stream: its rows and metadata are gone with it.
+        assert!(opened
+            .locate("Bus", &PrimaryKey::Int(3))
+            .unwrap()
+            .is_empty());
+        assert_eq!(opened.metadata("k").unwrap(), None);
+        let mut batch = b.begin_write("postgres");
+        batch.put_object(&r, bus(100)).unwrap();
+        batch.set_metadata("k", b"b".to_vec());
+        let info = opened.apply(&mut batch).unwrap().commit().unwrap();
+        assert_eq!(info.version_of(&r), Some(1));
+        assert_eq!(
+            server_store
+                .realm(&r)
+                .unwrap()
+                .unwrap()
+                .count("Bus")
+                .unwrap(),
+            1
+        );
+        assert_eq!(server_store.metadata("k").unwrap(), Some(b"b".to_vec()));
+    })
+    .await
+    .unwrap();
+    assert_eq!(streams(&server), (2, 1, 1));
+    let text = server.metrics.render();
+    assert!(
+        text.contains("pgrealm_admin_streams_aborted_total 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
+    let server = RemoteServer::start();
+    let admin = server.keys.admin_token().to_owned();
+    let (status, text) = server
+        .raw(
+            "POST",
+            "/v1/admin/streams",
+            Some(&admin),
+            "",
+            r#"{"origin":"postgres"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let id = stream_id(&text);
+    let good = r#"{"ops":[{"put":{"realm":"/a","class":"Bus","object":{"id":1,"name":"one"}}}]}"#;
+    let (status, text) = server
+        .raw(
+            "POST",
+            &format!("/v1/admin/streams/{id}/ops"),
+            Some(&admin),
+            "",
+            good,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let bad = r#"{"ops":[{"put":{"realm":"/a","class":"Bus","object":{"id":2,"name":"two"}}},{"put":{"realm":"/a","class":"Bus","object":{"id":"three"}}}]}"#;
+    let (status, text) = server
+        .raw(
+            "POST",
+            &format!("/v1/admin/streams/{id}/ops"),
+            Some(&admin),
+            "",
+            bad,
+        )
+        .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("ops[1]") && text.contains("nothing of it was committed"),
+        "{text}"
+    );
+    // The stream is gone: its commit is refused, and nothing of either batch landed.
+    let (status, text) = server
+        .raw(
+            "POST",
+            &format!("/v1/admin/streams/{id}/commit"),
+            Some(&admin),
+            "",
+            "{}",
+        )
+        .await;
+    assert_eq!(status, 404, "{text}");
+    assert!(
+        text.contains("no_stream") && text.contains("open a new stream"),
+        "{text}"
+    );
+    assert!(server
+        .store
+        .snapshot()
+        .unwrap()
+        .realms()
+        .unwrap()
+        .is_empty());
+    assert_eq!(streams(&server), (1, 0, 1));
+
+    // The lock went with it: a new stream opens at once and an abort leaves nothing either.
+    let (status, text) = server
+        .raw(
+            "POST",
+            "/v1/admin/streams",
+            Some(&admin),
+            "",
+            r#"{"origin":"postgres"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let id = stream_id(&text);
+    let (status, text) = server
+        .raw(
+            "POST",
+            &format!("/v1/admin/streams/{id}/ops"),
+            Some(&admin),
+            "",
+            good,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = server
+        .raw(
+            "DELETE",
+            &format!("/v1/admin/streams/{id}"),
+            Some(&admin),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(server
+        .store
+        .snapshot()
+        .unwrap()
+        .realms()
+        .unwrap()
+        .is_empty());
+    assert_eq!(streams(&server), (2, 0, 2));
+}
