@@ -392,6 +392,61 @@ async fn one_stream_at_a_time_and_a_silent_one_is_aborted_after_the_idle_timeout
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stream_of_the_same_owner_replaces_a_dead_one_without_waiting() {
+    // The default idle timeout (60 s): a replacement that waited for it would fail the test.
+    let server = RemoteServer::start();
+    let dead = connect(&server).await;
+    let restarted = connect(&server).await;
+    let (r, server_store) = (realm(), server.store.clone());
+    tokio::task::spawn_blocking(move || {
+        let mut batch = dead.begin_write("postgres");
+        batch.put_object(&r, bus(1)).unwrap();
+        let stream = dead
+            .begin_streaming_as("postgres", "slot one")
+            .unwrap()
+            .apply(&mut batch)
+            .unwrap();
+        // Its engine dies without a word.
+        std::mem::forget(stream);
+
+        // Another owner, or none, is refused as before.
+        for owner in [None, Some("slot two")] {
+            let err = match owner {
+                None => restarted.begin_streaming("postgres"),
+                Some(owner) => restarted.begin_streaming_as("postgres", owner),
+            }
+            .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("only one stream may be open at a time"),
+                "{err}"
+            );
+        }
+
+        // The same owner takes its place at once; nothing of the dead stream is left.
+        let started = Instant::now();
+        let stream = restarted
+            .begin_streaming_as("postgres", "slot one")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(stream
+            .locate("Bus", &PrimaryKey::Int(1))
+            .unwrap()
+            .is_empty());
+        let mut batch = restarted.begin_write("postgres");
+        batch.put_object(&r, bus(2)).unwrap();
+        let info = stream.apply(&mut batch).unwrap().commit().unwrap();
+        assert_eq!(info.version_of(&r), Some(1));
+        let view = server_store.realm(&r).unwrap().unwrap();
+        assert_eq!(view.count("Bus").unwrap(), 1);
+        assert!(view.object("Bus", &PrimaryKey::Int(2)).unwrap().is_some());
+    })
+    .await
+    .unwrap();
+    assert_eq!(streams(&server), (2, 1, 1), "one replaced, one committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
     let server = RemoteServer::start();
     let admin = server.keys.admin_token().to_owned();

@@ -2,8 +2,12 @@
 //! remote engine's large PostgreSQL transaction), opened, fed in batches, read from and
 //! committed over several requests — the remote side of [`StreamingTx`].
 //!
-//! - `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`: opens a
-//!   [`StreamingTx`] on the server's store, which takes the store's write lock.
+//! - `POST /v1/admin/streams` `{"origin","owner"}` → `{"id","idle_timeout_seconds"}`: opens a
+//!   [`StreamingTx`] on the server's store, which takes the store's write lock. `owner`
+//!   (optional) names who streams: a new stream with the owner of the open one replaces it (the
+//!   open one is aborted), so an engine restarted after a crash need not wait out the idle
+//!   timeout. The sync engine's owner is its replication slot, which PostgreSQL lets only one
+//!   consumer use at a time.
 //! - `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{key: base64}}` → `{"ops": n}`:
 //!   one batch, ops in `/v1/admin/commit`'s form, applied to the open transaction.
 //! - `POST /v1/admin/streams/{id}/read` with one read of the store as the stream leaves it
@@ -19,7 +23,8 @@
 //!   stream and the answer says so; an abort, a failed commit and the idle timeout leave
 //!   nothing of it either. Nothing is visible before the commit answers.
 //! - A stream holds the store's write lock (ordinary commits wait for it), so at most one is
-//!   open: opening a second answers 409 `stream_open`, naming the open one. A stream idle for
+//!   open: opening a second (of another owner, or without one) answers 409 `stream_open`, naming
+//!   the open one. A stream idle for
 //!   longer than [`ServerOptions::stream_idle_timeout`] is aborted by the server, so a dead
 //!   engine cannot hold the lock forever; a request for a stream that is gone answers 404
 //!   `no_stream`.
@@ -55,6 +60,9 @@ use crate::store::{StreamingTx, WriteTx};
 const ABORTED: &str = "the stream was aborted and nothing of it was committed: open a new \
                        stream (POST /v1/admin/streams) and send the whole transaction again";
 
+/// The longest owner a stream may name (a replication slot's name is at most 63 bytes).
+const MAX_OWNER_LEN: usize = 256;
+
 /// The open stream, if any: at most one, since it holds the store's write lock.
 #[derive(Default)]
 pub(super) struct Streams {
@@ -64,6 +72,7 @@ pub(super) struct Streams {
 struct Open {
     id: String,
     origin: String,
+    owner: Option<String>,
     opened: Instant,
     commands: std_mpsc::Sender<Command>,
 }
@@ -97,6 +106,24 @@ impl Streams {
     }
 }
 
+fn stream_open(other: &Open, idle: Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "stream_open",
+        format!(
+            "another stream ({}, origin `{}`, opened {}s ago) is open and holds the store's write \
+             lock; only one stream may be open at a time: commit or abort it (DELETE \
+             /v1/admin/streams/{}), or retry later — the server aborts a stream idle for more \
+             than {}s",
+            other.id,
+            other.origin,
+            other.opened.elapsed().as_secs(),
+            other.id,
+            idle.as_secs_f64()
+        ),
+    )
+}
+
 fn no_stream(id: &str, idle: Duration) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -115,6 +142,9 @@ fn no_stream(id: &str, idle: Duration) -> ApiError {
 struct OpenRequest {
     /// The origin tag of the changesets, as in `/v1/admin/commit`.
     origin: String,
+    /// Who streams: a new stream of the same owner replaces an open one.
+    #[serde(default)]
+    owner: Option<String>,
 }
 
 /// `POST /v1/admin/streams`.
@@ -130,34 +160,68 @@ pub(super) async fn open(
             "origin must be 1 to {MAX_ORIGIN_LEN} characters"
         )));
     }
+    if req
+        .owner
+        .as_ref()
+        .is_some_and(|o| o.is_empty() || o.len() > MAX_OWNER_LEN)
+    {
+        return Err(ApiError::bad_request(format!(
+            "owner must be 1 to {MAX_OWNER_LEN} bytes"
+        )));
+    }
     let idle = server.shared.options.stream_idle_timeout;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (commands, received) = std_mpsc::channel();
-    {
-        let mut open = server.shared.streams.lock();
-        if let Some(other) = open.as_ref() {
+    loop {
+        // The open stream of the same owner, to abort before taking its place.
+        let replaced = {
+            let mut open = server.shared.streams.lock();
+            match open.as_ref() {
+                None => {
+                    *open = Some(Open {
+                        id: id.clone(),
+                        origin: req.origin.clone(),
+                        owner: req.owner.clone(),
+                        opened: Instant::now(),
+                        commands,
+                    });
+                    break;
+                }
+                Some(other) if req.owner.is_some() && other.owner == req.owner => {
+                    (other.id.clone(), other.commands.clone())
+                }
+                Some(other) => return Err(stream_open(other, idle)),
+            }
+        };
+        let (old_id, old_commands) = replaced;
+        tracing::warn!(
+            stream = %old_id,
+            owner = req.owner.as_deref().unwrap_or_default(),
+            "a new stream of the same owner replaces an open one: aborted, nothing of it committed"
+        );
+        // Its thread answers after the requests queued before this one, and forgets the stream
+        // before answering. Only an answered abort proves nothing of it was committed: a thread
+        // that ended otherwise may have been committing it, and the new stream's owner must then
+        // read the checkpoint again before sending anything.
+        let (reply, done) = oneshot::channel();
+        let abort = Command {
+            kind: Kind::Abort,
+            body: Bytes::new(),
+            reply,
+        };
+        let aborted = old_commands.send(abort).is_ok() && matches!(done.await, Ok(Ok(_)));
+        server.shared.streams.close(&old_id);
+        if !aborted {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "stream_open",
+                "stream_replaced",
                 format!(
-                    "another stream ({}, origin `{}`, opened {}s ago) is open and holds the \
-                     store's write lock; only one stream may be open at a time: commit or abort \
-                     it (DELETE /v1/admin/streams/{}), or retry later — the server aborts a \
-                     stream idle for more than {}s",
-                    other.id,
-                    other.origin,
-                    other.opened.elapsed().as_secs(),
-                    other.id,
-                    idle.as_secs_f64()
+                    "the open stream {old_id} of owner `{}` ended while this one replaced it, \
+                     and it may have committed: read the checkpoint again, then open a new stream",
+                    req.owner.as_deref().unwrap_or_default()
                 ),
             ));
         }
-        *open = Some(Open {
-            id: id.clone(),
-            origin: req.origin.clone(),
-            opened: Instant::now(),
-            commands,
-        });
     }
     let (ready, opened) = oneshot::channel();
     let (thread_server, thread_id) = (server.clone(), id.clone());

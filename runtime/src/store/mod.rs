@@ -387,7 +387,22 @@ impl Store {
     /// aborts it if this side goes silent past its idle timeout); it refuses a second stream
     /// while one is open ([`StoreError::RemoteStream`]).
     pub fn begin_streaming(&self, origin: impl Into<String>) -> Result<StreamingTx, StoreError> {
-        StreamingTx::new(self.clone(), origin.into())
+        StreamingTx::new(self.clone(), origin.into(), None)
+    }
+
+    /// [`begin_streaming`](Self::begin_streaming), naming who streams. On a remote store a new
+    /// stream of the same `owner` replaces one still open (it is aborted, nothing of it
+    /// committed), so a process restarted after a crash does not wait for the server's idle
+    /// timeout. Give an owner only one process can be at a time (the sync engine uses its
+    /// replication slot, which PostgreSQL lets one consumer use). If the replaced stream was
+    /// committing, this fails with [`StoreError::RemoteStream`]: read what it may have written
+    /// (the checkpoint) again before streaming.
+    pub fn begin_streaming_as(
+        &self,
+        origin: impl Into<String>,
+        owner: impl Into<String>,
+    ) -> Result<StreamingTx, StoreError> {
+        StreamingTx::new(self.clone(), origin.into(), Some(owner.into()))
     }
 
     /// A consistent read-only view of every realm as of now.

@@ -48,9 +48,13 @@ pub(super) struct RemoteStream {
 
 impl RemoteStream {
     /// Open a stream on the server (`POST /v1/admin/streams`).
-    pub(super) fn open(store: Store, origin: String) -> Result<RemoteStream, StoreError> {
+    pub(super) fn open(
+        store: Store,
+        origin: String,
+        owner: Option<String>,
+    ) -> Result<RemoteStream, StoreError> {
         let backend = backend(&store);
-        let body = json!({ "origin": origin }).to_string();
+        let body = json!({ "origin": origin, "owner": owner }).to_string();
         let answer = backend.stream_request(
             "opening a streamed write",
             Method::POST,

@@ -102,9 +102,13 @@ impl std::fmt::Debug for StreamingTx {
 }
 
 impl StreamingTx {
-    pub(super) fn new(store: Store, origin: String) -> Result<Self, StoreError> {
+    pub(super) fn new(
+        store: Store,
+        origin: String,
+        owner: Option<String>,
+    ) -> Result<Self, StoreError> {
         let inner = if store.remote().is_some() {
-            Inner::Remote(RemoteStream::open(store, origin)?)
+            Inner::Remote(RemoteStream::open(store, origin, owner)?)
         } else {
             Inner::Local(LocalStream::new(store, origin)?)
         };

@@ -244,7 +244,10 @@ impl Group {
                 operations = self.tx.len(),
                 "a large PostgreSQL transaction: applying it to the store as it streams"
             );
-            self.streaming = Some(store.begin_streaming(ORIGIN)?);
+            // Owned by the slot, which one engine streams at a time: on a remote server, a
+            // stream a crashed engine left open is replaced instead of waited out.
+            let owner = format!("postgres→realm slot {}", self.slot);
+            self.streaming = Some(store.begin_streaming_as(ORIGIN, owner)?);
         }
         Ok(())
     }
