@@ -14,7 +14,7 @@ use pgrealm_runtime::sync::pg_to_realm::checkpoint_key;
 use pgrealm_runtime::testing::PgCluster;
 use pgrealm_runtime::{Instruction, RealmPath, Store, StoreError, Subscription};
 use pgrealm_schema::{Object, PrimaryKey, Value};
-use remote_support::{stream_id, wait_for, RemoteServer};
+use remote_support::{wait_for, RemoteServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn route(store: &Store, realm: &RealmPath, id: &str) -> Option<Object> {
@@ -377,17 +377,7 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         .unwrap()
         .is_empty());
     // No refused request opened a stream: the admin's opens at once (and is aborted).
-    let (status, text) = server
-        .raw(
-            "POST",
-            "/v1/admin/streams",
-            Some(&admin),
-            "",
-            r#"{"origin":"postgres"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{text}");
-    let id = stream_id(&text);
+    let id = server.open_stream().await;
     let (status, text) = server
         .raw(
             "DELETE",

@@ -19,7 +19,7 @@ use pgrealm_runtime::sync::pg_to_realm::{
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::{RealmPath, Store, StoreError};
 use pgrealm_schema::{Object, PrimaryKey, Value};
-use remote_support::{stream_id, wait_for, RemoteServer};
+use remote_support::{wait_for, RemoteServer};
 use tokio::sync::watch;
 
 /// Rows of the large transaction: 20 batches of [`STREAM_AFTER`].
@@ -450,17 +450,7 @@ async fn a_new_stream_of_the_same_owner_replaces_a_dead_one_without_waiting() {
 async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
     let server = RemoteServer::start();
     let admin = server.keys.admin_token().to_owned();
-    let (status, text) = server
-        .raw(
-            "POST",
-            "/v1/admin/streams",
-            Some(&admin),
-            "",
-            r#"{"origin":"postgres"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{text}");
-    let id = stream_id(&text);
+    let id = server.open_stream().await;
     let good = r#"{"ops":[{"put":{"realm":"/a","class":"Bus","object":{"id":1,"name":"one"}}}]}"#;
     let (status, text) = server
         .raw(
@@ -512,17 +502,7 @@ async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
     assert_eq!(streams(&server), (1, 0, 1));
 
     // The lock went with it: a new stream opens at once and an abort leaves nothing either.
-    let (status, text) = server
-        .raw(
-            "POST",
-            "/v1/admin/streams",
-            Some(&admin),
-            "",
-            r#"{"origin":"postgres"}"#,
-        )
-        .await;
-    assert_eq!(status, 200, "{text}");
-    let id = stream_id(&text);
+    let id = server.open_stream().await;
     let (status, text) = server
         .raw(
             "POST",

@@ -64,17 +64,7 @@ impl RemoteServer {
     /// Stop the server (dropping every connection) and serve the same store again on the
     /// same address, as a restarted server process would.
     pub fn restart(&mut self) {
-        drop(self.stop.take());
-        self.thread.take().unwrap().join().unwrap();
-        let (_, stop, thread) = serve(
-            &self.store,
-            &self.keys,
-            &self.metrics,
-            &self.options,
-            &self.addr.to_string(),
-        );
-        self.stop = Some(stop);
-        self.thread = Some(thread);
+        self.restart_after(Duration::ZERO);
     }
 
     /// Stop the server, wait `down`, and serve the same store again on the same address: an
@@ -158,6 +148,24 @@ impl RemoteServer {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         (status, text)
+    }
+}
+
+impl RemoteServer {
+    /// Open a stream of origin `postgres` with raw HTTP as the admin; its id.
+    pub async fn open_stream(&self) -> String {
+        let admin = self.keys.admin_token().to_owned();
+        let (status, text) = self
+            .raw(
+                "POST",
+                "/v1/admin/streams",
+                Some(&admin),
+                "",
+                r#"{"origin":"postgres"}"#,
+            )
+            .await;
+        assert_eq!(status, 200, "{text}");
+        stream_id(&text)
     }
 }
 
