@@ -76,6 +76,54 @@ async fn the_store_api_works_over_a_remote_server() {
         Some(&Value::String("Loop".into()))
     );
 
+    // A commit expecting metadata the server holds otherwise is refused there with the store's
+    // own error, plainly or streamed, and writes nothing.
+    let r = remote.clone();
+    let refusals = tokio::task::spawn_blocking(move || {
+        let stale = |tx: &mut pgrealm_runtime::WriteTx| {
+            tx.put_object(
+                &RealmPath::parse("/c").unwrap(),
+                Object::new("Bus")
+                    .with("id", Value::Int(8))
+                    .with("name", Value::String("Eight".into())),
+            )
+            .unwrap();
+            tx.expect_metadata("postgres/test/lsn", Some(b"0/1".to_vec()));
+            tx.set_metadata("postgres/test/lsn", b"0/2".to_vec());
+        };
+        let mut tx = r.begin_write("postgres");
+        stale(&mut tx);
+        let plain = tx.commit().unwrap_err();
+        let mut batch = r.begin_write("postgres");
+        stale(&mut batch);
+        let streamed = r
+            .begin_streaming("postgres")
+            .unwrap()
+            .apply(&mut batch)
+            .and_then(|s| s.commit())
+            .unwrap_err();
+        [plain, streamed]
+    })
+    .await
+    .unwrap();
+    for e in &refusals {
+        assert!(matches!(e, StoreError::MetadataChanged { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("\"postgres/test/lsn\" holds \"0/16B3748\", but this commit expected \"0/1\""),
+            "{e}"
+        );
+    }
+    assert!(server
+        .store
+        .realm(&RealmPath::parse("/c").unwrap())
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        server.store.metadata("postgres/test/lsn").unwrap(),
+        Some(b"0/16B3748".to_vec())
+    );
+
     // Reads through the remote store answer as the server's store does.
     let (r, a2, b2) = (remote.clone(), a.clone(), b.clone());
     tokio::task::spawn_blocking(move || {

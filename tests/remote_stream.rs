@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgrealm_runtime::metrics::Metrics;
-use pgrealm_runtime::replication::PgConnectOptions;
+use pgrealm_runtime::replication::{Lsn, PgConnectOptions};
 use pgrealm_runtime::server::ServerOptions;
 use pgrealm_runtime::sync::pg_to_realm::{
     checkpoint_key, PgToRealm, PgToRealmOptions, PgToRealmStats, Progress,
@@ -531,4 +531,109 @@ async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
         .unwrap()
         .is_empty());
     assert_eq!(streams(&server), (2, 0, 2));
+}
+
+/// The window `expect` closes: an engine is killed while its last commit is still on its way
+/// into the server (here: queued behind the server's write lock, which the test holds), and its
+/// successor reads the checkpoint before that commit lands. Both then hold the same PostgreSQL
+/// transaction, both expecting the checkpoint they started from; exactly one of the two commits
+/// may land. (The dead engine's commit is built here by hand, as the engine builds it: the
+/// transaction's rows, its end LSN as the checkpoint, and the checkpoint it started from as
+/// the expectation.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successor() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start();
+    let remote = connect(&server).await;
+    let slot = format!("stream_{}", db.name).to_lowercase();
+
+    let first = start_engine(&db, &remote).await;
+    PgCluster::shared()
+        .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (1, 'first')")
+        .unwrap();
+    let probe = server.store.clone();
+    wait_for("the first row", move || {
+        let view = probe.realm(&realm()).unwrap()?;
+        view.object("Bus", &PrimaryKey::Int(1)).unwrap()
+    })
+    .await;
+    first.stop().await;
+    let started_from = checkpoint(&server, &db).expect("a checkpoint after the first row");
+
+    // The transaction the dead engine had in hand, committed in PostgreSQL.
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "BEGIN; UPDATE bus SET name = 'late' WHERE id = 1; \
+             INSERT INTO bus (id, name) VALUES (2, 'bus 2'); COMMIT",
+        )
+        .unwrap();
+    let end_lsn = current_wal_lsn(&db).await;
+
+    // The server's write lock, held: every commit waits in the server.
+    let server_store = server.store.clone();
+    let lock = tokio::task::spawn_blocking(move || server_store.begin_streaming("test").unwrap())
+        .await
+        .unwrap();
+    // The dead engine's commit, sent before its successor starts: it waits for the lock.
+    let late = {
+        let (remote, key, expected) = (remote.clone(), checkpoint_key(&slot), started_from.clone());
+        let end_lsn = end_lsn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tx = remote.begin_write("postgres");
+            tx.put_object(&realm(), bus(1).with("name", Value::String("late".into())))
+                .unwrap();
+            tx.put_object(&realm(), bus(2)).unwrap();
+            tx.expect_metadata(key.clone(), Some(expected));
+            tx.set_metadata(key, end_lsn.into_bytes());
+            tx.commit()
+        })
+    };
+    // The successor starts and reads the checkpoint the late commit has not moved yet.
+    let successor = start_engine(&db, &remote).await;
+    let stats = successor.stats.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counter(&stats.confirmed_lsn) == 0 {
+        assert!(Instant::now() < deadline, "the successor never resumed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the commits go; then a transaction after them shows the successor went on.
+    drop(lock);
+    let late = late.await.unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (3, 'bus 3')")
+        .unwrap();
+    let probe = server.store.clone();
+    wait_for("the row after the late commit", move || {
+        let view = probe.realm(&realm()).unwrap()?;
+        view.object("Bus", &PrimaryKey::Int(3)).unwrap()
+    })
+    .await;
+
+    // Exactly one of the two commits holding the transaction landed; the other was refused.
+    let successor_applied_it = counter(&stats.transactions) - 1;
+    match &late {
+        Ok(_) => {
+            assert_eq!(successor_applied_it, 0, "applied twice");
+            assert!(
+                counter(&stats.reconnects) >= 1,
+                "the successor's refused commit makes it resume from the new checkpoint"
+            );
+        }
+        Err(StoreError::MetadataChanged { .. }) => assert_eq!(successor_applied_it, 1),
+        Err(e) => panic!("the late commit failed otherwise: {e}"),
+    }
+    let view = server.store.realm(&realm()).unwrap().unwrap();
+    assert_eq!(view.count("Bus").unwrap(), 3);
+    let renamed = view.object("Bus", &PrimaryKey::Int(1)).unwrap().unwrap();
+    assert_eq!(renamed.values["name"], Value::String("late".into()));
+    // The checkpoint is the successor's last confirmed position, past the late transaction.
+    let stored = checkpoint(&server, &db).unwrap();
+    let stored = Lsn::parse(std::str::from_utf8(&stored).unwrap()).unwrap();
+    assert_eq!(stored.as_u64(), counter(&stats.confirmed_lsn));
+    assert!(stored > Lsn::parse(&end_lsn).unwrap());
+    successor.stop().await;
 }

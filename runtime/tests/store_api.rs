@@ -197,6 +197,89 @@ fn commits_are_atomic_across_realms_and_carry_metadata() {
     assert_eq!(store.metadata("postgres/lsn").unwrap(), Some(vec![7]));
 }
 
+/// Two writers read the same checkpoint and both commit expecting it: the first commits, the
+/// second is refused with an error naming the key and both values, and writes nothing — its
+/// objects and its metadata stay as they were. Expecting "no value" works the same way.
+#[test]
+fn a_commit_that_expects_metadata_another_commit_changed_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = path("/r");
+
+    let mut first = store.begin_write("postgres");
+    first.expect_metadata("postgres/s/lsn", None);
+    first.realm(&realm).put(&bus(1, "one")).unwrap();
+    first.set_metadata("postgres/s/lsn", b"0/10".to_vec());
+    first.commit().unwrap();
+
+    let mut late = store.begin_write("postgres");
+    late.expect_metadata("postgres/s/lsn", None);
+    late.realm(&realm).put(&bus(2, "two")).unwrap();
+    late.set_metadata("postgres/s/lsn", b"0/20".to_vec());
+    match late.commit() {
+        Err(e @ StoreError::MetadataChanged { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains("\"postgres/s/lsn\" holds \"0/10\"")
+                    && message.contains("expected nothing")
+                    && message.contains("nothing of this commit was written"),
+                "{message}"
+            );
+        }
+        other => panic!("a commit expecting a changed value gave {other:?}"),
+    }
+    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/10".to_vec()));
+    let view = store.realm(&realm).unwrap().unwrap();
+    assert_eq!(view.version(), 1);
+    assert_eq!(view.get::<Bus>(2).unwrap(), None);
+
+    let mut next = store.begin_write("postgres");
+    next.expect_metadata("postgres/s/lsn", Some(b"0/10".to_vec()));
+    next.realm(&realm).put(&bus(2, "two")).unwrap();
+    next.set_metadata("postgres/s/lsn", b"0/20".to_vec());
+    assert_eq!(next.commit().unwrap().version_of(&realm), Some(2));
+    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/20".to_vec()));
+}
+
+/// A streamed write checks what it expects against its open transaction: a batch expecting a
+/// value the store does not hold aborts the stream, and nothing of its earlier batches is
+/// committed.
+#[test]
+fn a_streamed_write_that_expects_other_metadata_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = path("/r");
+    let mut tx = store.begin_write("postgres");
+    tx.set_metadata("postgres/s/lsn", b"0/10".to_vec());
+    tx.commit().unwrap();
+
+    let mut batch = store.begin_write("postgres");
+    batch.realm(&realm).put(&bus(1, "one")).unwrap();
+    let streaming = store.begin_streaming("postgres").unwrap().apply(&mut batch).unwrap();
+    batch.realm(&realm).put(&bus(2, "two")).unwrap();
+    batch.expect_metadata("postgres/s/lsn", Some(b"0/5".to_vec()));
+    batch.set_metadata("postgres/s/lsn", b"0/20".to_vec());
+    let err = streaming.apply(&mut batch).unwrap_err();
+    assert!(matches!(err, StoreError::MetadataChanged { .. }), "{err:?}");
+    assert!(store.realm(&realm).unwrap().is_none());
+    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/10".to_vec()));
+
+    // Expecting what it holds, the same stream commits.
+    let mut batch = store.begin_write("postgres");
+    batch.realm(&realm).put(&bus(1, "one")).unwrap();
+    batch.expect_metadata("postgres/s/lsn", Some(b"0/10".to_vec()));
+    batch.set_metadata("postgres/s/lsn", b"0/20".to_vec());
+    let info = store
+        .begin_streaming("postgres")
+        .unwrap()
+        .apply(&mut batch)
+        .unwrap()
+        .commit()
+        .unwrap();
+    assert_eq!(info.version_of(&realm), Some(1));
+    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/20".to_vec()));
+}
+
 #[test]
 fn the_locator_follows_objects_between_realms() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,11 +6,13 @@
 //!   its answer; see [`Read`].
 //! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
 //!   rebuilds the store write transaction and commits it atomically and durably before
-//!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`].
+//!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`]. An optional
+//!   `"expect":{key: base64 | null}` commits only if the metadata holds those values then
+//!   (409 `metadata_changed` otherwise, nothing written).
 //! - A streamed write, for a transaction too large for one request (see `streams.rs`):
 //!   `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`;
 //!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
-//!   `{"ops": n}`; `POST /v1/admin/streams/{id}/read` (`locate`, `object`, `keys`, `metadata`,
+//!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction); `POST /v1/admin/streams/{id}/read` (`locate`, `object`, `keys`, `metadata`,
 //!   as of the stream's own batches); `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` →
 //!   `{"versions":[…]}` as `commit` answers; `DELETE /v1/admin/streams/{id}` aborts. One stream
 //!   at a time (409 `stream_open`); one idle past `ServerOptions::stream_idle_timeout` is
@@ -230,6 +232,10 @@ struct CommitRequest {
     /// Metadata key → base64 value, stored atomically with the commit.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// Metadata key → base64 value (or null: no value) the commit expects to find; another
+    /// value refuses it with 409 `metadata_changed` (`WriteTx::expect_metadata`).
+    #[serde(default)]
+    expect: BTreeMap<String, Option<String>>,
 }
 
 /// One operation of a store write transaction, as `WriteTx` collects it. Objects are in the
@@ -278,7 +284,7 @@ pub(super) async fn commit(
     let versions = blocking(move || {
         let req: CommitRequest = serde_json::from_slice(&body).map_err(|e| {
             bad_body(
-                "expected {\"origin\": \"…\", \"ops\": [{\"put\": {\"realm\", \"class\", \"object\"}}, …], \"metadata\": {key: base64}}",
+                "expected {\"origin\": \"…\", \"ops\": [{\"put\": {\"realm\", \"class\", \"object\"}}, …], \"metadata\": {key: base64}, \"expect\": {key: base64 | null}}",
                 e,
             )
         })?;
@@ -303,7 +309,7 @@ pub(super) async fn commit(
 fn build_tx(store: &Store, req: CommitRequest) -> Result<WriteTx, ApiError> {
     let mut tx = store.begin_write(req.origin);
     add_ops(store, &mut tx, req.ops)?;
-    add_metadata(&mut tx, req.metadata)?;
+    add_metadata(&mut tx, req.metadata, req.expect)?;
     Ok(tx)
 }
 
@@ -369,16 +375,25 @@ pub(super) fn add_ops(store: &Store, tx: &mut WriteTx, ops: Vec<CommitOp>) -> Re
     Ok(())
 }
 
-/// Add metadata given as key → base64 value to `tx`.
+/// Add metadata given as key → base64 value to `tx`, and the values it expects (key → base64
+/// or null).
 pub(super) fn add_metadata(
     tx: &mut WriteTx,
     metadata: BTreeMap<String, String>,
+    expect: BTreeMap<String, Option<String>>,
 ) -> Result<(), ApiError> {
-    for (key, value) in metadata {
-        let value = STANDARD
+    let decode = |what: &str, key: &str, value: String| {
+        STANDARD
             .decode(value.as_bytes())
-            .map_err(|e| ApiError::bad_request(format!("metadata {key:?}: not base64: {e}")))?;
+            .map_err(|e| ApiError::bad_request(format!("{what} {key:?}: not base64: {e}")))
+    };
+    for (key, value) in metadata {
+        let value = decode("metadata", &key, value)?;
         tx.set_metadata(key, value);
+    }
+    for (key, value) in expect {
+        let value = value.map(|v| decode("expect", &key, v)).transpose()?;
+        tx.expect_metadata(key, value);
     }
     Ok(())
 }

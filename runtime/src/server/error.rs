@@ -83,6 +83,10 @@ impl From<StoreError> for ApiError {
             StoreError::Path(p) => p.into(),
             StoreError::Pruned { .. } => ApiError::new(StatusCode::GONE, "pruned", e.to_string()),
             StoreError::UnknownClass { .. } => ApiError::not_found(e.to_string()),
+            // The client rebuilds the store error from the detail.
+            StoreError::MetadataChanged { detail } => {
+                ApiError::new(StatusCode::CONFLICT, "metadata_changed", detail)
+            }
             StoreError::Value { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_value", e.to_string())
             }

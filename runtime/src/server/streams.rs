@@ -418,6 +418,10 @@ struct Batch {
     /// Metadata key → base64 value, stored atomically with the commit.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
+    /// Metadata the stream expects to find, as in `/v1/admin/commit`: checked against the
+    /// open transaction, which no other commit can change while it is open.
+    #[serde(default)]
+    expect: BTreeMap<String, Option<String>>,
 }
 
 /// Apply a batch to the open transaction; on error the transaction is gone (dropped: aborted).
@@ -443,7 +447,7 @@ fn apply_batch(
     let n = req.ops.len();
     let store = &server.shared.store;
     add_ops(store, batch, req.ops)?;
-    add_metadata(batch, req.metadata)?;
+    add_metadata(batch, req.metadata, req.expect)?;
     Ok((stream.apply(batch)?, n))
 }
 

@@ -150,6 +150,17 @@ pub enum StoreError {
         /// What happened and what to do next.
         message: String,
     },
+    /// A commit expected a metadata value that another commit changed first
+    /// ([`WriteTx::expect_metadata`](super::WriteTx::expect_metadata)); nothing of it was
+    /// written.
+    #[error(
+        "{detail}: another writer committed first, and nothing of this commit was written; read \
+         it again and start over from what it holds"
+    )]
+    MetadataChanged {
+        /// Which key held what, against what the commit expected.
+        detail: String,
+    },
 }
 
 macro_rules! from_redb {

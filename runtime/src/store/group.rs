@@ -333,6 +333,40 @@ mod tests {
         assert_eq!(origins, ["app", "postgres"]);
     }
 
+    /// Transactions of one group see each other's metadata: the second expects the value the
+    /// store held before the group and is refused, since the first changed it in the same redb
+    /// transaction; the third expects the first's value and commits.
+    #[test]
+    fn an_expectation_sees_the_metadata_of_earlier_transactions_in_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path());
+        let realm = RealmPath::parse("/r").unwrap();
+        let mut first = store.begin_write("postgres");
+        first.expect_metadata("lsn", None);
+        first.set_metadata("lsn", b"1".to_vec());
+        let mut stale = store.begin_write("postgres");
+        stale.expect_metadata("lsn", None);
+        stale.put_object(&realm, bus(1, Some("one"))).unwrap();
+        stale.set_metadata("lsn", b"stale".to_vec());
+        let mut next = store.begin_write("postgres");
+        next.expect_metadata("lsn", Some(b"1".to_vec()));
+        next.put_object(&realm, bus(2, Some("two"))).unwrap();
+        next.set_metadata("lsn", b"2".to_vec());
+
+        let results = commit_group(&store, vec![(0, first), (1, stale), (2, next)]);
+        assert!(results[0].1.is_ok());
+        assert!(
+            matches!(&results[1].1, Err(StoreError::MetadataChanged { .. })),
+            "{:?}",
+            results[1].1
+        );
+        assert_eq!(results[2].1.as_ref().unwrap().version_of(&realm), Some(1));
+        assert_eq!(store.metadata("lsn").unwrap(), Some(b"2".to_vec()));
+        let view = store.realm(&realm).unwrap().unwrap();
+        assert_eq!(view.version(), 1);
+        assert!(view.object("Bus", &PrimaryKey::Int(1)).unwrap().is_none());
+    }
+
     /// A group whose transactions all cancel out writes nothing and counts no fsync.
     #[test]
     fn a_group_that_changes_nothing_touches_no_disk() {

@@ -43,7 +43,7 @@ use super::changeset::Changeset;
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::RealmInfo;
-use super::write::{CommitInfo, Op};
+use super::write::{CommitInfo, Expected, Op};
 use super::Subscription;
 use crate::client::{Client, ClientError};
 use crate::json::{key_to_json, object_from_json, object_to_json};
@@ -392,13 +392,13 @@ impl RemoteBackend {
         origin: &str,
         ops: &[Op],
         metadata: &BTreeMap<String, Vec<u8>>,
+        expected: &Expected,
     ) -> Result<CommitInfo, StoreError> {
         let ops: Vec<Json> = ops.iter().map(op_to_json).collect();
-        let metadata: BTreeMap<&str, String> = metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), STANDARD.encode(v)))
-            .collect();
-        let body = json!({"origin": origin, "ops": ops, "metadata": metadata});
+        let mut body = json!({"origin": origin, "ops": ops, "metadata": metadata_json(metadata)});
+        if !expected.is_empty() {
+            body["expect"] = expected_json(expected);
+        }
         let client = self.client.clone();
         let answer = self.call("committing", COMMIT_TIMEOUT, async move {
             client.admin_commit(body).await
@@ -524,6 +524,11 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
              token"
         ),
         ClientError::Api {
+            status: 409,
+            code,
+            message,
+        } if code == "metadata_changed" => return StoreError::MetadataChanged { detail: message },
+        ClientError::Api {
             status: 409 | 404,
             code,
             message,
@@ -559,6 +564,30 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
         url: url.to_owned(),
         message,
     }
+}
+
+/// Metadata as the admin API takes it: key → base64.
+pub(super) fn metadata_json(metadata: &BTreeMap<String, Vec<u8>>) -> Json {
+    metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), Json::String(STANDARD.encode(v))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// Expected metadata as the admin API takes it: key → base64, or null for "holds nothing".
+pub(super) fn expected_json(expected: &Expected) -> Json {
+    expected
+        .iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Some(v) => Json::String(STANDARD.encode(v)),
+                None => Json::Null,
+            };
+            (k.clone(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 pub(super) fn op_to_json(op: &Op) -> Json {

@@ -19,8 +19,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
 use hyper::Method;
 use pgrealm_schema::{PrimaryKey, Value};
@@ -28,8 +26,8 @@ use serde_json::{json, Value as Json};
 
 use super::error::StoreError;
 use super::path::RealmPath;
-use super::remote::{op_to_json, RemoteBackend};
-use super::write::{CommitInfo, Op};
+use super::remote::{expected_json, metadata_json, op_to_json, RemoteBackend};
+use super::write::{Collected, CommitInfo};
 use super::Store;
 use crate::json::{key_from_json, key_to_json};
 
@@ -93,12 +91,13 @@ impl RemoteStream {
 
     /// Send one batch: its operations (in as many requests as their size needs), then its
     /// metadata with the last of them.
-    pub(super) fn apply(
-        &mut self,
-        ops: Vec<Op>,
-        metadata: BTreeMap<String, Vec<u8>>,
-    ) -> Result<(), StoreError> {
-        if ops.is_empty() && metadata.is_empty() {
+    pub(super) fn apply(&mut self, batch: Collected) -> Result<(), StoreError> {
+        let Collected {
+            ops,
+            metadata,
+            expected,
+        } = batch;
+        if ops.is_empty() && metadata.is_empty() && expected.is_empty() {
             return Ok(());
         }
         let mut body = b"{\"ops\":[".to_vec();
@@ -119,6 +118,10 @@ impl RemoteStream {
         }
         body.extend_from_slice(b"],\"metadata\":");
         body.extend_from_slice(metadata_json(&metadata).to_string().as_bytes());
+        if !expected.is_empty() {
+            body.extend_from_slice(b",\"expect\":");
+            body.extend_from_slice(expected_json(&expected).to_string().as_bytes());
+        }
         body.push(b'}');
         self.request("sending a batch of a streamed write", "ops", body)?;
         Ok(())
@@ -204,12 +207,4 @@ fn backend(store: &Store) -> &RemoteBackend {
     store
         .remote()
         .expect("a remote stream belongs to a remote store")
-}
-
-fn metadata_json(metadata: &BTreeMap<String, Vec<u8>>) -> Json {
-    metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), Json::String(STANDARD.encode(v))))
-        .collect::<serde_json::Map<_, _>>()
-        .into()
 }

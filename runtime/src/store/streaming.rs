@@ -40,7 +40,7 @@ use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
 use super::remote_stream::RemoteStream;
-use super::write::{Applier, CommitInfo, RealmState, WriteTx};
+use super::write::{check_expected, Applier, CommitInfo, Collected, RealmState, WriteTx};
 use super::{
     locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
     LOCATOR, LOG, LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
@@ -132,8 +132,7 @@ impl StreamingTx {
         let inner = match self.inner {
             Inner::Local(local) => Inner::Local(local.apply(batch)?),
             Inner::Remote(mut remote) => {
-                let (ops, metadata) = batch.drain();
-                remote.apply(ops, metadata)?;
+                remote.apply(batch.drain())?;
                 Inner::Remote(remote)
             }
         };
@@ -231,7 +230,14 @@ impl LocalStream {
     }
 
     fn apply(mut self, batch: &mut WriteTx) -> Result<Self, StoreError> {
-        let (ops, metadata) = batch.drain();
+        let Collected {
+            ops,
+            metadata,
+            expected,
+        } = batch.drain();
+        // The open transaction has held the write lock since the stream began: what it reads
+        // no other commit can change before this one.
+        check_expected(&self.txn, &expected)?;
         if !ops.is_empty() {
             let settled = {
                 let mut apply = Applier::open(&self.store, &self.txn, None, &self.learned)?;

@@ -35,6 +35,19 @@ pub struct WriteTx {
     origin: String,
     ops: Vec<Op>,
     metadata: BTreeMap<String, Vec<u8>>,
+    expected: Expected,
+}
+
+/// Metadata values a commit expects to find (`None`: no value), see
+/// [`WriteTx::expect_metadata`].
+pub(super) type Expected = BTreeMap<String, Option<Vec<u8>>>;
+
+/// What a [`WriteTx`] collected, taken out of it to be applied elsewhere.
+#[derive(Debug, Default)]
+pub(super) struct Collected {
+    pub(super) ops: Vec<Op>,
+    pub(super) metadata: BTreeMap<String, Vec<u8>>,
+    pub(super) expected: Expected,
 }
 
 #[derive(Debug)]
@@ -91,16 +104,18 @@ impl WriteTx {
             origin,
             ops: Vec::new(),
             metadata: BTreeMap::new(),
+            expected: BTreeMap::new(),
         }
     }
 
-    /// Take the operations and metadata collected so far, leaving the transaction empty (for
-    /// `streaming.rs`, which applies them to its open redb transaction in batches).
-    pub(super) fn drain(&mut self) -> (Vec<Op>, BTreeMap<String, Vec<u8>>) {
-        (
-            std::mem::take(&mut self.ops),
-            std::mem::take(&mut self.metadata),
-        )
+    /// Take what was collected so far, leaving the transaction empty (for `streaming.rs`,
+    /// which applies it to its open redb transaction in batches).
+    pub(super) fn drain(&mut self) -> Collected {
+        Collected {
+            ops: std::mem::take(&mut self.ops),
+            metadata: std::mem::take(&mut self.metadata),
+            expected: std::mem::take(&mut self.expected),
+        }
     }
 
     /// The origin tag this transaction's changesets carry.
@@ -230,6 +245,16 @@ impl WriteTx {
         self.metadata.insert(key.into(), value.into());
     }
 
+    /// Commit only if metadata `key` holds `value` when this commit is applied (`None`: holds
+    /// nothing). The check runs under the store's write lock (on a remote store, the object
+    /// server's), so of two writers that read the same value and expect it, only the first
+    /// commits; the other gets [`StoreError::MetadataChanged`] and writes nothing. The sync
+    /// engine expects the checkpoint it started from, so a commit of an engine presumed dead
+    /// that lands late can never make its successor apply the same transactions again.
+    pub fn expect_metadata(&mut self, key: impl Into<String>, value: Option<Vec<u8>>) {
+        self.expected.insert(key.into(), value);
+    }
+
     /// Apply everything in one redb transaction and return when it is on disk.
     ///
     /// A transaction that changes nothing (and sets no metadata) creates no version and does not
@@ -244,7 +269,7 @@ impl WriteTx {
         }
         if let Some(remote) = self.store.remote() {
             // One request: the server rebuilds this transaction and commits it atomically.
-            return remote.commit(&self.origin, &self.ops, &self.metadata);
+            return remote.commit(&self.origin, &self.ops, &self.metadata, &self.expected);
         }
         let store = self.store.clone();
         store.inner.commits.commit(&store, self)
@@ -268,6 +293,11 @@ impl WriteTx {
         learned: &RefCell<Vec<(u64, usize)>>,
     ) -> Result<CommitInfo, ApplyError> {
         let store = &self.store;
+        match check_expected(txn, &self.expected) {
+            Ok(()) => {}
+            Err(e @ StoreError::MetadataChanged { .. }) => return Err(ApplyError::Refused(e)),
+            Err(e) => return Err(ApplyError::Storage(e)),
+        }
         let mut apply = Applier::open(store, txn, redo, learned).map_err(ApplyError::Storage)?;
         apply.touched.reserve(self.ops.len());
         apply.by_record.reserve(self.ops.len());
@@ -285,6 +315,39 @@ impl WriteTx {
             }
         }
         Ok(info)
+    }
+}
+
+/// Whether the metadata in `txn` holds what a commit expects; [`StoreError::MetadataChanged`]
+/// names the first key that does not.
+pub(super) fn check_expected(txn: &WriteTransaction, expected: &Expected) -> Result<(), StoreError> {
+    if expected.is_empty() {
+        return Ok(());
+    }
+    let table = txn.open_table(METADATA)?;
+    for (key, value) in expected {
+        let found = table.get(key.as_str())?.map(|g| g.value().to_vec());
+        if found != *value {
+            return Err(StoreError::MetadataChanged {
+                detail: format!(
+                    "store metadata {key:?} holds {}, but this commit expected {}",
+                    shown(found.as_deref()),
+                    shown(value.as_deref())
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A metadata value for an error message: its text when it is UTF-8.
+fn shown(value: Option<&[u8]>) -> String {
+    match value {
+        None => "nothing".to_owned(),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => format!("{text:?}"),
+            Err(_) => format!("{} bytes", bytes.len()),
+        },
     }
 }
 

@@ -132,6 +132,9 @@ pub(crate) struct Group {
     pub(crate) keep_values: bool,
     snapshot: Snapshot,
     slot: String,
+    /// The checkpoint the store holds when the next handed-over commit applies, if known: that
+    /// commit expects it (see [`Group::expect_checkpoint`]).
+    expected_checkpoint: Option<Lsn>,
     overlay: HashMap<(usize, PrimaryKey), Located>,
     patched: usize,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
@@ -172,6 +175,7 @@ impl Group {
             keep_values: true,
             snapshot: store.snapshot()?,
             slot: slot.to_owned(),
+            expected_checkpoint: None,
             overlay: HashMap::new(),
             patched: 0,
             lists: HashMap::new(),
@@ -187,6 +191,16 @@ impl Group {
             dirty: Vec::new(),
             dirty_set: HashSet::new(),
         })
+    }
+
+    /// Make every commit this group hands over expect the store to hold `checkpoint` (the one
+    /// the session resumed after), then each the checkpoint of the commit before it. Another
+    /// writer's commit in between — above all, the last commit of an engine presumed dead,
+    /// landing on a remote object server after this engine read the checkpoint — then refuses
+    /// this engine's commit ([`StoreError::MetadataChanged`]) instead of letting it apply the
+    /// same PostgreSQL transactions a second time.
+    pub(crate) fn expect_checkpoint(&mut self, checkpoint: Lsn) {
+        self.expected_checkpoint = Some(checkpoint);
     }
 
     /// Whether a PostgreSQL transaction is open in this group.
@@ -208,8 +222,16 @@ impl Group {
             "a group is committed only between transactions"
         );
         self.started = Instant::now();
+        let mut tx = std::mem::replace(&mut self.tx, store.begin_write(ORIGIN));
+        if let (Some(expected), Some(end_lsn)) = (self.expected_checkpoint, self.end_lsn) {
+            tx.expect_metadata(
+                checkpoint_key(&self.slot),
+                Some(expected.to_pg_string().into_bytes()),
+            );
+            self.expected_checkpoint = Some(end_lsn);
+        }
         Handover {
-            tx: std::mem::replace(&mut self.tx, store.begin_write(ORIGIN)),
+            tx,
             streaming: self.streaming.take(),
             counts: std::mem::take(&mut self.counts),
             end_lsn: self.end_lsn.take(),

@@ -389,5 +389,9 @@ fn retryable(e: &PgToRealmError) -> bool {
             // holds the server's write lock until its idle timeout) or was lost; nothing of it
             // was committed.
             | PgToRealmError::Store(StoreError::RemoteStream { .. })
+            // Another commit moved the checkpoint since the session read it (a dead engine's
+            // last commit landing late on a remote server): nothing of this one was written,
+            // and the next session resumes after the checkpoint the store now holds.
+            | PgToRealmError::Store(StoreError::MetadataChanged { .. })
     )
 }

@@ -47,6 +47,7 @@ impl PgToRealm {
             .fetch_max(resume.as_u64(), Ordering::Relaxed);
         let mut group = Group::new(&self.store, slot)?;
         group.stream_after = self.options.stream_after_changes;
+        group.expect_checkpoint(resume);
         let mut session = Session {
             stream,
             log: RejectionLog::open(&self.store, Direction::PostgresToRealm)?,
