@@ -36,12 +36,15 @@ impl RemoteServer {
     }
 
     pub fn start_with(options: ServerOptions) -> RemoteServer {
+        RemoteServer::start_with_store(options, StoreOptions::default())
+    }
+
+    /// A server whose store has `store_options` (a small cache, say).
+    pub fn start_with_store(options: ServerOptions, store_options: StoreOptions) -> RemoteServer {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_compiled::<transit::Schema>(
-            dir.path().join("server"),
-            StoreOptions::default(),
-        )
-        .unwrap();
+        let store =
+            Store::open_compiled::<transit::Schema>(dir.path().join("server"), store_options)
+                .unwrap();
         let keys = Keys::load_or_create(&dir.path().join("server"), None).unwrap();
         let token_file = dir.path().join("admin.token");
         std::fs::write(&token_file, keys.admin_token()).unwrap();
