@@ -48,6 +48,12 @@ pub fn checkpoint_key(slot: &str) -> String {
     format!("postgres/{slot}/lsn")
 }
 
+/// The owner of the streamed writes of the engine that follows `slot`: on a remote object
+/// server, a new stream of the same owner replaces one a crashed engine left open.
+pub(crate) fn stream_owner(slot: &str) -> String {
+    format!("postgres→realm slot {slot}")
+}
+
 /// The checkpoint a store holds for `slot`.
 pub fn stored_checkpoint(store: &Store, slot: &str) -> Result<Option<Lsn>, super::PgToRealmError> {
     let key = checkpoint_key(slot);
@@ -203,6 +209,16 @@ impl Group {
         self.expected_checkpoint = Some(checkpoint);
     }
 
+    /// Make `tx` expect the checkpoint the store holds before this group, if known.
+    fn expect_checkpoint_in(expected: Option<Lsn>, slot: &str, tx: &mut WriteTx) {
+        if let Some(expected) = expected {
+            tx.expect_metadata(
+                checkpoint_key(slot),
+                Some(expected.to_pg_string().into_bytes()),
+            );
+        }
+    }
+
     /// Whether a PostgreSQL transaction is open in this group.
     pub(crate) fn in_transaction(&self) -> bool {
         self.in_tx
@@ -223,12 +239,13 @@ impl Group {
         );
         self.started = Instant::now();
         let mut tx = std::mem::replace(&mut self.tx, store.begin_write(ORIGIN));
-        if let (Some(expected), Some(end_lsn)) = (self.expected_checkpoint, self.end_lsn) {
-            tx.expect_metadata(
-                checkpoint_key(&self.slot),
-                Some(expected.to_pg_string().into_bytes()),
-            );
-            self.expected_checkpoint = Some(end_lsn);
+        if self.expected_checkpoint.is_some() && self.end_lsn.is_some() {
+            // A streamed group checked it with its first batch: its own earlier batches may
+            // have stored checkpoints of the whole transactions it began with.
+            if self.streaming.is_none() {
+                Self::expect_checkpoint_in(self.expected_checkpoint, &self.slot, &mut tx);
+            }
+            self.expected_checkpoint = self.end_lsn;
         }
         Handover {
             tx,
@@ -268,8 +285,9 @@ impl Group {
             );
             // Owned by the slot, which one engine streams at a time: on a remote server, a
             // stream a crashed engine left open is replaced instead of waited out.
-            let owner = format!("postgres→realm slot {}", self.slot);
-            self.streaming = Some(store.begin_streaming_as(ORIGIN, owner)?);
+            self.streaming = Some(store.begin_streaming_as(ORIGIN, stream_owner(&self.slot))?);
+            // Checked with the first batch, before anything of the group is written.
+            Self::expect_checkpoint_in(self.expected_checkpoint, &self.slot, &mut self.tx);
         }
         Ok(())
     }
