@@ -384,7 +384,7 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
     let ws = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let batch =
         r#"{"ops":[{"put":{"realm":"/alice/r","class":"Bus","object":{"id":1,"name":"x"}}}]}"#;
-    let cases: [(&str, &str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str, &str); 9] = [
         ("POST", "/v1/admin/read", "", r#"{"realms":{}}"#),
         ("POST", "/v1/admin/commit", "", commit),
         ("GET", "/v1/admin/feed", ws, ""),
@@ -399,6 +399,7 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         ),
         ("POST", "/v1/admin/streams/abc/commit", "", "{}"),
         ("DELETE", "/v1/admin/streams/abc", "", ""),
+        ("POST", "/v1/admin/streams/release", "", r#"{"owner":"slot"}"#),
     ];
     for (method, target, extra, body) in cases {
         let (status, text) = server.raw(method, target, None, extra, body).await;

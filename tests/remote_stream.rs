@@ -637,3 +637,65 @@ async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successo
     assert!(stored > Lsn::parse(&end_lsn).unwrap());
     successor.stop().await;
 }
+
+/// An engine killed mid-stream leaves its stream open on the server, holding the write lock
+/// until the idle timeout (60 s by default). Its restart releases that stream as it starts
+/// (`POST /v1/admin/streams/release` with its owner, the slot), so its ordinary commits do not
+/// wait out the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_engine_frees_the_stream_its_dead_predecessor_left_open() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    let server = RemoteServer::start();
+    let remote = connect(&server).await;
+    start_engine(&db, &remote).await.stop().await;
+
+    // What the dead engine left: an open stream of its owner, with a batch in it.
+    let admin = server.keys.admin_token().to_owned();
+    let owner = format!("postgres→realm slot stream_{}", db.name).to_lowercase();
+    let (status, text) = server
+        .raw(
+            "POST",
+            "/v1/admin/streams",
+            Some(&admin),
+            "",
+            &format!(r#"{{"origin":"postgres","owner":"{owner}"}}"#),
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let id = remote_support::stream_id(&text);
+    let (status, text) = server
+        .raw(
+            "POST",
+            &format!("/v1/admin/streams/{id}/ops"),
+            Some(&admin),
+            "",
+            r#"{"ops":[{"put":{"realm":"/myRealm","class":"Bus","object":{"id":99,"name":"ghost"}}}]}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+
+    let engine = start_engine(&db, &remote).await;
+    let started = Instant::now();
+    PgCluster::shared()
+        .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (1, 'bus 1')")
+        .unwrap();
+    let probe = server.store.clone();
+    wait_for("the row, long before the idle timeout", move || {
+        let view = probe.realm(&realm()).unwrap()?;
+        view.object("Bus", &PrimaryKey::Int(1)).unwrap()
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the commit waited {:?}",
+        started.elapsed()
+    );
+    // Nothing of the dead stream was committed.
+    assert_eq!(buses(&server), 1);
+    let (_, committed, aborted) = streams(&server);
+    assert_eq!((committed, aborted), (0, 1));
+    engine.stop().await;
+}

@@ -14,7 +14,9 @@
 //!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
 //!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction); `POST /v1/admin/streams/{id}/read` (`locate`, `object`, `keys`, `metadata`,
 //!   as of the stream's own batches); `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` →
-//!   `{"versions":[…]}` as `commit` answers; `DELETE /v1/admin/streams/{id}` aborts. One stream
+//!   `{"versions":[…]}` as `commit` answers; `DELETE /v1/admin/streams/{id}` aborts;
+//!   `POST /v1/admin/streams/release` `{"owner"}` aborts the open stream of that owner, if any
+//!   (`{"released": bool}`). One stream
 //!   at a time (409 `stream_open`); one idle past `ServerOptions::stream_idle_timeout` is
 //!   aborted (404 `no_stream` afterwards); a refused batch aborts the whole stream.
 //! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is

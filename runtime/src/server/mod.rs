@@ -126,6 +126,7 @@ impl Server {
             .route("/v1/admin/commit", post(admin::commit).layer(admin_limit))
             .route("/v1/admin/feed", get(admin::feed))
             .route("/v1/admin/streams", post(streams::open))
+            .route("/v1/admin/streams/release", post(streams::release))
             .route("/v1/admin/streams/{id}", delete(streams::abort))
             .route(
                 "/v1/admin/streams/{id}/ops",

@@ -194,34 +194,7 @@ pub(super) async fn open(
             }
         };
         let (old_id, old_commands) = replaced;
-        tracing::warn!(
-            stream = %old_id,
-            owner = req.owner.as_deref().unwrap_or_default(),
-            "a new stream of the same owner replaces an open one: aborted, nothing of it committed"
-        );
-        // Its thread answers after the requests queued before this one, and forgets the stream
-        // before answering. Only an answered abort proves nothing of it was committed: a thread
-        // that ended otherwise may have been committing it, and the new stream's owner must then
-        // read the checkpoint again before sending anything.
-        let (reply, done) = oneshot::channel();
-        let abort = Command {
-            kind: Kind::Abort,
-            body: Bytes::new(),
-            reply,
-        };
-        let aborted = old_commands.send(abort).is_ok() && matches!(done.await, Ok(Ok(_)));
-        server.shared.streams.close(&old_id);
-        if !aborted {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "stream_replaced",
-                format!(
-                    "the open stream {old_id} of owner `{}` ended while this one replaced it, \
-                     and it may have committed: read the checkpoint again, then open a new stream",
-                    req.owner.as_deref().unwrap_or_default()
-                ),
-            ));
-        }
+        replace(&server, &old_id, old_commands, req.owner.as_deref().unwrap_or_default()).await?;
     }
     let (ready, opened) = oneshot::channel();
     let (thread_server, thread_id) = (server.clone(), id.clone());
@@ -250,6 +223,82 @@ pub(super) async fn open(
     Ok(JsonBody(
         json!({"id": id, "idle_timeout_seconds": idle.as_secs_f64()}),
     ))
+}
+
+/// Abort the open stream `old_id` of `owner` for a stream of the same owner (or a release).
+/// Its thread answers after the requests queued before this one, and forgets the stream before
+/// answering. Only an answered abort proves nothing of it was committed: a thread that ended
+/// otherwise may have been committing it, and the owner must then read the checkpoint again
+/// before sending anything (409 `stream_replaced`).
+async fn replace(
+    server: &Server,
+    old_id: &str,
+    old_commands: std_mpsc::Sender<Command>,
+    owner: &str,
+) -> Result<(), ApiError> {
+    tracing::warn!(
+        stream = %old_id,
+        owner,
+        "a stream of the same owner replaces an open one: aborted, nothing of it committed"
+    );
+    let (reply, done) = oneshot::channel();
+    let abort = Command {
+        kind: Kind::Abort,
+        body: Bytes::new(),
+        reply,
+    };
+    let aborted = old_commands.send(abort).is_ok() && matches!(done.await, Ok(Ok(_)));
+    server.shared.streams.close(old_id);
+    if aborted {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        "stream_replaced",
+        format!(
+            "the open stream {old_id} of owner `{owner}` ended while it was replaced, and it may \
+             have committed: read the checkpoint again, then open a new stream"
+        ),
+    ))
+}
+
+/// `POST /v1/admin/streams/release`'s body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseRequest {
+    owner: String,
+}
+
+/// `POST /v1/admin/streams/release` `{"owner"}`: abort the open stream of `owner`, if any,
+/// without opening one — what an engine does as it starts, so a stream its crashed predecessor
+/// left open stops holding the write lock at once. Answers `{"released": bool}`, or 409
+/// `stream_replaced` as `open` does.
+pub(super) async fn release(
+    State(server): State<Server>,
+    _: Admin,
+    body: Bytes,
+) -> Result<JsonBody<Json>, ApiError> {
+    let req: ReleaseRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"owner\": \"…\"}}: {e}")))?;
+    if req.owner.is_empty() || req.owner.len() > MAX_OWNER_LEN {
+        return Err(ApiError::bad_request(format!(
+            "owner must be 1 to {MAX_OWNER_LEN} bytes"
+        )));
+    }
+    let found = match server.shared.streams.lock().as_ref() {
+        Some(open) if open.owner.as_deref() == Some(req.owner.as_str()) => {
+            Some((open.id.clone(), open.commands.clone()))
+        }
+        _ => None,
+    };
+    let released = match found {
+        Some((id, commands)) => {
+            replace(&server, &id, commands, &req.owner).await?;
+            true
+        }
+        None => false,
+    };
+    Ok(JsonBody(json!({ "released": released })))
 }
 
 /// `POST /v1/admin/streams/{id}/ops`.

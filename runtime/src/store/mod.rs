@@ -405,6 +405,19 @@ impl Store {
         StreamingTx::new(self.clone(), origin.into(), Some(owner.into()))
     }
 
+    /// On a remote store, abort the streamed write `owner` left open on the object server, if
+    /// any, and say whether there was one: an engine starting where a crashed one of the same
+    /// slot left a stream holding the server's write lock frees it at once, instead of letting
+    /// its commits wait out the idle timeout. Fails with [`StoreError::RemoteStream`] if that
+    /// stream may have been committing (read the checkpoint afterwards in any case). An
+    /// embedded store has nothing to release: a crashed process's transaction ended with it.
+    pub fn release_stream(&self, owner: &str) -> Result<bool, StoreError> {
+        match self.remote() {
+            Some(remote) => remote.release_stream(owner),
+            None => Ok(false),
+        }
+    }
+
     /// A consistent read-only view of every realm as of now.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
         Snapshot::new(self.clone())

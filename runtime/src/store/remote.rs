@@ -443,6 +443,20 @@ impl RemoteBackend {
         })
     }
 
+    /// Abort the open streamed write of `owner`, if any (see `Store::release_stream`).
+    pub(super) fn release_stream(&self, owner: &str) -> Result<bool, StoreError> {
+        let body = json!({ "owner": owner }).to_string();
+        let answer = self.stream_request(
+            "releasing a stream",
+            Method::POST,
+            "/release".to_owned(),
+            Some(Bytes::from(body)),
+        )?;
+        answer["released"]
+            .as_bool()
+            .ok_or_else(|| self.unexpected("a stream release", &answer.to_string()))
+    }
+
     /// Send a request of a streamed write without waiting for its answer (an abort on drop:
     /// if it is lost, the server's idle timeout aborts the stream all the same).
     pub(super) fn stream_request_detached(&self, method: Method, path: String) {
@@ -532,7 +546,7 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
             status: 409 | 404,
             code,
             message,
-        } if code == "stream_open" || code == "no_stream" => {
+        } if code == "stream_open" || code == "no_stream" || code == "stream_replaced" => {
             return StoreError::RemoteStream {
                 url: url.to_owned(),
                 message: format!(

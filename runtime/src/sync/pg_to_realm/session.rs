@@ -29,6 +29,16 @@ impl PgToRealm {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), PgToRealmError> {
         let slot = &self.options.slot;
+        // On a remote object server, a stream this slot's previous engine left open holds the
+        // write lock until its idle timeout, and every ordinary commit would wait for it: free
+        // it now. Before reading the checkpoint, which it might have moved.
+        let (store, owner) = (self.store.clone(), apply::stream_owner(slot));
+        let released = tokio::task::spawn_blocking(move || store.release_stream(&owner))
+            .await
+            .map_err(|e| PgToRealmError::Task(e.to_string()))??;
+        if released {
+            tracing::warn!(slot, "aborted the streamed write a previous engine left open");
+        }
         let resume =
             stored_checkpoint(&self.store, slot)?.ok_or_else(|| PgToRealmError::NotSetUp {
                 slot: slot.clone(),
