@@ -85,6 +85,8 @@ pub(crate) struct GroupCounts {
 
 #[path = "lists.rs"]
 mod lists;
+#[path = "prefetch.rs"]
+mod prefetch;
 
 /// A write transaction handed over for committing.
 #[derive(Debug)]
@@ -137,6 +139,13 @@ pub(crate) struct Group {
     expected_checkpoint: Option<Lsn>,
     overlay: HashMap<(usize, PrimaryKey), Located>,
     patched: usize,
+    /// Whether the store is a remote one: only then are locations read ahead.
+    remote: bool,
+    /// Locations read ahead from the base, in remote mode (see `prefetch.rs`); valid as long
+    /// as the base, cleared with it.
+    located: HashMap<(usize, PrimaryKey), Vec<RealmPath>>,
+    /// Moves on each time `located` is cleared.
+    located_epoch: u64,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
     /// Truncated list properties: their stored entries are gone.
     list_generation: HashMap<(usize, String), u64>,
@@ -178,6 +187,9 @@ impl Group {
             expected_checkpoint: None,
             overlay: HashMap::new(),
             patched: 0,
+            remote: store.remote_url().is_some(),
+            located: HashMap::new(),
+            located_epoch: 0,
             lists: HashMap::new(),
             list_generation: HashMap::new(),
             counts: GroupCounts::default(),
@@ -270,6 +282,8 @@ impl Group {
             // stream a crashed engine left open is replaced instead of waited out.
             let owner = format!("postgres→realm slot {}", self.slot);
             self.streaming = Some(store.begin_streaming_as(ORIGIN, owner)?);
+            // The base is the open store transaction from now on.
+            self.clear_located();
         }
         Ok(())
     }
@@ -284,7 +298,7 @@ impl Group {
     /// (with the lists the transaction touched so far) and start the overlay afresh, since the
     /// store transaction now answers every read.
     fn stream_batch(&mut self, mapper: &Mapper, log: &mut RejectionLog) -> Result<(), StoreError> {
-        if self.streaming.is_none() || self.tx.len() < STREAM_BATCH.min(self.stream_after).max(1) {
+        if self.streaming.is_none() || self.tx.len() < self.stream_batch_size() {
             return Ok(());
         }
         // The lists written now are written again at the transaction's end if it changes them
@@ -299,16 +313,26 @@ impl Group {
         self.overlay.clear();
         self.patched = 0;
         self.lists.clear();
+        self.clear_located();
         Ok(())
     }
 
-    /// Where an object is, as of the group's start (or, streaming, its last applied batch).
+    /// Operations a streaming group collects before applying them (see [`STREAM_BATCH`]).
+    fn stream_batch_size(&self) -> usize {
+        STREAM_BATCH.min(self.stream_after).max(1)
+    }
+
+    /// Where an object is, as of the group's start (or, streaming, its last applied batch):
+    /// read ahead (remote mode, see `prefetch.rs`), else asked now.
     fn base_locate(
         &self,
         mapper: &Mapper,
         class: usize,
         key: &PrimaryKey,
     ) -> Result<Vec<RealmPath>, StoreError> {
+        if let Some(realms) = self.located(class, key) {
+            return Ok(realms.clone());
+        }
         let name = &mapper.schema.classes[class].name;
         match &self.streaming {
             Some(streaming) => streaming.locate(name, key),
@@ -351,6 +375,7 @@ impl Group {
         self.patched = 0;
         self.lists.clear();
         self.list_generation.clear();
+        self.clear_located();
         Ok(())
     }
 
