@@ -667,9 +667,10 @@ impl Group {
             .filter(|k| *k != image.key);
         let mut base: Option<BTreeMap<String, Value>> = None;
         let mut previous_realms = Vec::new();
+        let complete = self.carries_everything(mapper, class, &image.values);
         if let Some(old_key) = &old_key {
             let realms = self.locate(mapper, class, old_key)?;
-            if let Some(first) = realms.first() {
+            if let Some(first) = realms.first().filter(|_| !complete) {
                 base = self.current_values(mapper, class, old_key, first)?;
                 if let Some(values) = &mut base {
                     // List entries follow the subtable rows (their oid changes with the key).
@@ -720,7 +721,7 @@ impl Group {
             return Ok(());
         }
         // The object is created in `target`: from the realm it leaves, the old key, or nothing.
-        if base.is_none() {
+        if base.is_none() && !complete {
             if let Some(from) = held.iter().find(|r| **r != target).or(held.first()) {
                 base = self.current_values(mapper, class, &image.key, from)?;
                 if base.is_none() && !image.unchanged.is_empty() {
@@ -800,6 +801,23 @@ impl Group {
         self.tx.put_object(&target, object)?;
         self.record(class, image.key, vec![target], values, true);
         Ok(())
+    }
+
+    /// Whether a row's values hold every property of its class, in remote mode: the values
+    /// stored for the object would then add nothing to them, so a move or a key change need not
+    /// read them (on a remote store, two requests per row). The outcome is the same either way;
+    /// an embedded store's read is cheap, and its path stays as it was.
+    fn carries_everything(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        values: &BTreeMap<String, Value>,
+    ) -> bool {
+        self.remote
+            && mapper.schema.classes[class]
+                .properties
+                .iter()
+                .all(|p| values.contains_key(&p.name))
     }
 
     fn delete(&mut self, mapper: &Mapper, class: usize, key: PrimaryKey) -> Result<(), StoreError> {
