@@ -80,8 +80,8 @@ impl ReadAhead {
         while self.queue.len() < READ_AHEAD && self.queue.back().is_none_or(Option::is_some) {
             // Unconstrained: tokio's cooperative budget would make the client's channel answer
             // "pending" after 128 events in one go, however many it holds; the loop is bounded
-            // by READ_AHEAD instead.
-            match tokio::task::unconstrained(stream.next_event()).now_or_never() {
+            // by READ_AHEAD instead, and the session spends the budget as it applies them.
+            match tokio::task::coop::unconstrained(stream.next_event()).now_or_never() {
                 Some(event) => self.queue.push_back(event?),
                 None => break,
             }

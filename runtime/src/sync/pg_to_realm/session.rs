@@ -97,7 +97,15 @@ impl PgToRealm {
             }
             let listen = !s.group.in_transaction() && !stopping;
             let event = match ahead.pop() {
-                Some(event) => event,
+                Some(event) => {
+                    if s.group.reads_ahead() {
+                        // Events read ahead came without the runtime's budget: spend it here,
+                        // one unit an event as the stream's own receive does, so the task still
+                        // yields (and can be stopped) as often as without reading ahead.
+                        tokio::task::coop::consume_budget().await;
+                    }
+                    event
+                }
                 None => tokio::select! {
                     biased;
                     done = async { (&mut s.inflight.as_mut().expect("guarded").handle).await },
