@@ -862,6 +862,9 @@ impl Group {
             TableKind::Class { class, .. } => {
                 let class = *class;
                 let keys = self.keys_of_class(mapper, class)?;
+                if self.remote {
+                    return self.delete_all_read_ahead(mapper, class, keys);
+                }
                 let mut seen = HashSet::new();
                 for key in keys {
                     if seen.insert(key.clone()) {

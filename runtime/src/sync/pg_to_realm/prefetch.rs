@@ -24,6 +24,9 @@ use std::collections::{BTreeMap, HashSet};
 use pgrealm_schema::PrimaryKey;
 
 use super::{Group, PATCH_LIMIT};
+
+/// Keys a TRUNCATE deletes per `locate_many` in remote mode.
+const TRUNCATE_CHUNK: usize = 8_192;
 use crate::store::{RealmPath, StoreError};
 use crate::sync::pg_to_realm::mapping::Mapper;
 
@@ -67,6 +70,28 @@ impl Group {
             return None;
         }
         self.located.get(&(class, key.clone()))
+    }
+
+    /// Delete every object of `class` with these keys (a TRUNCATE, remote mode), reading
+    /// their locations a chunk at a time instead of one request per key. A key listed more
+    /// than once (held by several realms) is deleted once.
+    pub(super) fn delete_all_read_ahead(
+        &mut self,
+        mapper: &Mapper,
+        class: usize,
+        keys: Vec<PrimaryKey>,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::new();
+        for chunk in keys.chunks(TRUNCATE_CHUNK) {
+            let objects = chunk.iter().map(|key| (class, key.clone())).collect();
+            self.read_locations_ahead(mapper, objects)?;
+            for key in chunk {
+                if seen.insert(key.clone()) {
+                    self.delete(mapper, class, key.clone())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Read where these objects (class index, key) live in the base, one `locate_many` per
