@@ -776,7 +776,8 @@ async fn assert_realms_match_postgresql(db: &TestDb, server: &RemoteServer, seed
 /// engine applies it (committed before it runs, as after a restart or under a steady load it
 /// falls behind on): the remote engine reads where their rows live in batches, far fewer reads
 /// than rows. Then live, one transaction at a time, as the engine keeps up: at most about a
-/// read per transaction, not per row. Each time the realms end as PostgreSQL's rows are.
+/// read per transaction, not per row. Then a TRUNCATE of them all. Each time the realms end as
+/// PostgreSQL's rows are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_transactions_moving_rows_between_realms_read_locations_in_batches() {
     let db = PgCluster::shared().fresh_database().unwrap();
@@ -859,6 +860,32 @@ async fn small_transactions_moving_rows_between_realms_read_locations_in_batches
         "{reads} admin reads for {changes} changes in {live} transactions"
     );
     assert_eq!(counter(&engine.stats.rejections), 0, "every change applies");
+    assert_realms_match_postgresql(&db, &server, seed).await;
+
+    // A TRUNCATE deletes every bus: their locations are read a chunk at a time, not per row.
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM bus", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let reads_before = counter(&server.metrics.admin_reads);
+    client
+        .batch_execute(
+            "TRUNCATE bus CASCADE; INSERT INTO bus (id, name, user_id) VALUES (-2, 'last', 'u0')",
+        )
+        .await
+        .unwrap();
+    wait_for_marker(&server, -2).await;
+    let reads = counter(&server.metrics.admin_reads) - reads_before;
+    println!("truncate: {reads} admin reads for {rows} rows");
+    // Listing the keys costs two reads per realm and class (bus, and driver by the cascade);
+    // their locations one read, and the marker's one or two: a few dozen at most, not a read
+    // per row.
+    assert!(rows > 1_000, "{rows} rows");
+    assert!(
+        reads <= 30,
+        "{reads} admin reads for a TRUNCATE of {rows} rows"
+    );
     assert_realms_match_postgresql(&db, &server, seed).await;
     engine.stop().await;
 }
