@@ -287,6 +287,199 @@ async fn the_store_api_works_over_a_remote_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locate_many_answers_each_key_in_order_in_one_read_and_bounds_its_keys() {
+    let server = RemoteServer::start();
+    let admin = server.keys.admin_token().to_owned();
+    let (a, b, c) = (
+        RealmPath::parse("/a").unwrap(),
+        RealmPath::parse("/b").unwrap(),
+        RealmPath::parse("/c").unwrap(),
+    );
+    let bus = |id: i64| {
+        Object::new("Bus")
+            .with("id", Value::Int(id))
+            .with("name", Value::String(format!("bus {id}")))
+    };
+    // Bus 1 in /a, bus 2 in /a and /b, bus 3 nowhere (yet); route r1 in /b.
+    let mut tx = server.store.begin_write("app");
+    tx.put_object(&a, bus(1)).unwrap();
+    tx.put_object(&a, bus(2)).unwrap();
+    tx.put_object(&b, bus(2)).unwrap();
+    tx.put_object(
+        &b,
+        Object::new("Route")
+            .with("id", Value::String("r1".into()))
+            .with("name", Value::String("Loop".into())),
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || tx.commit())
+        .await
+        .unwrap()
+        .unwrap();
+    let reads = || {
+        server
+            .metrics
+            .admin_reads
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+
+    let (base, token) = (server.base.clone(), admin.clone());
+    let schema = transit::Schema::schema().clone();
+    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+        .await
+        .unwrap()
+        .unwrap();
+    let keys: Vec<PrimaryKey> = [1, 3, 2, 1].into_iter().map(PrimaryKey::Int).collect();
+    let expected = vec![
+        vec![a.clone()],
+        vec![],
+        vec![a.clone(), b.clone()],
+        vec![a.clone()],
+    ];
+    let before = reads();
+    let (r, k, local) = (remote.clone(), keys.clone(), server.store.clone());
+    let (found, found_locally, routes, empty) = tokio::task::spawn_blocking(move || {
+        let found = r.snapshot().unwrap().locate_many("Bus", &k).unwrap();
+        let found_locally = local.snapshot().unwrap().locate_many("Bus", &k).unwrap();
+        let routes = r
+            .snapshot()
+            .unwrap()
+            .locate_many("Route", &[PrimaryKey::String("r1".into())])
+            .unwrap();
+        let empty = r.snapshot().unwrap().locate_many("Bus", &[]).unwrap();
+        (found, found_locally, routes, empty)
+    })
+    .await
+    .unwrap();
+    assert_eq!(found, expected, "present, absent, in two realms, repeated");
+    assert_eq!(
+        found_locally, expected,
+        "the embedded store answers the same"
+    );
+    assert_eq!(routes, vec![vec![b.clone()]]);
+    assert!(empty.is_empty());
+    assert_eq!(
+        reads() - before,
+        2,
+        "one request per call, none for no keys"
+    );
+
+    // More keys than one request takes: the store sends them in several, answers in order.
+    let many: Vec<PrimaryKey> = (0..25_000).map(PrimaryKey::Int).collect();
+    let before = reads();
+    let r = remote.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        r.snapshot().unwrap().locate_many("Bus", &many).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        reads() - before,
+        3,
+        "25,000 keys in 3 requests of at most 10,000"
+    );
+    assert_eq!(found.len(), 25_000);
+    assert_eq!(found[1], vec![a.clone()]);
+    assert_eq!(found[2], vec![a.clone(), b.clone()]);
+    assert!(found[3].is_empty() && found[24_999].is_empty());
+
+    // A stream answers as of its own batches, the same way.
+    let (r, k) = (remote.clone(), keys.clone());
+    let (in_stream, unknown) = tokio::task::spawn_blocking(move || {
+        let mut batch = r.begin_write("postgres");
+        batch.put_object(&c, bus(3)).unwrap();
+        let stream = r
+            .begin_streaming("postgres")
+            .unwrap()
+            .apply(&mut batch)
+            .unwrap();
+        let found = stream.locate_many("Bus", &k).unwrap();
+        let unknown = stream.locate_many("Nope", &k).unwrap_err();
+        drop(stream);
+        (found, unknown)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        in_stream,
+        vec![
+            vec![a.clone()],
+            vec![RealmPath::parse("/c").unwrap()],
+            vec![a.clone(), b.clone()],
+            vec![a.clone()],
+        ]
+    );
+    assert!(
+        matches!(unknown, StoreError::UnknownClass { .. }),
+        "{unknown}"
+    );
+
+    // Raw requests: the answer's form, a bad key named by its index, too many keys, no class.
+    let read = |body: String| {
+        let server = &server;
+        let admin = admin.clone();
+        async move {
+            server
+                .raw("POST", "/v1/admin/read", Some(&admin), "", &body)
+                .await
+        }
+    };
+    let (status, text) = read(r#"{"locate_many":{"class":"Bus","keys":[2,3]}}"#.into()).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with(r#"{"realms":[["/a","/b"],[]]}"#), "{text}");
+    let (status, text) = read(r#"{"locate_many":{"class":"Bus","keys":[1,"two"]}}"#.into()).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("keys[1]"), "{text}");
+    let too_many = (0..10_001)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (status, text) = read(format!(
+        r#"{{"locate_many":{{"class":"Bus","keys":[{too_many}]}}}}"#
+    ))
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("at most 10000 keys") && text.contains("10001"),
+        "{text}"
+    );
+    let (status, text) = read(r#"{"locate_many":{"class":"Nope","keys":[1]}}"#.into()).await;
+    assert_eq!(status, 404, "{text}");
+    // The same bounds in a stream's reads, which stays open after a refused read.
+    let id = server.open_stream().await;
+    let target = format!("/v1/admin/streams/{id}/read");
+    let body = format!(r#"{{"locate_many":{{"class":"Bus","keys":[{too_many}]}}}}"#);
+    let (status, text) = server.raw("POST", &target, Some(&admin), "", &body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("at most 10000 keys"), "{text}");
+    let body = r#"{"locate_many":{"class":"Bus","keys":[1,"two"]}}"#;
+    let (status, text) = server.raw("POST", &target, Some(&admin), "", body).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("keys[1]"), "{text}");
+    let body = r#"{"locate_many":{"class":"Bus","keys":[2,3]}}"#;
+    let (status, text) = server.raw("POST", &target, Some(&admin), "", body).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.ends_with(r#"{"realms":[["/a","/b"],[]]}"#), "{text}");
+    let (status, text) = server
+        .raw(
+            "DELETE",
+            &format!("/v1/admin/streams/{id}"),
+            Some(&admin),
+            "",
+            "",
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        server
+            .metrics
+            .render()
+            .contains("pgrealm_admin_reads_total"),
+        "the counter is exported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_with_a_wrong_token_or_to_nothing_says_what_to_do() {
     let server = RemoteServer::start();
     let schema = transit::Schema::schema().clone();

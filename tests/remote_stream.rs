@@ -6,6 +6,7 @@
 
 mod remote_support;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,11 +68,16 @@ struct Engine {
 }
 
 async fn start_engine(db: &TestDb, remote: &Store) -> Engine {
+    run_engine(setup_engine(db, remote, "/myRealm").await)
+}
+
+/// An engine routing rows by `template`, set up (slot, checkpoint) but not running yet.
+async fn setup_engine(db: &TestDb, remote: &Store, template: &str) -> PgToRealm {
     let slot = format!("stream_{}", db.name).to_lowercase();
     let mut options = PgToRealmOptions::new(
         slot.clone(),
         slot,
-        PgToRealmOptions::template("/myRealm").unwrap(),
+        PgToRealmOptions::template(template).unwrap(),
     );
     options.stream_after_changes = STREAM_AFTER;
     options.progress = Progress::Log;
@@ -82,6 +88,10 @@ async fn start_engine(db: &TestDb, remote: &Store) -> Engine {
         Arc::new(Metrics::default()),
     );
     sync.setup().await.unwrap();
+    sync
+}
+
+fn run_engine(sync: PgToRealm) -> Engine {
     let stats = sync.stats();
     let (stop, stopped) = watch::channel(false);
     Engine {
@@ -166,6 +176,7 @@ async fn a_large_transaction_streams_into_the_remote_server_as_one_version_with_
     let before_lsn = pgrealm_runtime::replication::Lsn::parse(&current_wal_lsn(&db).await)
         .unwrap()
         .as_u64();
+    let reads_before = counter(&server.metrics.admin_reads);
     PgCluster::shared()
         .batch_execute(&db.name, BIG_INSERT)
         .unwrap();
@@ -179,6 +190,13 @@ async fn a_large_transaction_streams_into_the_remote_server_as_one_version_with_
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Where each row lives was asked in batches, not one read per row.
+    let reads = counter(&server.metrics.admin_reads) - reads_before;
+    println!("{reads} admin reads for {ROWS} rows");
+    assert!(
+        reads < ROWS as u64 / 100,
+        "{reads} admin reads for {ROWS} rows"
+    );
     // It arrived through a stream the server held open, in batches, committed once.
     let (batches, committed, aborted) = streams(&server);
     assert_eq!((committed, aborted), (1, 0));
@@ -636,6 +654,240 @@ async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successo
     assert_eq!(stored.as_u64(), counter(&stats.confirmed_lsn));
     assert!(stored > Lsn::parse(&end_lsn).unwrap());
     successor.stop().await;
+}
+/// Buses of the load of small transactions, and how many transactions it has.
+const FLEET: i64 = 1_000;
+const SMALL_TRANSACTIONS: usize = 600;
+
+/// A xorshift generator: the load is random, and repeatable from its printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// One small transaction of the load (number `t`): eight statements over random buses, most
+/// of them moving a bus to another user's realm or changing its key. `next_id` is the next
+/// unused bus id.
+fn small_transaction(rng: &mut Rng, t: usize, next_id: &mut i64) -> String {
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..8 {
+        let id = 1 + rng.below(*next_id as u64 - 1) as i64;
+        let user = rng.below(4);
+        let mut new_id = || {
+            *next_id += 1;
+            *next_id - 1
+        };
+        let statement = match rng.below(10) {
+            0..=3 => {
+                format!(
+                    "UPDATE bus SET user_id = 'u{user}', name = 'moved in {t}' WHERE id = {id};"
+                )
+            }
+            4 | 5 => format!("UPDATE bus SET name = 'renamed in {t}' WHERE id = {id};"),
+            6 => format!(
+                "INSERT INTO bus (id, name, user_id) VALUES ({}, 'new in {t}', 'u{user}');",
+                new_id()
+            ),
+            7 => format!("DELETE FROM bus WHERE id = {id};"),
+            8 => format!("UPDATE bus SET id = {} WHERE id = {id};", new_id()),
+            _ => format!(
+                "UPDATE bus SET id = {}, user_id = 'u{user}' WHERE id = {id};",
+                new_id()
+            ),
+        };
+        sql.push_str(&statement);
+    }
+    sql.push_str("COMMIT;");
+    sql
+}
+
+/// Wait until bus `id` is in `/u0/myRealm` (the load's marker: everything before it is applied).
+async fn wait_for_marker(server: &RemoteServer, id: i64) {
+    let store = server.store.clone();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let probe = store.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            probe
+                .realm(&RealmPath::parse("/u0/myRealm").unwrap())
+                .unwrap()
+                .and_then(|view| view.object("Bus", &PrimaryKey::Int(id)).unwrap())
+        })
+        .await
+        .unwrap();
+        if found.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the load was never applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Assert that the realms hold exactly PostgreSQL's buses, each in the realm of its user.
+async fn assert_realms_match_postgresql(db: &TestDb, server: &RemoteServer, seed: u64) {
+    let client = db.connect().await.unwrap();
+    let mut expected: BTreeMap<String, BTreeMap<i64, String>> = BTreeMap::new();
+    for row in client
+        .query("SELECT id, name, user_id FROM bus", &[])
+        .await
+        .unwrap()
+    {
+        let user: String = row.get(2);
+        expected
+            .entry(format!("/{user}/myRealm"))
+            .or_default()
+            .insert(row.get(0), row.get(1));
+    }
+    let store = server.store.clone();
+    let actual = tokio::task::spawn_blocking(move || {
+        // What the realms hold of class Bus: realm → id → name (realms holding none left out).
+        let snapshot = store.snapshot().unwrap();
+        let mut out = BTreeMap::new();
+        for info in snapshot.realms().unwrap() {
+            let view = snapshot.realm(&info.path).unwrap().unwrap();
+            let buses: BTreeMap<i64, String> = view
+                .objects("Bus")
+                .unwrap()
+                .into_iter()
+                .map(|bus| match (bus.get("id"), bus.get("name")) {
+                    (Some(Value::Int(id)), Some(Value::String(name))) => (*id, name.clone()),
+                    other => panic!("a bus without id or name: {other:?}"),
+                })
+                .collect();
+            if !buses.is_empty() {
+                out.insert(info.path.to_string(), buses);
+            }
+        }
+        out
+    })
+    .await
+    .unwrap();
+    assert_eq!(actual, expected, "PGREALM_LOAD_SEED={seed}");
+}
+
+/// Many small PostgreSQL transactions, routed to four realms by a column, moving rows between
+/// them, changing keys, inserting and deleting. First as a backlog that arrives faster than the
+/// engine applies it (committed before it runs, as after a restart or under a steady load it
+/// falls behind on): the remote engine reads where their rows live in batches, far fewer reads
+/// than rows. Then live, one transaction at a time, as the engine keeps up: at most about a
+/// read per transaction, not per row. Then a TRUNCATE of them all. Each time the realms end as
+/// PostgreSQL's rows are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_transactions_moving_rows_between_realms_read_locations_in_batches() {
+    let db = PgCluster::shared().fresh_database().unwrap();
+    PgCluster::shared()
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
+    PgCluster::shared()
+        .batch_execute(
+            &db.name,
+            "ALTER TABLE bus ADD COLUMN user_id text NOT NULL DEFAULT 'u0'",
+        )
+        .unwrap();
+    let server = RemoteServer::start();
+    let remote = connect(&server).await;
+    let sync = setup_engine(&db, &remote, "/{user_id}/myRealm").await;
+
+    let seed = std::env::var("PGREALM_LOAD_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("PGREALM_LOAD_SEED={seed}");
+    let mut rng = Rng(seed);
+    let mut sql = format!(
+        "INSERT INTO bus (id, name, user_id) SELECT i, 'bus ' || i, 'u' || (i % 4) \
+         FROM generate_series(1, {FLEET}) i;"
+    );
+    let mut next_id = FLEET + 1;
+    for t in 0..SMALL_TRANSACTIONS {
+        sql.push_str(&small_transaction(&mut rng, t, &mut next_id));
+    }
+    // The marker: once it is in its realm, everything before it is too.
+    sql.push_str("INSERT INTO bus (id, name, user_id) VALUES (0, 'last', 'u0');");
+    PgCluster::shared().batch_execute(&db.name, &sql).unwrap();
+
+    let reads_before = counter(&server.metrics.admin_reads);
+    let engine = run_engine(sync);
+    wait_for_marker(&server, 0).await;
+    let reads = counter(&server.metrics.admin_reads) - reads_before;
+    let changes = counter(&engine.stats.changes);
+    println!("backlog: {reads} admin reads for {changes} changes");
+    assert!(
+        changes > FLEET as u64 + SMALL_TRANSACTIONS as u64,
+        "{changes} changes"
+    );
+    assert!(
+        reads < changes / 100,
+        "{reads} admin reads for {changes} changes"
+    );
+    assert_eq!(counter(&engine.stats.rejections), 0, "every change applies");
+    assert_realms_match_postgresql(&db, &server, seed).await;
+
+    // Live: one transaction at a time while the engine runs.
+    let live = 100;
+    let (reads_before, changes_before) = (
+        counter(&server.metrics.admin_reads),
+        counter(&engine.stats.changes),
+    );
+    let client = db.connect().await.unwrap();
+    for t in 0..live {
+        let sql = small_transaction(&mut rng, SMALL_TRANSACTIONS + t, &mut next_id);
+        client.batch_execute(&sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    client
+        .batch_execute("INSERT INTO bus (id, name, user_id) VALUES (-1, 'last', 'u0')")
+        .await
+        .unwrap();
+    wait_for_marker(&server, -1).await;
+    let reads = counter(&server.metrics.admin_reads) - reads_before;
+    let changes = counter(&engine.stats.changes) - changes_before;
+    println!("live: {reads} admin reads for {changes} changes in {live} transactions");
+    assert!(
+        reads <= 2 * live as u64,
+        "{reads} admin reads for {changes} changes in {live} transactions"
+    );
+    assert_eq!(counter(&engine.stats.rejections), 0, "every change applies");
+    assert_realms_match_postgresql(&db, &server, seed).await;
+
+    // A TRUNCATE deletes every bus: their locations are read a chunk at a time, not per row.
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM bus", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let reads_before = counter(&server.metrics.admin_reads);
+    client
+        .batch_execute(
+            "TRUNCATE bus CASCADE; INSERT INTO bus (id, name, user_id) VALUES (-2, 'last', 'u0')",
+        )
+        .await
+        .unwrap();
+    wait_for_marker(&server, -2).await;
+    let reads = counter(&server.metrics.admin_reads) - reads_before;
+    println!("truncate: {reads} admin reads for {rows} rows");
+    // Listing the keys costs two reads per realm and class (bus, and driver by the cascade);
+    // their locations one read, and the marker's one or two: a few dozen at most, not a read
+    // per row.
+    assert!(rows > 1_000, "{rows} rows");
+    assert!(
+        reads <= 30,
+        "{reads} admin reads for a TRUNCATE of {rows} rows"
+    );
+    assert_realms_match_postgresql(&db, &server, seed).await;
+    engine.stop().await;
 }
 
 /// An engine killed mid-stream leaves its stream open on the server, holding the write lock

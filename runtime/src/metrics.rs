@@ -25,6 +25,9 @@ pub struct Metrics {
     pub http_requests: AtomicU64,
     /// Realm transactions committed through the API.
     pub api_transactions: AtomicU64,
+    /// Read requests of the admin API (`/v1/admin/read` and the reads of streamed writes,
+    /// `/v1/admin/streams/{id}/read`), answered or refused: what a remote engine's reads cost.
+    pub admin_reads: AtomicU64,
     /// Batches applied to streamed writes of the admin API (`/v1/admin/streams`).
     pub admin_stream_batches: AtomicU64,
     /// Streamed writes of the admin API committed.
@@ -107,6 +110,12 @@ impl Metrics {
             "pgrealm_api_transactions_total",
             "Realm transactions committed through the API.",
             &self.api_transactions,
+        );
+        counter(
+            &mut out,
+            "pgrealm_admin_reads_total",
+            "Read requests of the admin API (plain and in streamed writes).",
+            &self.admin_reads,
         );
         counter(
             &mut out,

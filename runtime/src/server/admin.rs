@@ -3,7 +3,12 @@
 //! and the multi-realm change feed.
 //!
 //! - `POST /v1/admin/read` with one read (`{"realm":{"path":"/a"}}`, `{"locate":{…}}`, …) →
-//!   its answer; see [`Read`].
+//!   its answer; see [`Read`]. `{"locate_many":{"class","keys":[key, …]}}` →
+//!   `{"realms":[[path, …], …]}` answers where each of several objects of one class lives, in
+//!   the order of `keys`, as one read: a remote engine asks it for the rows it has in hand
+//!   instead of one request per row. At most [`MAX_LOCATE_KEYS`] keys per request (400 past
+//!   it: send the rest in another); a key that does not fit the class is a 400 naming its
+//!   index (`keys[3]`).
 //! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
 //!   rebuilds the store write transaction and commits it atomically and durably before
 //!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`]. An optional
@@ -12,11 +17,12 @@
 //! - A streamed write, for a transaction too large for one request (see `streams.rs`):
 //!   `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`;
 //!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
-//!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction); `POST /v1/admin/streams/{id}/read` (`locate`, `object`, `keys`, `metadata`,
-//!   as of the stream's own batches); `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` →
-//!   `{"versions":[…]}` as `commit` answers; `DELETE /v1/admin/streams/{id}` aborts;
-//!   `POST /v1/admin/streams/release` `{"owner"}` aborts the open stream of that owner, if any
-//!   (`{"released": bool}`). One stream
+//!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction);
+//!   `POST /v1/admin/streams/{id}/read` (`locate`, `locate_many`, `object`, `keys`,
+//!   `metadata`, as of the stream's own batches); `POST /v1/admin/streams/{id}/commit`
+//!   `{"metadata":{…}}` → `{"versions":[…]}` as `commit` answers; `DELETE
+//!   /v1/admin/streams/{id}` aborts; `POST /v1/admin/streams/release` `{"owner"}` aborts the
+//!   open stream of that owner, if any (`{"released": bool}`). One stream
 //!   at a time (409 `stream_open`); one idle past `ServerOptions::stream_idle_timeout` is
 //!   aborted (404 `no_stream` afterwards); a refused batch aborts the whole stream.
 //! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is
@@ -46,17 +52,23 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonBody;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use pgrealm_schema::Schema;
+use pgrealm_schema::{PrimaryKey, Schema};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
 
 use super::{blocking, changeset_to_json, class, require_admin, ApiError, Caller, Server};
 use crate::json::{key_from_json, object_from_json, object_to_json};
+use crate::metrics::Metrics;
 use crate::store::{RealmInfo, RealmPath, Store, StoreError, Subscription, WriteTx};
 
 /// Most changesets one `changes` read returns (the admin is trusted; this only bounds memory).
 const MAX_CHANGES_PER_READ: usize = 100_000;
+
+/// Most keys one `locate_many` read takes, here and in a stream's reads. It bounds the work of
+/// one request (a stream's reads hold its thread) and the size of its answer; the remote store
+/// sends more keys in several requests of this size.
+pub(crate) const MAX_LOCATE_KEYS: usize = 10_000;
 
 /// How long the feed waits for the subscription message after the upgrade.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,6 +100,9 @@ enum Read {
     Metadata { key: String },
     /// The realms holding an object → `{"realms":[path]}`.
     Locate { class: String, key: Json },
+    /// The realms holding each of several objects of one class, in the order of `keys` (at
+    /// most [`MAX_LOCATE_KEYS`]) → `{"realms":[[path]]}`.
+    LocateMany { class: String, keys: Vec<Json> },
     /// One object → `{"object": {…} | null}`.
     Object {
         path: String,
@@ -120,12 +135,54 @@ fn bad_body(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(format!("{what}: {e}"))
 }
 
+/// The class and keys of a `locate_many` read, checked: at most [`MAX_LOCATE_KEYS`] keys, each
+/// of the class's key type (the first that is not is named by its index).
+pub(super) fn locate_many_keys(
+    server: &Server,
+    name: &str,
+    keys: &[Json],
+) -> Result<(String, Vec<PrimaryKey>), ApiError> {
+    let class = class(server, name)?;
+    if keys.len() > MAX_LOCATE_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "locate_many takes at most {MAX_LOCATE_KEYS} keys per request and this one has {}: \
+             send them in several requests",
+            keys.len()
+        )));
+    }
+    let schema = server.shared.store.schema();
+    let keys = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            key_from_json(schema, class, key).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_value",
+                    format!("keys[{i}]: {e}"),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((class.name.clone(), keys))
+}
+
+/// The answer to a `locate_many` read: each key's realms, in the order of the keys.
+pub(super) fn locations_json(found: &[Vec<RealmPath>]) -> Json {
+    let realms: Vec<Vec<&str>> = found
+        .iter()
+        .map(|paths| paths.iter().map(RealmPath::as_str).collect())
+        .collect();
+    json!({ "realms": realms })
+}
+
 /// `POST /v1/admin/read`.
 pub(super) async fn read(
     State(server): State<Server>,
     _: Admin,
     body: Bytes,
 ) -> Result<JsonBody<Json>, ApiError> {
+    Metrics::add(&server.shared.metrics.admin_reads, 1);
     let read: Read = serde_json::from_slice(&body).map_err(|e| {
         bad_body(
             "expected one read such as {\"realms\":{}} or {\"realm\":{\"path\":\"/a\"}}",
@@ -161,6 +218,12 @@ pub(super) async fn read(
             let name = class.name.clone();
             let realms = blocking(move || Ok(store.locate(&name, &key)?)).await?;
             json!({ "realms": realms.iter().map(RealmPath::as_str).collect::<Vec<_>>() })
+        }
+        Read::LocateMany { class: name, keys } => {
+            let (name, keys) = locate_many_keys(&server, &name, &keys)?;
+            // One snapshot answers every key: one state, one read transaction.
+            let found = blocking(move || Ok(store.snapshot()?.locate_many(&name, &keys)?)).await?;
+            locations_json(&found)
         }
         Read::Object {
             path,

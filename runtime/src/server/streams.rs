@@ -12,6 +12,8 @@
 //!   one batch, ops in `/v1/admin/commit`'s form, applied to the open transaction.
 //! - `POST /v1/admin/streams/{id}/read` with one read of the store as the stream leaves it
 //!   (its own batches included): `{"locate":{"class","key"}}` → `{"realms":[path]}`,
+//!   `{"locate_many":{"class","keys":[key, …]}}` → `{"realms":[[path], …]}` (each key's realms,
+//!   in order; at most `MAX_LOCATE_KEYS` keys, as `/v1/admin/read` answers it),
 //!   `{"object":{"path","class","key"}}` → `{"object": {…} | null}`, `{"keys":{"class"}}` →
 //!   `{"keys":[key]}`, `{"metadata":{"key"}}` → `{"value": base64 | null}`.
 //! - `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` → `{"versions":[{"path","version"}]}`
@@ -50,7 +52,10 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use tokio::sync::oneshot;
 
-use super::admin::{add_metadata, add_ops, parse_path, Admin, CommitOp, MAX_ORIGIN_LEN};
+use super::admin::{
+    add_metadata, add_ops, locate_many_keys, locations_json, parse_path, Admin, CommitOp,
+    MAX_ORIGIN_LEN,
+};
 use super::{class, ApiError, Server};
 use crate::json::{key_from_json, key_to_json, object_to_json};
 use crate::metrics::Metrics;
@@ -318,6 +323,7 @@ pub(super) async fn read(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<JsonBody<Json>, ApiError> {
+    Metrics::add(&server.shared.metrics.admin_reads, 1);
     send(&server, &id, Kind::Read, body).await
 }
 
@@ -508,6 +514,10 @@ enum StreamRead {
         class: String,
         key: Json,
     },
+    LocateMany {
+        class: String,
+        keys: Vec<Json>,
+    },
     Object {
         path: String,
         class: String,
@@ -525,7 +535,7 @@ fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, A
     let read: StreamRead = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected one read such as {{\"locate\":{{\"class\",\"key\"}}}}, \
-             {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}} or \
+             {{\"locate_many\":{{\"class\",\"keys\"}}}}, {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}} or \
              {{\"metadata\":{{\"key\"}}}}: {e}"
         ))
     })?;
@@ -536,6 +546,10 @@ fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, A
             let key = key_from_json(schema, class, &key)?;
             let realms = stream.locate(&class.name, &key)?;
             json!({ "realms": realms.iter().map(|r| r.as_str()).collect::<Vec<_>>() })
+        }
+        StreamRead::LocateMany { class: name, keys } => {
+            let (name, keys) = locate_many_keys(server, &name, &keys)?;
+            locations_json(&stream.locate_many(&name, &keys)?)
         }
         StreamRead::Object {
             path,

@@ -47,7 +47,7 @@ use super::write::{CommitInfo, Expected, Op};
 use super::Subscription;
 use crate::client::{Client, ClientError};
 use crate::json::{key_to_json, object_from_json, object_to_json};
-use crate::server::changeset_from_json;
+use crate::server::{changeset_from_json, MAX_LOCATE_KEYS};
 
 /// The longest a read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -292,16 +292,51 @@ impl RemoteBackend {
 
     /// The realm paths of a locate's answer.
     pub(super) fn locations_in(&self, answer: &Json) -> Result<Vec<RealmPath>, StoreError> {
-        answer["realms"]
-            .as_array()
+        self.paths_in(&answer["realms"])
             .ok_or_else(|| self.unexpected("a location", &answer.to_string()))?
-            .iter()
-            .map(|p| {
-                let p = p
-                    .as_str()
-                    .ok_or_else(|| self.unexpected("a location", &p.to_string()))?;
-                Ok(RealmPath::parse(p)?)
-            })
+    }
+
+    /// A JSON array of realm paths; `None` when it is not an array.
+    fn paths_in(&self, json: &Json) -> Option<Result<Vec<RealmPath>, StoreError>> {
+        let paths = json.as_array()?.iter().map(|p| {
+            let p = p
+                .as_str()
+                .ok_or_else(|| self.unexpected("a location", &p.to_string()))?;
+            Ok(RealmPath::parse(p)?)
+        });
+        Some(paths.collect())
+    }
+
+    /// Where each of `keys` lives, in their order: one `locate_many` read per
+    /// [`MAX_LOCATE_KEYS`] keys.
+    pub(super) fn locate_many(
+        &self,
+        class: &str,
+        keys: &[PrimaryKey],
+    ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_LOCATE_KEYS) {
+            let answer = self.read("locating objects", locate_many_json(class, chunk))?;
+            out.extend(self.many_locations_in(&answer, chunk.len())?);
+        }
+        Ok(out)
+    }
+
+    /// The realm paths of each of the `n` keys of a `locate_many` read's answer.
+    pub(super) fn many_locations_in(
+        &self,
+        answer: &Json,
+        n: usize,
+    ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
+        let bad = || self.unexpected("locations", &answer.to_string());
+        let each = answer["realms"].as_array().ok_or_else(bad)?;
+        if each.len() != n {
+            return Err(
+                self.unexpected("locations", &format!("{} answers to {n} keys", each.len()))
+            );
+        }
+        each.iter()
+            .map(|paths| self.paths_in(paths).ok_or_else(bad)?)
             .collect()
     }
 
@@ -578,6 +613,12 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
         url: url.to_owned(),
         message,
     }
+}
+
+/// A `locate_many` read of `keys` (at most [`MAX_LOCATE_KEYS`]).
+pub(super) fn locate_many_json(class: &str, keys: &[PrimaryKey]) -> Json {
+    let keys: Vec<Json> = keys.iter().map(key_to_json).collect();
+    json!({"locate_many": {"class": class, "keys": keys}})
 }
 
 /// Metadata as the admin API takes it: key → base64.

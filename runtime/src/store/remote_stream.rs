@@ -6,11 +6,12 @@
 //! server as it is applied (in several requests when its JSON is large, so each stays far under
 //! the admin body limit) and the server applies it to the open transaction as
 //! `StreamingTx::apply` does locally. The reads the engine makes while streaming (`locate`,
-//! `object`, `keys`, `metadata`) are answered by the server from that same open transaction, so
-//! they see the stream's own batches. Keeping that state on this side instead would mean keeping
+//! `locate_many`, `object`, `keys`, `metadata`) are answered by the server from that same open
+//! transaction, so they see the stream's own batches. Keeping that state on this side instead would mean keeping
 //! every row the stream wrote — the memory streaming exists to save — while the server has it
 //! in its transaction anyway. Memory here: one batch's operations and their JSON. The cost is
-//! one request per read, as for every read of a remote store.
+//! one request per read, as for every read of a remote store (`locate_many` asks for the
+//! locations of many rows in one).
 //!
 //! All or nothing: the server commits nothing before the commit request. A batch it refuses
 //! aborts the stream there; dropping this uncommitted sends an abort; an engine that dies sends
@@ -26,10 +27,11 @@ use serde_json::{json, Value as Json};
 
 use super::error::StoreError;
 use super::path::RealmPath;
-use super::remote::{expected_json, metadata_json, op_to_json, RemoteBackend};
+use super::remote::{expected_json, locate_many_json, metadata_json, op_to_json, RemoteBackend};
 use super::write::{Collected, CommitInfo};
 use super::Store;
 use crate::json::{key_from_json, key_to_json};
+use crate::server::MAX_LOCATE_KEYS;
 
 /// The JSON of operations one request carries at most (the last op may pass it): far under the
 /// server's admin body limit (1 GiB by default), and what is held here at once besides the batch.
@@ -142,6 +144,23 @@ impl RemoteStream {
             json!({"locate": {"class": class, "key": key_to_json(key)}}),
         )?;
         self.backend().locations_in(&answer)
+    }
+
+    pub(super) fn locate_many(
+        &self,
+        class: &str,
+        keys: &[PrimaryKey],
+    ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
+        self.store.class(class)?;
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_LOCATE_KEYS) {
+            let answer = self.read(
+                "locating objects in a streamed write",
+                locate_many_json(class, chunk),
+            )?;
+            out.extend(self.backend().many_locations_in(&answer, chunk.len())?);
+        }
+        Ok(out)
     }
 
     pub(super) fn object(

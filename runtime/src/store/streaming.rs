@@ -40,7 +40,7 @@ use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
 use super::remote_stream::RemoteStream;
-use super::write::{check_expected, Applier, CommitInfo, Collected, RealmState, WriteTx};
+use super::write::{check_expected, Applier, Collected, CommitInfo, RealmState, WriteTx};
 use super::{
     locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
     LOCATOR, LOG, LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
@@ -144,6 +144,20 @@ impl StreamingTx {
         match &self.inner {
             Inner::Local(local) => local.locate(class, key),
             Inner::Remote(remote) => remote.locate(class, key),
+        }
+    }
+
+    /// The realms holding each of several objects of `class`, in the order of `keys`, as of the
+    /// batches applied so far: [`locate`](Self::locate) for each key, asked in one request per
+    /// 10,000 keys on a remote store.
+    pub fn locate_many(
+        &self,
+        class: &str,
+        keys: &[PrimaryKey],
+    ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => keys.iter().map(|key| local.locate(class, key)).collect(),
+            Inner::Remote(remote) => remote.locate_many(class, keys),
         }
     }
 

@@ -91,6 +91,8 @@ pub(crate) struct GroupCounts {
 
 #[path = "lists.rs"]
 mod lists;
+#[path = "prefetch.rs"]
+mod prefetch;
 
 /// A write transaction handed over for committing.
 #[derive(Debug)]
@@ -143,6 +145,13 @@ pub(crate) struct Group {
     expected_checkpoint: Option<Lsn>,
     overlay: HashMap<(usize, PrimaryKey), Located>,
     patched: usize,
+    /// Whether the store is a remote one: only then are locations read ahead.
+    remote: bool,
+    /// Locations read ahead from the base, in remote mode (see `prefetch.rs`); valid as long
+    /// as the base, cleared with it.
+    located: HashMap<(usize, PrimaryKey), Vec<RealmPath>>,
+    /// Moves on each time `located` is cleared.
+    located_epoch: u64,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
     /// Truncated list properties: their stored entries are gone.
     list_generation: HashMap<(usize, String), u64>,
@@ -184,6 +193,9 @@ impl Group {
             expected_checkpoint: None,
             overlay: HashMap::new(),
             patched: 0,
+            remote: store.remote_url().is_some(),
+            located: HashMap::new(),
+            located_epoch: 0,
             lists: HashMap::new(),
             list_generation: HashMap::new(),
             counts: GroupCounts::default(),
@@ -288,6 +300,8 @@ impl Group {
             self.streaming = Some(store.begin_streaming_as(ORIGIN, stream_owner(&self.slot))?);
             // Checked with the first batch, before anything of the group is written.
             Self::expect_checkpoint_in(self.expected_checkpoint, &self.slot, &mut self.tx);
+            // The base is the open store transaction from now on.
+            self.clear_located();
         }
         Ok(())
     }
@@ -302,7 +316,7 @@ impl Group {
     /// (with the lists the transaction touched so far) and start the overlay afresh, since the
     /// store transaction now answers every read.
     fn stream_batch(&mut self, mapper: &Mapper, log: &mut RejectionLog) -> Result<(), StoreError> {
-        if self.streaming.is_none() || self.tx.len() < STREAM_BATCH.min(self.stream_after).max(1) {
+        if self.streaming.is_none() || self.tx.len() < self.stream_batch_size() {
             return Ok(());
         }
         // The lists written now are written again at the transaction's end if it changes them
@@ -317,16 +331,26 @@ impl Group {
         self.overlay.clear();
         self.patched = 0;
         self.lists.clear();
+        self.clear_located();
         Ok(())
     }
 
-    /// Where an object is, as of the group's start (or, streaming, its last applied batch).
+    /// Operations a streaming group collects before applying them (see [`STREAM_BATCH`]).
+    fn stream_batch_size(&self) -> usize {
+        STREAM_BATCH.min(self.stream_after).max(1)
+    }
+
+    /// Where an object is, as of the group's start (or, streaming, its last applied batch):
+    /// read ahead (remote mode, see `prefetch.rs`), else asked now.
     fn base_locate(
         &self,
         mapper: &Mapper,
         class: usize,
         key: &PrimaryKey,
     ) -> Result<Vec<RealmPath>, StoreError> {
+        if let Some(realms) = self.located(class, key) {
+            return Ok(realms.clone());
+        }
         let name = &mapper.schema.classes[class].name;
         match &self.streaming {
             Some(streaming) => streaming.locate(name, key),
@@ -369,6 +393,7 @@ impl Group {
         self.patched = 0;
         self.lists.clear();
         self.list_generation.clear();
+        self.clear_located();
         Ok(())
     }
 
@@ -660,9 +685,10 @@ impl Group {
             .filter(|k| *k != image.key);
         let mut base: Option<BTreeMap<String, Value>> = None;
         let mut previous_realms = Vec::new();
+        let complete = self.carries_everything(mapper, class, &image.values);
         if let Some(old_key) = &old_key {
             let realms = self.locate(mapper, class, old_key)?;
-            if let Some(first) = realms.first() {
+            if let Some(first) = realms.first().filter(|_| !complete) {
                 base = self.current_values(mapper, class, old_key, first)?;
                 if let Some(values) = &mut base {
                     // List entries follow the subtable rows (their oid changes with the key).
@@ -713,7 +739,7 @@ impl Group {
             return Ok(());
         }
         // The object is created in `target`: from the realm it leaves, the old key, or nothing.
-        if base.is_none() {
+        if base.is_none() && !complete {
             if let Some(from) = held.iter().find(|r| **r != target).or(held.first()) {
                 base = self.current_values(mapper, class, &image.key, from)?;
                 if base.is_none() && !image.unchanged.is_empty() {
@@ -795,6 +821,23 @@ impl Group {
         Ok(())
     }
 
+    /// Whether a row's values hold every property of its class, in remote mode: the values
+    /// stored for the object would then add nothing to them, so a move or a key change need not
+    /// read them (on a remote store, two requests per row). The outcome is the same either way;
+    /// an embedded store's read is cheap, and its path stays as it was.
+    fn carries_everything(
+        &self,
+        mapper: &Mapper,
+        class: usize,
+        values: &BTreeMap<String, Value>,
+    ) -> bool {
+        self.remote
+            && mapper.schema.classes[class]
+                .properties
+                .iter()
+                .all(|p| values.contains_key(&p.name))
+    }
+
     fn delete(&mut self, mapper: &Mapper, class: usize, key: PrimaryKey) -> Result<(), StoreError> {
         let realms = self.locate(mapper, class, &key)?;
         let name = &mapper.schema.classes[class].name;
@@ -837,6 +880,9 @@ impl Group {
             TableKind::Class { class, .. } => {
                 let class = *class;
                 let keys = self.keys_of_class(mapper, class)?;
+                if self.remote {
+                    return self.delete_all_read_ahead(mapper, class, keys);
+                }
                 let mut seen = HashSet::new();
                 for key in keys {
                     if seen.insert(key.clone()) {

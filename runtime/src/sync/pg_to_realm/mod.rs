@@ -32,6 +32,7 @@ mod apply;
 mod copy;
 mod error;
 mod mapping;
+mod read_ahead;
 mod route;
 mod session;
 mod types;

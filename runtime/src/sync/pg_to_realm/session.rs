@@ -1,7 +1,9 @@
 //! One replication session of [`PgToRealm::run`]: connect, stream, apply into groups, hand each
 //! group's store commit to the blocking pool, confirm it once durable — until shutdown or the
 //! first error. A session never ends with a commit in flight: the checkpoint it would write must
-//! be settled before the next session reads it, or transactions could be applied twice.
+//! be settled before the next session reads it, or transactions could be applied twice. In
+//! remote mode it reads ahead the events already received, so that the locations of their rows
+//! are asked in batches (`read_ahead.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,6 +15,7 @@ use tokio::sync::watch;
 
 use super::apply::{self, Group};
 use super::mapping::{self, Mapper, TableKind, TablePlan};
+use super::read_ahead::{Plans, ReadAhead};
 use super::types::{load_enum_labels, stream_type_name};
 use super::{stored_checkpoint, PgToRealm, PgToRealmError};
 use crate::metrics::Metrics;
@@ -89,8 +92,10 @@ impl PgToRealm {
         mapper: &mut Mapper,
         custom_names: &[String],
     ) -> Result<(), PgToRealmError> {
-        let mut plans: HashMap<u32, (Arc<Relation>, Arc<TablePlan>)> = HashMap::new();
-        let mut peeked: Option<Option<StreamEvent>> = None;
+        let mut plans: Plans = HashMap::new();
+        // The events received and not yet applied: on an embedded store at most the one peeked
+        // at after a commit; in remote mode also those read ahead.
+        let mut ahead = ReadAhead::default();
         let mut stopping = *shutdown.borrow();
         let mut labels_reloaded: Option<Instant> = None;
         loop {
@@ -101,8 +106,16 @@ impl PgToRealm {
                 return self.finish_inflight(s).await;
             }
             let listen = !s.group.in_transaction() && !stopping;
-            let event = match peeked.take() {
-                Some(event) => event,
+            let event = match ahead.pop() {
+                Some(event) => {
+                    if s.group.reads_ahead() {
+                        // Events read ahead came without the runtime's budget: spend it here,
+                        // one unit an event as the stream's own receive does, so the task still
+                        // yields (and can be stopped) as often as without reading ahead.
+                        tokio::task::coop::consume_budget().await;
+                    }
+                    event
+                }
                 None => tokio::select! {
                     biased;
                     done = async { (&mut s.inflight.as_mut().expect("guarded").handle).await },
@@ -116,7 +129,10 @@ impl PgToRealm {
                         }
                         continue;
                     }
-                    event = s.stream.next_event() => event?,
+                    event = s.stream.next_event() => {
+                        ahead.received();
+                        event?
+                    }
                     changed = shutdown.changed(), if listen => {
                         if changed.is_err() || *shutdown.borrow() {
                             stopping = true;
@@ -142,6 +158,13 @@ impl PgToRealm {
                     s.group.begin(begin.final_lsn, origin, begin.commit_time);
                 }
                 StreamEvent::Change(change) => {
+                    ahead.before_change(
+                        &mut s.stream,
+                        &mut s.group,
+                        mapper,
+                        &mut plans,
+                        &change,
+                    )?;
                     let relations: Vec<Arc<Relation>> = match &change {
                         Change::Insert { relation, .. }
                         | Change::Update { relation, .. }
@@ -179,8 +202,11 @@ impl PgToRealm {
                         || s.group.started.elapsed() >= self.options.group_max_delay;
                     if !full && !stopping && !s.group.is_streaming() {
                         // More already waiting? Then it joins this store commit.
+                        if !ahead.is_empty() {
+                            continue;
+                        }
                         if let Some(next) = s.stream.next_event().now_or_never() {
-                            peeked = Some(next?);
+                            ahead.push(next?);
                             continue;
                         }
                         if s.inflight.is_some() {
@@ -303,8 +329,8 @@ fn lag_millis(commit_time: i64) -> i64 {
     (now - (commit_time + PG_EPOCH_UNIX_MICROS)) / 1000
 }
 
-fn plan_for(
-    plans: &mut HashMap<u32, (Arc<Relation>, Arc<TablePlan>)>,
+pub(super) fn plan_for(
+    plans: &mut Plans,
     mapper: &Mapper,
     stream: &ChangeStream,
     relation: &Arc<Relation>,

@@ -1,0 +1,135 @@
+//! Locations read ahead, in remote mode only: where the rows the engine has already received
+//! live, asked in one `locate_many` per class ([`Snapshot::locate_many`],
+//! [`StreamingTx::locate_many`]) instead of one request per row, and kept until
+//! [`Group::base_locate`] asks.
+//!
+//! The cache holds answers of the group's *base* (its snapshot, or while streaming its open
+//! store transaction as of the last applied batch), so it is valid exactly as long as that base:
+//! it is cleared whenever the base changes (`refresh`, a streamed batch applied, streaming
+//! started), and each clearing moves its epoch on, so the session knows that the events it read
+//! ahead must be read ahead again. The overlay still answers first for objects the group itself
+//! touched. A remote snapshot is not one state but answers as of each request (see
+//! `store/read.rs`): an answer read ahead is as of a moment between the group's start and the
+//! row's apply — never older than what an embedded snapshot, read as of the group's start,
+//! would answer.
+//!
+//! It must never change what is applied: an answer missing from it falls back to the base,
+//! which answers the same. On an embedded store it is never filled and costs one `is_empty`.
+//!
+//! [`Snapshot::locate_many`]: crate::store::Snapshot::locate_many
+//! [`StreamingTx::locate_many`]: crate::store::StreamingTx::locate_many
+
+use std::collections::{BTreeMap, HashSet};
+
+use pgrealm_schema::PrimaryKey;
+
+use super::{Group, PATCH_LIMIT};
+
+/// Keys a TRUNCATE deletes per `locate_many` in remote mode.
+const TRUNCATE_CHUNK: usize = 8_192;
+use crate::store::{RealmPath, StoreError};
+use crate::sync::pg_to_realm::mapping::Mapper;
+
+impl Group {
+    /// Whether the group reads ahead (its store is a remote one).
+    pub(crate) fn reads_ahead(&self) -> bool {
+        self.remote
+    }
+
+    /// Moves on each time the locations read ahead are dropped (the base changed).
+    pub(crate) fn located_epoch(&self) -> u64 {
+        self.located_epoch
+    }
+
+    /// About how many more changes go into the base as it is now: a streaming group applies its
+    /// next batch (and drops what was read ahead) after that many operations, a group about to
+    /// stream opens its store transaction. Reading further ahead would be read again.
+    pub(crate) fn changes_before_base_changes(&self) -> usize {
+        let left = if self.streaming.is_some() {
+            self.stream_batch_size().saturating_sub(self.tx.len())
+        } else if self.in_tx {
+            let in_tx = self.tx.len().saturating_sub(self.tx_first_op);
+            self.stream_after.saturating_sub(in_tx)
+        } else {
+            self.stream_after
+        };
+        left.max(1)
+    }
+
+    /// Drop the locations read ahead: the base they were read from changed.
+    pub(super) fn clear_located(&mut self) {
+        if !self.located.is_empty() {
+            self.located.clear();
+        }
+        self.located_epoch += 1;
+    }
+
+    /// The location of an object read ahead from the base, if it was.
+    pub(super) fn located(&self, class: usize, key: &PrimaryKey) -> Option<&Vec<RealmPath>> {
+        if self.located.is_empty() {
+            return None;
+        }
+        self.located.get(&(class, key.clone()))
+    }
+
+    /// Delete every object of `class` with these keys (a TRUNCATE, remote mode), reading
+    /// their locations a chunk at a time instead of one request per key. A key listed more
+    /// than once (held by several realms) is deleted once.
+    pub(super) fn delete_all_read_ahead(
+        &mut self,
+        mapper: &Mapper,
+        class: usize,
+        keys: Vec<PrimaryKey>,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::new();
+        for chunk in keys.chunks(TRUNCATE_CHUNK) {
+            let objects = chunk.iter().map(|key| (class, key.clone())).collect();
+            self.read_locations_ahead(mapper, objects)?;
+            for key in chunk {
+                if seen.insert(key.clone()) {
+                    self.delete(mapper, class, key.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Read where these objects (class index, key) live in the base, one `locate_many` per
+    /// class, and keep the answers for [`Group::base_locate`]. Objects the group touched (the
+    /// overlay answers for them) or already read ahead are not asked again. Does nothing on an
+    /// embedded store.
+    pub(crate) fn read_locations_ahead(
+        &mut self,
+        mapper: &Mapper,
+        objects: Vec<(usize, PrimaryKey)>,
+    ) -> Result<(), StoreError> {
+        if !self.remote || objects.is_empty() {
+            return Ok(());
+        }
+        if self.located.len() >= PATCH_LIMIT {
+            // Bounded like the overlay; what is dropped is only read again.
+            self.clear_located();
+        }
+        let mut asked = HashSet::new();
+        let mut by_class: BTreeMap<usize, Vec<PrimaryKey>> = BTreeMap::new();
+        for object in objects {
+            if self.overlay.contains_key(&object)
+                || self.located.contains_key(&object)
+                || !asked.insert(object.clone())
+            {
+                continue;
+            }
+            by_class.entry(object.0).or_default().push(object.1);
+        }
+        for (class, keys) in by_class {
+            let name = &mapper.schema.classes[class].name;
+            let found = match &self.streaming {
+                Some(streaming) => streaming.locate_many(name, &keys)?,
+                None => self.snapshot.locate_many(name, &keys)?,
+            };
+            self.located
+                .extend(keys.into_iter().map(|key| (class, key)).zip(found));
+        }
+        Ok(())
+    }
+}
