@@ -67,7 +67,24 @@ fn worker() {
     });
 }
 
-fn spawn_worker(f: &Fixture, stream_after: Option<usize>) -> Child {
+/// A worker process, SIGKILLed when dropped (also when the test fails, which would otherwise
+/// leave it running).
+struct Worker(Child);
+
+impl Worker {
+    fn kill(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn spawn_worker(f: &Fixture, stream_after: Option<usize>) -> Worker {
     let mut command = Command::new(std::env::current_exe().unwrap());
     if let Some(after) = stream_after {
         command.env("PG2REALM_STREAM_AFTER", after.to_string());
@@ -80,6 +97,7 @@ fn spawn_worker(f: &Fixture, stream_after: Option<usize>) -> Child {
         )
         .stdout(Stdio::null())
         .spawn()
+        .map(Worker)
         .unwrap()
 }
 
@@ -192,8 +210,7 @@ async fn crash_rounds(stream_after: Option<usize>) {
     for round in 0..rounds {
         let pause = 300 + next(&mut state) % 700;
         tokio::time::sleep(Duration::from_millis(pause)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        child.kill();
         println!(
             "round {round}: killed after {pause} ms, {} writes so far",
             done.load(Ordering::Relaxed)
@@ -214,8 +231,7 @@ async fn crash_rounds(stream_after: Option<usize>) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 
     f.store = Store::open(&dir, schema(), StoreOptions::default()).unwrap();
     let pg = f.pg_buses().await;
