@@ -120,7 +120,13 @@ async fn a_huge_transaction_streams_into_a_remote_server_in_bounded_memory() {
         .expect("the realm");
     assert_eq!(view.version(), 1);
     assert_eq!(view.count("Bus").unwrap(), rows as usize);
-    assert_eq!(server.metrics.admin_streams_committed.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        server
+            .metrics
+            .admin_streams_committed
+            .load(Ordering::Relaxed),
+        1
+    );
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
 }

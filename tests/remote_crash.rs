@@ -27,9 +27,7 @@ use std::time::Duration;
 
 use pgrealm_runtime::metrics::Metrics;
 use pgrealm_runtime::replication::PgConnectOptions;
-use pgrealm_runtime::sync::pg_to_realm::{
-    checkpoint_key, PgToRealm, PgToRealmOptions, Progress,
-};
+use pgrealm_runtime::sync::pg_to_realm::{checkpoint_key, PgToRealm, PgToRealmOptions, Progress};
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::{Instruction, RealmPath, Store};
 use pgrealm_schema::{PrimaryKey, Value};
@@ -62,8 +60,7 @@ fn worker() {
             .init();
     }
     // Before any runtime: the remote store blocks its caller on each request.
-    let store =
-        Store::connect_remote(base, token, transit::Schema::schema().clone()).unwrap();
+    let store = Store::connect_remote(base, token, transit::Schema::schema().clone()).unwrap();
     let mut options = PgToRealmOptions::new(
         slot.to_owned(),
         slot.to_owned(),
@@ -212,7 +209,9 @@ async fn crash_rounds(stream_after: Option<usize>) {
     );
     let db = PgCluster::shared().fresh_database().unwrap();
     let cluster = PgCluster::shared();
-    cluster.batch_execute(&db.name, transit::Schema::DDL).unwrap();
+    cluster
+        .batch_execute(&db.name, transit::Schema::DDL)
+        .unwrap();
     cluster
         .batch_execute(
             &db.name,

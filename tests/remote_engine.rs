@@ -109,8 +109,9 @@ async fn the_store_api_works_over_a_remote_server() {
     for e in &refusals {
         assert!(matches!(e, StoreError::MetadataChanged { .. }), "{e:?}");
         assert!(
-            e.to_string()
-                .contains("\"postgres/test/lsn\" holds \"0/16B3748\", but this commit expected \"0/1\""),
+            e.to_string().contains(
+                "\"postgres/test/lsn\" holds \"0/16B3748\", but this commit expected \"0/1\""
+            ),
             "{e}"
         );
     }
@@ -592,7 +593,12 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         ),
         ("POST", "/v1/admin/streams/abc/commit", "", "{}"),
         ("DELETE", "/v1/admin/streams/abc", "", ""),
-        ("POST", "/v1/admin/streams/release", "", r#"{"owner":"slot"}"#),
+        (
+            "POST",
+            "/v1/admin/streams/release",
+            "",
+            r#"{"owner":"slot"}"#,
+        ),
     ];
     for (method, target, extra, body) in cases {
         let (status, text) = server.raw(method, target, None, extra, body).await;

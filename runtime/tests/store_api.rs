@@ -228,7 +228,10 @@ fn a_commit_that_expects_metadata_another_commit_changed_writes_nothing() {
         }
         other => panic!("a commit expecting a changed value gave {other:?}"),
     }
-    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/10".to_vec()));
+    assert_eq!(
+        store.metadata("postgres/s/lsn").unwrap(),
+        Some(b"0/10".to_vec())
+    );
     let view = store.realm(&realm).unwrap().unwrap();
     assert_eq!(view.version(), 1);
     assert_eq!(view.get::<Bus>(2).unwrap(), None);
@@ -238,7 +241,10 @@ fn a_commit_that_expects_metadata_another_commit_changed_writes_nothing() {
     next.realm(&realm).put(&bus(2, "two")).unwrap();
     next.set_metadata("postgres/s/lsn", b"0/20".to_vec());
     assert_eq!(next.commit().unwrap().version_of(&realm), Some(2));
-    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/20".to_vec()));
+    assert_eq!(
+        store.metadata("postgres/s/lsn").unwrap(),
+        Some(b"0/20".to_vec())
+    );
 }
 
 /// A streamed write checks what it expects against its open transaction: a batch expecting a
@@ -255,14 +261,21 @@ fn a_streamed_write_that_expects_other_metadata_commits_nothing() {
 
     let mut batch = store.begin_write("postgres");
     batch.realm(&realm).put(&bus(1, "one")).unwrap();
-    let streaming = store.begin_streaming("postgres").unwrap().apply(&mut batch).unwrap();
+    let streaming = store
+        .begin_streaming("postgres")
+        .unwrap()
+        .apply(&mut batch)
+        .unwrap();
     batch.realm(&realm).put(&bus(2, "two")).unwrap();
     batch.expect_metadata("postgres/s/lsn", Some(b"0/5".to_vec()));
     batch.set_metadata("postgres/s/lsn", b"0/20".to_vec());
     let err = streaming.apply(&mut batch).unwrap_err();
     assert!(matches!(err, StoreError::MetadataChanged { .. }), "{err:?}");
     assert!(store.realm(&realm).unwrap().is_none());
-    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/10".to_vec()));
+    assert_eq!(
+        store.metadata("postgres/s/lsn").unwrap(),
+        Some(b"0/10".to_vec())
+    );
 
     // Expecting what it holds, the same stream commits.
     let mut batch = store.begin_write("postgres");
@@ -277,7 +290,10 @@ fn a_streamed_write_that_expects_other_metadata_commits_nothing() {
         .commit()
         .unwrap();
     assert_eq!(info.version_of(&realm), Some(1));
-    assert_eq!(store.metadata("postgres/s/lsn").unwrap(), Some(b"0/20".to_vec()));
+    assert_eq!(
+        store.metadata("postgres/s/lsn").unwrap(),
+        Some(b"0/20".to_vec())
+    );
 }
 
 #[test]

@@ -199,7 +199,13 @@ pub(super) async fn open(
             }
         };
         let (old_id, old_commands) = replaced;
-        replace(&server, &old_id, old_commands, req.owner.as_deref().unwrap_or_default()).await?;
+        replace(
+            &server,
+            &old_id,
+            old_commands,
+            req.owner.as_deref().unwrap_or_default(),
+        )
+        .await?;
     }
     let (ready, opened) = oneshot::channel();
     let (thread_server, thread_id) = (server.clone(), id.clone());

@@ -320,7 +320,10 @@ impl WriteTx {
 
 /// Whether the metadata in `txn` holds what a commit expects; [`StoreError::MetadataChanged`]
 /// names the first key that does not.
-pub(super) fn check_expected(txn: &WriteTransaction, expected: &Expected) -> Result<(), StoreError> {
+pub(super) fn check_expected(
+    txn: &WriteTransaction,
+    expected: &Expected,
+) -> Result<(), StoreError> {
     if expected.is_empty() {
         return Ok(());
     }

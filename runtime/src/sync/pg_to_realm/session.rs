@@ -40,7 +40,10 @@ impl PgToRealm {
             .await
             .map_err(|e| PgToRealmError::Task(e.to_string()))??;
         if released {
-            tracing::warn!(slot, "aborted the streamed write a previous engine left open");
+            tracing::warn!(
+                slot,
+                "aborted the streamed write a previous engine left open"
+            );
         }
         let resume =
             stored_checkpoint(&self.store, slot)?.ok_or_else(|| PgToRealmError::NotSetUp {
