@@ -22,7 +22,7 @@ use pgrealm_runtime::metrics::Metrics;
 use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::server::ServerOptions;
 use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, Progress};
-use pgrealm_runtime::testing::PgCluster;
+use pgrealm_runtime::testing::{status_kib, PgCluster};
 use pgrealm_runtime::{RealmPath, Store, StoreOptions};
 use remote_support::RemoteServer;
 use tokio::sync::watch;
@@ -32,15 +32,6 @@ use tokio::sync::watch;
 /// rows instead costs over 1 KB each (well past the bound at the default row count).
 const BOUND_MIB: u64 = 120;
 const CACHE: usize = 32 << 20;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_transaction_streams_into_a_remote_server_in_bounded_memory() {

@@ -20,7 +20,6 @@
 mod remote_support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +27,7 @@ use std::time::Duration;
 use pgrealm_runtime::metrics::Metrics;
 use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::sync::pg_to_realm::{checkpoint_key, PgToRealm, PgToRealmOptions, Progress};
-use pgrealm_runtime::testing::{PgCluster, TestDb};
+use pgrealm_runtime::testing::{xorshift, CrashPlan, PgCluster, TestDb, Worker};
 use pgrealm_runtime::{Instruction, RealmPath, Store};
 use pgrealm_schema::{PrimaryKey, Value};
 use remote_support::RemoteServer;
@@ -88,55 +87,23 @@ fn worker() {
     });
 }
 
-/// A worker process, SIGKILLed when dropped (also when the test fails).
-struct Worker(Child);
-
-impl Worker {
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn spawn_worker(db: &TestDb, server: &RemoteServer, stream_after: Option<usize>) -> Worker {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let spec = format!(
+        "{}\n{}\n{}\n{}",
+        db.url,
+        server.base,
+        server.keys.admin_token(),
+        slot(db)
+    );
+    let mut env = vec![("PGREALM_REMOTE_WORKER", spec)];
     if let Some(after) = stream_after {
-        command.env("PGREALM_STREAM_AFTER", after.to_string());
+        env.push(("PGREALM_STREAM_AFTER", after.to_string()));
     }
-    command
-        .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
-        .env(
-            "PGREALM_REMOTE_WORKER",
-            format!(
-                "{}\n{}\n{}\n{}",
-                db.url,
-                server.base,
-                server.keys.admin_token(),
-                slot(db)
-            ),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .map(Worker)
-        .unwrap()
+    Worker::spawn("worker", &env).unwrap()
 }
 
 fn slot(db: &TestDb) -> String {
     format!("crash_{}", db.name).to_lowercase()
-}
-
-/// xorshift64*: the writers' randomness, reproducible from the printed seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 /// `name` raised by one.
@@ -154,7 +121,7 @@ async fn writer(
     let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
     let mut state = seed | 1;
     while !stop.load(Ordering::Relaxed) {
-        let r = next(&mut state);
+        let r = xorshift(&mut state);
         let id = (r % BUSES as u64) as i64 + 1;
         let statement = match r % 20 {
             0..=12 => format!("UPDATE bus SET name = {} WHERE id = {id}", raised()),
@@ -191,22 +158,8 @@ async fn sigkilled_inside_remote_streams_it_applies_everything_exactly_once() {
 }
 
 async fn crash_rounds(stream_after: Option<usize>) {
-    let rounds: u32 = std::env::var("PGREALM_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let seed: u64 = std::env::var("PGREALM_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!(
-        "PGREALM_CRASH_SEED={seed} PGREALM_CRASH_ROUNDS={rounds}, streaming after {stream_after:?}"
-    );
+    let CrashPlan { rounds, seed } = CrashPlan::from_env(5);
+    println!("streaming after {stream_after:?}");
     let db = PgCluster::shared().fresh_database().unwrap();
     let cluster = PgCluster::shared();
     cluster
@@ -241,7 +194,7 @@ async fn crash_rounds(stream_after: Option<usize>) {
         .collect();
     let mut state = seed | 1;
     for round in 0..rounds {
-        let pause = 300 + next(&mut state) % 700;
+        let pause = 300 + xorshift(&mut state) % 700;
         tokio::time::sleep(Duration::from_millis(pause)).await;
         child.kill();
         println!(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use pg2realm_support::*;
 use pgrealm_runtime::sync::pg_to_realm::stored_checkpoint;
 use pgrealm_runtime::sync::realm_to_pg::POSTGRES_ORIGIN;
+use pgrealm_runtime::testing::status_kib;
 use pgrealm_runtime::{Instruction, RealmObjects, Store, StoreOptions, Subscription};
 use pgrealm_schema::{PrimaryKey, Value};
 
@@ -29,15 +30,6 @@ use pgrealm_schema::{PrimaryKey, Value};
 /// for 1,000,000), so the bound catches that.
 const BOUND_MIB: u64 = 120;
 const CACHE: usize = 32 << 20;
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
 
 async fn wait_for_lsn(running: &Running, lsn: u64, limit: Duration) {
     let deadline = Instant::now() + limit;

@@ -12,7 +12,6 @@
 mod pg2realm_support;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use pg2realm_support::*;
 use pgrealm_runtime::metrics::Metrics;
 use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, Progress};
+use pgrealm_runtime::testing::{xorshift, CrashPlan, Worker};
 use pgrealm_runtime::{Instruction, Store, StoreOptions};
 use pgrealm_schema::{PrimaryKey, Value};
 
@@ -67,46 +67,15 @@ fn worker() {
     });
 }
 
-/// A worker process, SIGKILLed when dropped (also when the test fails, which would otherwise
-/// leave it running).
-struct Worker(Child);
-
-impl Worker {
-    fn kill(&mut self) {
-        let _ = self.0.kill(); // SIGKILL
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn spawn_worker(f: &Fixture, stream_after: Option<usize>) -> Worker {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let mut env = vec![(
+        "PG2REALM_WORKER",
+        format!("{}\n{}\n{}", f.db.url, f.dir.path().display(), f.slot),
+    )];
     if let Some(after) = stream_after {
-        command.env("PG2REALM_STREAM_AFTER", after.to_string());
+        env.push(("PG2REALM_STREAM_AFTER", after.to_string()));
     }
-    command
-        .args(["--exact", "worker", "--nocapture", "--test-threads=1"])
-        .env(
-            "PG2REALM_WORKER",
-            format!("{}\n{}\n{}", f.db.url, f.dir.path().display(), f.slot),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .map(Worker)
-        .unwrap()
-}
-
-/// xorshift64*: the writers' randomness, reproducible from the printed seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    Worker::spawn("worker", &env).unwrap()
 }
 
 async fn writer(
@@ -119,7 +88,7 @@ async fn writer(
     let sql = pgrealm_runtime::testing::connect(&url).await.unwrap();
     let mut state = seed | 1;
     while !stop.load(Ordering::Relaxed) {
-        let r = next(&mut state);
+        let r = xorshift(&mut state);
         let id = (r % BUSES as u64) as i64 + 1;
         let statement = match r % 20 {
             0..=10 => format!("UPDATE bus SET counter = counter + 1 WHERE id = {id}"),
@@ -156,22 +125,8 @@ async fn sigkilled_inside_streamed_transactions_it_applies_everything_exactly_on
 }
 
 async fn crash_rounds(stream_after: Option<usize>) {
-    let rounds: u32 = std::env::var("PGREALM_CRASH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
-    let seed: u64 = std::env::var("PGREALM_CRASH_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
-    println!(
-        "PGREALM_CRASH_SEED={seed} PGREALM_CRASH_ROUNDS={rounds}, streaming after {stream_after:?}"
-    );
+    let CrashPlan { rounds, seed } = CrashPlan::from_env(5);
+    println!("streaming after {stream_after:?}");
     let mut f = Fixture::new().await;
     f.exec(&format!(
         "INSERT INTO bus (id, name, user_id) SELECT i, 'bus ' || i, 'u' || (i % 4)
@@ -208,7 +163,7 @@ async fn crash_rounds(stream_after: Option<usize>) {
         .collect();
     let mut state = seed | 1;
     for round in 0..rounds {
-        let pause = 300 + next(&mut state) % 700;
+        let pause = 300 + xorshift(&mut state) % 700;
         tokio::time::sleep(Duration::from_millis(pause)).await;
         child.kill();
         println!(

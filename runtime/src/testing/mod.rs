@@ -15,10 +15,12 @@
 
 mod binaries;
 mod cluster;
+mod crash;
 mod error;
 mod user;
 
 pub use cluster::{connect, PasswordAuth, PgCluster, TestDb, SUPERUSER};
+pub use crash::{status_kib, xorshift, CrashPlan, Worker};
 pub use error::HarnessError;
 
 #[cfg(test)]
