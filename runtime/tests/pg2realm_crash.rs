@@ -125,7 +125,8 @@ async fn sigkilled_inside_streamed_transactions_it_applies_everything_exactly_on
 }
 
 async fn crash_rounds(stream_after: Option<usize>) {
-    let CrashPlan { rounds, seed } = CrashPlan::from_env(5);
+    let plan = CrashPlan::from_env(5);
+    let seed = plan.seed;
     println!("streaming after {stream_after:?}");
     let mut f = Fixture::new().await;
     f.exec(&format!(
@@ -149,7 +150,7 @@ async fn crash_rounds(stream_after: Option<usize>) {
     let done = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(BUSES as u64 + 1));
     // The first worker sets up: slot, and the initial load of the buses above.
-    let mut child = spawn_worker(&f, stream_after);
+    let child = spawn_worker(&f, stream_after);
     let writers: Vec<_> = (0..4)
         .map(|i| {
             tokio::spawn(writer(
@@ -161,17 +162,9 @@ async fn crash_rounds(stream_after: Option<usize>) {
             ))
         })
         .collect();
-    let mut state = seed | 1;
-    for round in 0..rounds {
-        let pause = 300 + xorshift(&mut state) % 700;
-        tokio::time::sleep(Duration::from_millis(pause)).await;
-        child.kill();
-        println!(
-            "round {round}: killed after {pause} ms, {} writes so far",
-            done.load(Ordering::Relaxed)
-        );
-        child = spawn_worker(&f, stream_after);
-    }
+    let mut child = plan
+        .kill_rounds(child, || spawn_worker(&f, stream_after), &done)
+        .await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();

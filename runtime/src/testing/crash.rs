@@ -64,6 +64,33 @@ impl CrashPlan {
     }
 }
 
+impl CrashPlan {
+    /// Kill `worker` after a random 300–999 ms and start a new one with `respawn`, [`rounds`]
+    /// times, printing each round with the count of `writes` so far; returns the last worker,
+    /// running.
+    ///
+    /// [`rounds`]: CrashPlan::rounds
+    pub async fn kill_rounds(
+        &self,
+        mut worker: Worker,
+        mut respawn: impl FnMut() -> Worker,
+        writes: &std::sync::atomic::AtomicU64,
+    ) -> Worker {
+        let mut state = self.seed | 1;
+        for round in 0..self.rounds {
+            let pause = 300 + xorshift(&mut state) % 700;
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            worker.kill();
+            println!(
+                "round {round}: killed after {pause} ms, {} writes so far",
+                writes.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            worker = respawn();
+        }
+        worker
+    }
+}
+
 /// The next number of a xorshift64* sequence: reproducible randomness from a seed.
 pub fn xorshift(state: &mut u64) -> u64 {
     *state ^= *state >> 12;
