@@ -114,8 +114,9 @@ impl Bench {
         started.elapsed()
     }
 
-    /// Our applier from `slot`'s start until it has confirmed `end`.
-    async fn ours(&self, slot: &str, end: Lsn) -> (Duration, Arc<PgToRealmStats>) {
+    /// Our applier from `slot`'s start until it has confirmed `end`: how long it took, and the
+    /// CPU time this process spent meanwhile (every thread: the applier is all that runs in it).
+    async fn ours(&self, slot: &str, end: Lsn) -> (Duration, Arc<PgToRealmStats>, Duration) {
         let dir = tempfile::tempdir_in(".").unwrap();
         let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
         let sync = self.applier(slot, store, false);
@@ -123,14 +124,16 @@ impl Bench {
         let stats = sync.stats();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
+        let cpu_before = process_cpu();
         let task = tokio::spawn(sync.run(stopped));
         while stats.confirmed_lsn.load(Ordering::Relaxed) < end.as_u64() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = started.elapsed();
+        let cpu = process_cpu().saturating_sub(cpu_before);
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
-        (elapsed, stats)
+        (elapsed, stats, cpu)
     }
 
     fn applier(&self, slot: &str, store: Store, initialize: bool) -> PgToRealm {
@@ -250,17 +253,18 @@ async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future
     let changes = (after - before) as f64;
     let recv = b.recvlogical(&slots[1], end);
     let peek = b.peek(&slots[2], end).await;
-    let (ours, stats) = b.ours(&slots[0], end).await;
+    let (ours, stats, cpu) = b.ours(&slots[0], end).await;
     let applied = stats.changes.load(Ordering::Relaxed) as f64;
     assert_eq!(applied, changes, "every change applied");
     println!(
         "{label}: {changes} changes in {} transactions, {} store commits\n  \
-         pgrealm            {:>10.0} changes/s\n  \
+         pgrealm            {:>10.0} changes/s   (CPU {:.2} µs/change, all its threads)\n  \
          pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×\n  \
          peek (decode only) {:>10.0} changes/s   → pgrealm / peek = {:.2}×",
         stats.transactions.load(Ordering::Relaxed),
         stats.store_commits.load(Ordering::Relaxed),
         rate(changes, ours),
+        cpu.as_secs_f64() * 1e6 / changes,
         rate(changes, recv),
         recv.as_secs_f64() / ours.as_secs_f64(),
         rate(changes, peek),
@@ -562,7 +566,7 @@ async fn big_transaction(b: &Bench) {
         .unwrap();
     let end = b.lsn().await;
     let rss_before = peak_rss_kib();
-    let (took, stats) = b.ours("big", end).await;
+    let (took, stats, _) = b.ours("big", end).await;
     println!(
         "one {big}-row transaction: applied in {took:.2?} ({:.0} changes/s, {} store commit(s)); \
          peak RSS {} MiB → {} MiB",
@@ -584,4 +588,20 @@ fn peak_rss_kib() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+/// The CPU time (user + system, every thread) this process has used, from `/proc/self/stat`,
+/// in clock ticks of 10 ms (Linux's `USER_HZ` on this kind of machine).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // The fields after the command name, which ends at the last ')': utime and stime are the
+    // 14th and 15th of the line, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    Duration::from_millis((fields[0] + fields[1]) * 10)
 }
