@@ -479,14 +479,38 @@ impl RemoteBackend {
     }
 
     /// Abort the open streamed write of `owner`, if any (see `Store::release_stream`).
+    ///
+    /// A server older than this endpoint has no stream to release that it would not abort at
+    /// its idle timeout: its 404 reads as "nothing released".
     pub(super) fn release_stream(&self, owner: &str) -> Result<bool, StoreError> {
-        let body = json!({ "owner": owner }).to_string();
-        let answer = self.stream_request(
-            "releasing a stream",
-            Method::POST,
-            "/release".to_owned(),
-            Some(Bytes::from(body)),
-        )?;
+        let body = Bytes::from(json!({ "owner": owner }).to_string());
+        let client = self.client.clone();
+        let answer = self.call_raw(READ_TIMEOUT, async move {
+            client
+                .admin_stream(Method::POST, "/release", Some(body))
+                .await
+        });
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(Some(ClientError::Api {
+                status: 404, code, ..
+            })) if code == "not_found" => {
+                tracing::warn!(
+                    url = self.url,
+                    "the object server has no /v1/admin/streams/release (an older pgrealm): \
+                     a stream a crashed engine left open is aborted at its idle timeout"
+                );
+                return Ok(false);
+            }
+            Err(Some(e)) => return Err(self.error(e)),
+            Err(None) => {
+                return Err(self.fail(format!(
+                    "releasing a stream: no answer within {}s; check that the server is up and \
+                     reachable",
+                    READ_TIMEOUT.as_secs()
+                )))
+            }
+        };
         answer["released"]
             .as_bool()
             .ok_or_else(|| self.unexpected("a stream release", &answer.to_string()))
