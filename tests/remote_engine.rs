@@ -837,6 +837,70 @@ async fn the_engine_refuses_to_start_with_a_wrong_admin_token() {
     assert_eq!(slots[0].get::<_, i64>(0), 0);
 }
 
+/// `Store::release_stream` aborts the open stream of an owner and says whether there was one;
+/// a server from before that endpoint (the rest of its admin API there) reads as "nothing
+/// released", so an engine still starts against it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_a_stream_by_owner_and_a_server_without_release() {
+    let server = RemoteServer::start();
+    let schema = transit::Schema::schema().clone();
+    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
+    let released = tokio::task::spawn_blocking(move || {
+        let remote = Store::connect_remote(&base, &token, schema).unwrap();
+        let nothing = remote.release_stream("slot one").unwrap();
+        let stream = remote.begin_streaming_as("postgres", "slot one").unwrap();
+        // Its engine dies without a word.
+        std::mem::forget(stream);
+        let other = remote.release_stream("slot two").unwrap();
+        let mine = remote.release_stream("slot one").unwrap();
+        // The write lock is free again: an ordinary commit goes through at once.
+        let mut tx = remote.begin_write("postgres");
+        tx.set_metadata("k", b"v".to_vec());
+        tx.commit().unwrap();
+        (nothing, other, mine)
+    })
+    .await
+    .unwrap();
+    assert_eq!(released, (false, false, true));
+
+    // An older server: its admin reads work, the release endpoint is unknown to it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let schema_json = serde_json::json!({ "schema": transit::Schema::schema() }).to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let schema_json = schema_json.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                // As a server of the stop before release: its `/v1/admin/streams/{id}` takes
+                // DELETE only, so a POST to `/v1/admin/streams/release` is a bare 405.
+                let (status, body) = if head.starts_with("POST /v1/admin/read ") {
+                    ("200 OK", schema_json)
+                } else {
+                    ("405 Method Not Allowed", String::new())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let schema = transit::Schema::schema().clone();
+    let released = tokio::task::spawn_blocking(move || {
+        let older =
+            Store::connect_remote(&format!("http://{addr}"), "x".repeat(32).as_str(), schema)
+                .unwrap();
+        older.release_stream("slot one")
+    })
+    .await
+    .unwrap();
+    assert!(matches!(released, Ok(false)), "{released:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_server_without_the_admin_api_is_named_as_such() {
     // What a server from before the admin endpoints answers to any unknown route.

@@ -490,18 +490,23 @@ impl RemoteBackend {
                 .admin_stream(Method::POST, "/release", Some(body))
                 .await
         });
+        // A server older than the endpoint: 405 (its `/v1/admin/streams/{id}` takes DELETE
+        // only, and the bare answer is no JSON), or 404 from one without streams at all.
+        let older = match &answer {
+            Err(Some(ClientError::Api { status, .. })) => matches!(status, 404 | 405),
+            Err(Some(ClientError::Protocol(detail))) => detail.starts_with("405 "),
+            _ => false,
+        };
+        if older {
+            tracing::warn!(
+                url = self.url,
+                "the object server has no /v1/admin/streams/release (an older pgrealm): a stream \
+                 a crashed engine left open is aborted at its idle timeout"
+            );
+            return Ok(false);
+        }
         let answer = match answer {
             Ok(answer) => answer,
-            Err(Some(ClientError::Api {
-                status: 404, code, ..
-            })) if code == "not_found" => {
-                tracing::warn!(
-                    url = self.url,
-                    "the object server has no /v1/admin/streams/release (an older pgrealm): \
-                     a stream a crashed engine left open is aborted at its idle timeout"
-                );
-                return Ok(false);
-            }
             Err(Some(e)) => return Err(self.error(e)),
             Err(None) => {
                 return Err(self.fail(format!(
