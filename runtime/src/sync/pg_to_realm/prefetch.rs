@@ -24,11 +24,11 @@ use std::collections::{BTreeMap, HashSet};
 use pgrealm_schema::PrimaryKey;
 
 use super::{Group, PATCH_LIMIT};
+use crate::store::{RealmPath, StoreError};
+use crate::sync::pg_to_realm::mapping::Mapper;
 
 /// Keys a TRUNCATE deletes per `locate_many` in remote mode.
 const TRUNCATE_CHUNK: usize = 8_192;
-use crate::store::{RealmPath, StoreError};
-use crate::sync::pg_to_realm::mapping::Mapper;
 
 impl Group {
     /// Whether the group reads ahead (its store is a remote one).
