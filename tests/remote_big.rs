@@ -23,7 +23,7 @@ use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::server::ServerOptions;
 use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, Progress};
 use pgrealm_runtime::testing::{status_kib, PgCluster};
-use pgrealm_runtime::{RealmPath, Store, StoreOptions};
+use pgrealm_runtime::{RealmPath, StoreOptions};
 use remote_support::RemoteServer;
 use tokio::sync::watch;
 
@@ -50,12 +50,7 @@ async fn a_huge_transaction_streams_into_a_remote_server_in_bounded_memory() {
             ..StoreOptions::default()
         },
     );
-    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
-    let schema = transit::Schema::schema().clone();
-    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
-        .await
-        .unwrap()
-        .unwrap();
+    let remote = server.connect().await;
 
     let slot = format!("big_{}", db.name).to_lowercase();
     let mut options = PgToRealmOptions::new(

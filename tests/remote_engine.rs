@@ -461,15 +461,7 @@ async fn locate_many_answers_each_key_in_order_in_one_read_and_bounds_its_keys()
     let (status, text) = server.raw("POST", &target, Some(&admin), "", body).await;
     assert_eq!(status, 200, "{text}");
     assert!(text.ends_with(r#"{"realms":[["/a","/b"],[]]}"#), "{text}");
-    let (status, text) = server
-        .raw(
-            "DELETE",
-            &format!("/v1/admin/streams/{id}"),
-            Some(&admin),
-            "",
-            "",
-        )
-        .await;
+    let (status, text) = server.abort_stream(&id).await;
     assert_eq!(status, 200, "{text}");
     assert!(
         server
@@ -626,15 +618,7 @@ async fn the_admin_endpoints_refuse_users_and_strangers() {
         .is_empty());
     // No refused request opened a stream: the admin's opens at once (and is aborted).
     let id = server.open_stream().await;
-    let (status, text) = server
-        .raw(
-            "DELETE",
-            &format!("/v1/admin/streams/{id}"),
-            Some(&admin),
-            "",
-            "",
-        )
-        .await;
+    let (status, text) = server.abort_stream(&id).await;
     assert_eq!(status, 200, "{text}");
 
     // The admin gets through; a bad op names its index and writes nothing.
@@ -937,12 +921,7 @@ async fn an_older_server_without_the_admin_api_is_named_as_such() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_remote_feed_and_reads_survive_a_server_restart() {
     let mut server = RemoteServer::start();
-    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
-    let schema = transit::Schema::schema().clone();
-    let remote = tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
-        .await
-        .unwrap()
-        .unwrap();
+    let remote = server.connect().await;
     fn commit(store: &Store, id: i64) {
         let mut tx = store.begin_write("app");
         tx.put_object(

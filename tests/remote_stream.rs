@@ -51,15 +51,6 @@ fn streams(server: &RemoteServer) -> (u64, u64, u64) {
     )
 }
 
-async fn connect(server: &RemoteServer) -> Store {
-    let (base, token) = (server.base.clone(), server.keys.admin_token().to_owned());
-    let schema = transit::Schema::schema().clone();
-    tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 /// PostgreSQL → realm in remote mode, streaming past [`STREAM_AFTER`] operations.
 struct Engine {
     stats: Arc<PgToRealmStats>,
@@ -121,6 +112,16 @@ fn version(server: &RemoteServer) -> u64 {
         .map_or(0, |v| v.version())
 }
 
+/// Wait until the server's realm holds bus `id`.
+async fn wait_for_bus(server: &RemoteServer, id: i64, what: &str) {
+    let probe = server.store.clone();
+    wait_for(what, move || {
+        let view = probe.realm(&realm()).unwrap()?;
+        view.object("Bus", &PrimaryKey::Int(id)).unwrap()
+    })
+    .await;
+}
+
 fn buses(server: &RemoteServer) -> usize {
     server
         .store
@@ -148,7 +149,7 @@ async fn a_large_transaction_streams_into_the_remote_server_as_one_version_with_
         .batch_execute(&db.name, transit::Schema::DDL)
         .unwrap();
     let server = RemoteServer::start();
-    let remote = connect(&server).await;
+    let remote = server.connect().await;
     let engine = start_engine(&db, &remote).await;
 
     // A small transaction first: an ordinary commit.
@@ -255,7 +256,7 @@ async fn an_engine_dropped_mid_stream_commits_nothing_and_its_restart_applies_th
         stream_idle_timeout: Duration::from_secs(2),
         ..ServerOptions::default()
     });
-    let remote = connect(&server).await;
+    let remote = server.connect().await;
     let engine = start_engine(&db, &remote).await;
     let before = checkpoint(&server, &db).expect("setup stores a checkpoint");
 
@@ -311,8 +312,8 @@ async fn one_stream_at_a_time_and_a_silent_one_is_aborted_after_the_idle_timeout
         stream_idle_timeout: idle,
         ..ServerOptions::default()
     });
-    let a = connect(&server).await;
-    let b = connect(&server).await;
+    let a = server.connect().await;
+    let b = server.connect().await;
     let (r, server_store) = (realm(), server.store.clone());
     let metadata_a = b"a".to_vec();
     tokio::task::spawn_blocking(move || {
@@ -413,8 +414,8 @@ async fn one_stream_at_a_time_and_a_silent_one_is_aborted_after_the_idle_timeout
 async fn a_new_stream_of_the_same_owner_replaces_a_dead_one_without_waiting() {
     // The default idle timeout (60 s): a replacement that waited for it would fail the test.
     let server = RemoteServer::start();
-    let dead = connect(&server).await;
-    let restarted = connect(&server).await;
+    let dead = server.connect().await;
+    let restarted = server.connect().await;
     let (r, server_store) = (realm(), server.store.clone());
     tokio::task::spawn_blocking(move || {
         let mut batch = dead.begin_write("postgres");
@@ -531,15 +532,7 @@ async fn a_bad_batch_aborts_the_whole_stream_and_says_so() {
         )
         .await;
     assert_eq!(status, 200, "{text}");
-    let (status, text) = server
-        .raw(
-            "DELETE",
-            &format!("/v1/admin/streams/{id}"),
-            Some(&admin),
-            "",
-            "",
-        )
-        .await;
+    let (status, text) = server.abort_stream(&id).await;
     assert_eq!(status, 200, "{text}");
     assert!(server
         .store
@@ -565,19 +558,14 @@ async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successo
         .batch_execute(&db.name, transit::Schema::DDL)
         .unwrap();
     let server = RemoteServer::start();
-    let remote = connect(&server).await;
+    let remote = server.connect().await;
     let slot = format!("stream_{}", db.name).to_lowercase();
 
     let first = start_engine(&db, &remote).await;
     PgCluster::shared()
         .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (1, 'first')")
         .unwrap();
-    let probe = server.store.clone();
-    wait_for("the first row", move || {
-        let view = probe.realm(&realm()).unwrap()?;
-        view.object("Bus", &PrimaryKey::Int(1)).unwrap()
-    })
-    .await;
+    wait_for_bus(&server, 1, "the first row").await;
     first.stop().await;
     let started_from = checkpoint(&server, &db).expect("a checkpoint after the first row");
 
@@ -624,12 +612,7 @@ async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successo
     PgCluster::shared()
         .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (3, 'bus 3')")
         .unwrap();
-    let probe = server.store.clone();
-    wait_for("the row after the late commit", move || {
-        let view = probe.realm(&realm()).unwrap()?;
-        view.object("Bus", &PrimaryKey::Int(3)).unwrap()
-    })
-    .await;
+    wait_for_bus(&server, 3, "the row after the late commit").await;
 
     // Exactly one of the two commits holding the transaction landed; the other was refused.
     let successor_applied_it = counter(&stats.transactions) - 1;
@@ -791,7 +774,7 @@ async fn small_transactions_moving_rows_between_realms_read_locations_in_batches
         )
         .unwrap();
     let server = RemoteServer::start();
-    let remote = connect(&server).await;
+    let remote = server.connect().await;
     let sync = setup_engine(&db, &remote, "/{user_id}/myRealm").await;
 
     let seed = std::env::var("PGREALM_LOAD_SEED")
@@ -901,7 +884,7 @@ async fn a_restarted_engine_frees_the_stream_its_dead_predecessor_left_open() {
         .batch_execute(&db.name, transit::Schema::DDL)
         .unwrap();
     let server = RemoteServer::start();
-    let remote = connect(&server).await;
+    let remote = server.connect().await;
     start_engine(&db, &remote).await.stop().await;
 
     // What the dead engine left: an open stream of its owner, with a batch in it.
@@ -934,12 +917,7 @@ async fn a_restarted_engine_frees_the_stream_its_dead_predecessor_left_open() {
     PgCluster::shared()
         .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (1, 'bus 1')")
         .unwrap();
-    let probe = server.store.clone();
-    wait_for("the row, long before the idle timeout", move || {
-        let view = probe.realm(&realm()).unwrap()?;
-        view.object("Bus", &PrimaryKey::Int(1)).unwrap()
-    })
-    .await;
+    wait_for_bus(&server, 1, "the row, long before the idle timeout").await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "the commit waited {:?}",

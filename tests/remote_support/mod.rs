@@ -156,6 +156,30 @@ impl RemoteServer {
 
 impl RemoteServer {
     /// Open a stream of origin `postgres` with raw HTTP as the admin; its id.
+    /// A remote store of this server, as the sync engine's remote mode opens it (on the
+    /// blocking pool: connecting blocks its caller).
+    pub async fn connect(&self) -> Store {
+        let (base, token) = (self.base.clone(), self.keys.admin_token().to_owned());
+        let schema = transit::Schema::schema().clone();
+        tokio::task::spawn_blocking(move || Store::connect_remote(&base, &token, schema))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// `DELETE /v1/admin/streams/{id}` as the admin: the status and what came back.
+    pub async fn abort_stream(&self, id: &str) -> (u16, String) {
+        let admin = self.keys.admin_token().to_owned();
+        self.raw(
+            "DELETE",
+            &format!("/v1/admin/streams/{id}"),
+            Some(&admin),
+            "",
+            "",
+        )
+        .await
+    }
+
     pub async fn open_stream(&self) -> String {
         let admin = self.keys.admin_token().to_owned();
         let (status, text) = self
