@@ -74,9 +74,11 @@ impl Bench {
         ensure_slot(&self.sql, name).await.unwrap();
     }
 
-    /// `pg_recvlogical` draining `slot` up to `end` into /dev/null.
-    fn recvlogical(&self, slot: &str, end: Lsn) -> Duration {
+    /// `pg_recvlogical` draining `slot` up to `end` into /dev/null: how long it took and the CPU
+    /// time it and PostgreSQL spent meanwhile.
+    fn recvlogical(&self, slot: &str, end: Lsn) -> (Duration, Cpu) {
         let started = Instant::now();
+        let (own_before, server_before) = (children_cpu(), cluster_cpu(self.cluster));
         let status = Command::new(self.cluster.bin_dir().join("pg_recvlogical"))
             .args([
                 "-d",
@@ -97,7 +99,18 @@ impl Bench {
             .status()
             .unwrap();
         assert!(status.success(), "pg_recvlogical failed");
-        started.elapsed()
+        let elapsed = started.elapsed();
+        // Its walsender's CPU time reaches the postmaster's count once the walsender has exited
+        // and been reaped.
+        let waited = Instant::now();
+        while walsenders(self.cluster) > 0 && waited.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let cpu = Cpu {
+            receiver: children_cpu().saturating_sub(own_before),
+            server: cluster_cpu(self.cluster).saturating_sub(server_before),
+        };
+        (elapsed, cpu)
     }
 
     /// `pg_logical_slot_peek_binary_changes` over the slot's whole range: decoding alone.
@@ -116,7 +129,7 @@ impl Bench {
 
     /// Our applier from `slot`'s start until it has confirmed `end`: how long it took, and the
     /// CPU time this process spent meanwhile (every thread: the applier is all that runs in it).
-    async fn ours(&self, slot: &str, end: Lsn) -> (Duration, Arc<PgToRealmStats>, Duration) {
+    async fn ours(&self, slot: &str, end: Lsn) -> (Duration, Arc<PgToRealmStats>, Cpu) {
         let dir = tempfile::tempdir_in(".").unwrap();
         let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
         let sync = self.applier(slot, store, false);
@@ -125,12 +138,16 @@ impl Bench {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
         let cpu_before = process_cpu();
+        let server_before = cluster_cpu(self.cluster);
         let task = tokio::spawn(sync.run(stopped));
         while stats.confirmed_lsn.load(Ordering::Relaxed) < end.as_u64() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = started.elapsed();
-        let cpu = process_cpu().saturating_sub(cpu_before);
+        let cpu = Cpu {
+            receiver: process_cpu().saturating_sub(cpu_before),
+            server: cluster_cpu(self.cluster).saturating_sub(server_before),
+        };
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
         (elapsed, stats, cpu)
@@ -149,6 +166,24 @@ impl Bench {
             options,
             store,
             Arc::new(Metrics::default()),
+        )
+    }
+}
+
+/// CPU time spent while one receiver drained a slot: its own, and the PostgreSQL cluster's (the
+/// walsender decoding and sending, and whatever else ran in the cluster meanwhile).
+struct Cpu {
+    receiver: Duration,
+    server: Duration,
+}
+
+impl Cpu {
+    /// "own X µs, PostgreSQL Y µs" per change.
+    fn per_change(&self, changes: f64) -> String {
+        format!(
+            "CPU µs/change: own {:.2}, PostgreSQL {:.2}",
+            self.receiver.as_secs_f64() * 1e6 / changes,
+            self.server.as_secs_f64() * 1e6 / changes
         )
     }
 }
@@ -251,22 +286,23 @@ async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future
         .unwrap()
         .get(0);
     let changes = (after - before) as f64;
-    let recv = b.recvlogical(&slots[1], end);
+    let (recv, recv_cpu) = b.recvlogical(&slots[1], end);
     let peek = b.peek(&slots[2], end).await;
     let (ours, stats, cpu) = b.ours(&slots[0], end).await;
     let applied = stats.changes.load(Ordering::Relaxed) as f64;
     assert_eq!(applied, changes, "every change applied");
     println!(
         "{label}: {changes} changes in {} transactions, {} store commits\n  \
-         pgrealm            {:>10.0} changes/s   (CPU {:.2} µs/change, all its threads)\n  \
-         pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×\n  \
+         pgrealm            {:>10.0} changes/s   ({}; own = all its threads)\n  \
+         pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×   ({})\n  \
          peek (decode only) {:>10.0} changes/s   → pgrealm / peek = {:.2}×",
         stats.transactions.load(Ordering::Relaxed),
         stats.store_commits.load(Ordering::Relaxed),
         rate(changes, ours),
-        cpu.as_secs_f64() * 1e6 / changes,
+        cpu.per_change(changes),
         rate(changes, recv),
         recv.as_secs_f64() / ours.as_secs_f64(),
+        recv_cpu.per_change(changes),
         rate(changes, peek),
         peek.as_secs_f64() / ours.as_secs_f64(),
     );
@@ -280,6 +316,8 @@ async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future
 
 #[tokio::main]
 async fn main() {
+    // As the generated binary does.
+    pgrealm_runtime::cli::disable_transparent_huge_pages();
     let cluster = PgCluster::shared();
     let db = cluster.fresh_database().unwrap();
     let pg = PgConnectOptions::from_url(&db.url).unwrap();
@@ -593,15 +631,86 @@ fn peak_rss_kib() -> u64 {
 /// The CPU time (user + system, every thread) this process has used, from `/proc/self/stat`,
 /// in clock ticks of 10 ms (Linux's `USER_HZ` on this kind of machine).
 fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The fields after the command name, which ends at the last ')': utime and stime are the
-    // 14th and 15th of the line, the 12th and 13th after it.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let [utime, stime, ..] = stat_times("self").unwrap();
+    Duration::from_millis((utime + stime) * 10)
+}
+
+/// CPU time of the processes this one has waited for (`pg_recvlogical`, `psql`).
+fn children_cpu() -> Duration {
+    let [.., cutime, cstime] = stat_times("self").unwrap();
+    Duration::from_millis((cutime + cstime) * 10)
+}
+
+/// utime, stime, cutime and cstime of `/proc/<pid>/stat`, in clock ticks (10 ms here), or
+/// `None` when the process is gone.
+fn stat_times(pid: &str) -> Option<[u64; 4]> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which ends at the last ')': utime is the 14th of the
+    // line, the 12th after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<u64> = rest
         .split_whitespace()
         .skip(11)
-        .take(2)
-        .map(|f| f.parse().unwrap())
+        .take(4)
+        .map(|f| f.parse().unwrap_or(0))
         .collect();
-    Duration::from_millis((fields[0] + fields[1]) * 10)
+    fields.try_into().ok()
+}
+
+/// The postmaster's pid.
+fn postmaster(cluster: &PgCluster) -> String {
+    let pid_file = std::fs::read_to_string(cluster.data_dir().join("postmaster.pid")).unwrap();
+    pid_file.lines().next().unwrap().trim().to_owned()
+}
+
+/// The pids of the postmaster's children.
+fn children_of(parent: &str) -> Vec<String> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{name}/status")) else {
+            continue;
+        };
+        if status
+            .lines()
+            .any(|l| l.strip_prefix("PPid:").map(str::trim) == Some(parent))
+        {
+            children.push(name);
+        }
+    }
+    children
+}
+
+/// How many walsenders the cluster runs (an exited one not yet reaped counts).
+fn walsenders(cluster: &PgCluster) -> usize {
+    children_of(&postmaster(cluster))
+        .iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.windows(9).any(|w| w == b"walsender"))
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+        })
+        .count()
+}
+
+/// CPU time of the whole PostgreSQL cluster: the postmaster, its live children (backends,
+/// walsenders), and the children it has reaped (a walsender whose client has gone).
+///
+/// A child reaped while it is being read drops out of both counts, and the true figure only
+/// grows, so this is the largest of three reads.
+fn cluster_cpu(cluster: &PgCluster) -> Duration {
+    let postmaster = postmaster(cluster);
+    let read = || {
+        let mut ticks = stat_times(&postmaster).unwrap().iter().sum::<u64>();
+        for child in children_of(&postmaster) {
+            ticks += stat_times(&child).map_or(0, |[u, s, ..]| u + s);
+        }
+        ticks
+    };
+    let ticks = (0..3).map(|_| read()).max().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
 }
