@@ -260,6 +260,8 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // As the generated binary does.
+    pgrealm_runtime::cli::disable_transparent_huge_pages();
     let cluster = PgCluster::start().expect("a PostgreSQL cluster (see the testing harness)");
     let commits_a = env_or("BENCH_R2P_COMMITS", 200);
     let per_realm = env_or("BENCH_R2P_PER_REALM", 10);

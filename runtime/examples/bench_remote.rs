@@ -143,6 +143,8 @@ impl Bench {
 
 #[tokio::main]
 async fn main() {
+    // As the generated binary does.
+    pgrealm_runtime::cli::disable_transparent_huge_pages();
     let cluster = PgCluster::shared();
     let db = cluster.fresh_database().unwrap();
     let pg = PgConnectOptions::from_url(&db.url).unwrap();

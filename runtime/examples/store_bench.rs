@@ -206,6 +206,8 @@ fn concurrent_big_commits(store: &Store, writers: usize) -> (f64, f64) {
 }
 
 fn main() {
+    // As the generated binary does.
+    pgrealm_runtime::cli::disable_transparent_huge_pages();
     let dir = match std::env::args().nth(1) {
         Some(d) => {
             std::fs::create_dir_all(&d).expect("create the bench directory");
