@@ -19,7 +19,8 @@
 //! Sizes: `BENCH_ROWS` (default 200,000 changes per workload), `BENCH_BIG_TX` (default
 //! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
 //! copies what (a) and (b) wrote). `BENCH_LAG_DETAIL=1` also prints the 40 worst lags with
-//! when their commit happened (stalls show as clusters). Uses a private cluster from the test
+//! when their commit happened (stalls show as clusters). `BENCH_THREADS=1` prints, for (a) and
+//! (b), how busy each thread of the applier was (thread id, share of one core). Uses a private cluster from the test
 //! harness (127.0.0.1 only). Not a test: figures go in BENCHMARKS.md.
 
 use std::collections::HashMap;
@@ -138,6 +139,7 @@ impl Bench {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
         let cpu_before = process_cpu();
+        let threads_before = thread_cpu();
         let server_before = cluster_cpu(self.cluster);
         let task = tokio::spawn(sync.run(stopped));
         while stats.confirmed_lsn.load(Ordering::Relaxed) < end.as_u64() {
@@ -148,6 +150,27 @@ impl Bench {
             receiver: process_cpu().saturating_sub(cpu_before),
             server: cluster_cpu(self.cluster).saturating_sub(server_before),
         };
+        if std::env::var_os("BENCH_THREADS").is_some() {
+            let mut busy: Vec<(u64, String)> = thread_cpu()
+                .into_iter()
+                .map(|(tid, ticks)| {
+                    let before = threads_before.get(&tid).copied().unwrap_or(0);
+                    (ticks - before, tid)
+                })
+                .filter(|(ticks, _)| *ticks > 0)
+                .collect();
+            busy.sort_by(|a, b| b.cmp(a));
+            let shown: Vec<String> = busy
+                .iter()
+                .map(|(ticks, tid)| {
+                    format!(
+                        "{tid} {:.0} %",
+                        *ticks as f64 * 1000.0 / elapsed.as_millis().max(1) as f64
+                    )
+                })
+                .collect();
+            println!("  threads (share of one core): {}", shown.join(", "));
+        }
         stop.send(true).unwrap();
         task.await.unwrap().unwrap();
         (elapsed, stats, cpu)
@@ -633,6 +656,18 @@ fn peak_rss_kib() -> u64 {
 fn process_cpu() -> Duration {
     let [utime, stime, ..] = stat_times("self").unwrap();
     Duration::from_millis((utime + stime) * 10)
+}
+
+/// Each thread of this process and its CPU time so far, in clock ticks.
+fn thread_cpu() -> HashMap<String, u64> {
+    let mut threads = HashMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let tid = entry.file_name().to_string_lossy().into_owned();
+        if let Some([utime, stime, ..]) = stat_times(&format!("self/task/{tid}")) {
+            threads.insert(tid, utime + stime);
+        }
+    }
+    threads
 }
 
 /// CPU time of the processes this one has waited for (`pg_recvlogical`, `psql`).
