@@ -94,7 +94,7 @@ pub enum Command {
 ///
 /// The engine frees most of what it allocates within a commit or two, on another thread than
 /// the one that allocated it, so the allocator keeps taking fresh pages; with huge pages the
-/// kernel zeroes 2 MiB for each, which took 10–20 % of the applier's CPU. Without them it
+/// kernel zeroes 2 MiB for each, which took 10–12 % of the applier's CPU. Without them it
 /// zeroes only the 4 KiB pages actually touched: PostgreSQL → realm used about 20 % less CPU
 /// per change (BENCHMARKS.md, "Huge pages"). The binary calls this first thing; so do the
 /// benches, whose figures are the binary's.
