@@ -196,3 +196,29 @@ fn run<S: CompiledSchema>(name: &str, cli: Cli, demo: Option<&Demo>) -> anyhow::
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// The kernel's answer for this process (`THP_enabled` in `/proc/self/status`, Linux 6.x).
+    fn thp_enabled() -> Option<bool> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("THP_enabled:"))?;
+        Some(line.split_whitespace().nth(1)? != "0")
+    }
+
+    #[test]
+    fn transparent_huge_pages_are_off_for_the_binary() {
+        let Some(before) = thp_enabled() else {
+            // An older kernel does not report it; the call must still succeed quietly.
+            super::disable_transparent_huge_pages();
+            return;
+        };
+        super::disable_transparent_huge_pages();
+        let after = thp_enabled().expect("reported before, so reported after");
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+            assert_eq!(after, before, "MIMALLOC_ALLOW_THP leaves the setting alone");
+        } else {
+            assert!(!after, "huge pages are still on for this process");
+        }
+    }
+}
