@@ -322,10 +322,7 @@ impl Group {
         // The lists written now are written again at the transaction's end if it changes them
         // further; only the last write is PostgreSQL's state, the earlier ones are never
         // visible (the commit is atomic).
-        for list in std::mem::take(&mut self.dirty) {
-            self.write_list(mapper, log, &list)?;
-        }
-        self.dirty_set.clear();
+        self.write_dirty_lists(mapper, log)?;
         let streaming = self.streaming.take().expect("checked above");
         self.streaming = Some(streaming.apply(&mut self.tx)?);
         self.overlay.clear();
@@ -432,10 +429,7 @@ impl Group {
         mapper: &Mapper,
         log: &mut RejectionLog,
     ) -> Result<(), StoreError> {
-        for list in std::mem::take(&mut self.dirty) {
-            self.write_list(mapper, log, &list)?;
-        }
-        self.dirty_set.clear();
+        self.write_dirty_lists(mapper, log)?;
         self.in_tx = false;
         Ok(())
     }

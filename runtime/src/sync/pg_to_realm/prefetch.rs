@@ -27,8 +27,9 @@ use super::{Group, PATCH_LIMIT};
 use crate::store::{RealmPath, StoreError};
 use crate::sync::pg_to_realm::mapping::Mapper;
 
-/// Keys a TRUNCATE deletes per `locate_many` in remote mode.
-const TRUNCATE_CHUNK: usize = 8_192;
+/// Keys located per `locate_many` in remote mode when every object of a class is deleted (a
+/// TRUNCATE) or every list of a transaction is written.
+pub(super) const LOCATE_CHUNK: usize = 8_192;
 
 impl Group {
     /// Whether the group reads ahead (its store is a remote one).
@@ -82,7 +83,7 @@ impl Group {
         keys: Vec<PrimaryKey>,
     ) -> Result<(), StoreError> {
         let mut seen = HashSet::new();
-        for chunk in keys.chunks(TRUNCATE_CHUNK) {
+        for chunk in keys.chunks(LOCATE_CHUNK) {
             let objects = chunk.iter().map(|key| (class, key.clone())).collect();
             self.read_locations_ahead(mapper, objects)?;
             for key in chunk {
