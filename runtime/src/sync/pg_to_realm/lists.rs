@@ -4,6 +4,10 @@
 //! have gaps while an application shifts entries — are all applied first and the owner's list is
 //! then written once, in `idx` order. A TRUNCATE of the subtable starts a new generation, so
 //! the entries of every owner are forgotten at once without listing them.
+//!
+//! In remote mode the entries of the owners the engine has in hand, their lists' generations and
+//! the owners' locations are read ahead in batches (`prefetch.rs`); the reads here then find
+//! them in the group's cache instead of asking the server once per owner.
 
 use std::collections::BTreeMap;
 
