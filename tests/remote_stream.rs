@@ -8,20 +8,15 @@ mod remote_support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pgrealm_runtime::metrics::Metrics;
-use pgrealm_runtime::replication::{Lsn, PgConnectOptions};
+use pgrealm_runtime::replication::Lsn;
 use pgrealm_runtime::server::ServerOptions;
-use pgrealm_runtime::sync::pg_to_realm::{
-    checkpoint_key, PgToRealm, PgToRealmOptions, PgToRealmStats, Progress,
-};
+use pgrealm_runtime::sync::pg_to_realm::checkpoint_key;
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::{RealmPath, Store, StoreError};
 use pgrealm_schema::{Object, PrimaryKey, Value};
-use remote_support::{wait_for, RemoteServer};
-use tokio::sync::watch;
+use remote_support::{run_engine, setup_engine, wait_for, Engine, RemoteServer};
 
 /// Rows of the large transaction: 20 batches of [`STREAM_AFTER`].
 const ROWS: i64 = 20_000;
@@ -51,52 +46,8 @@ fn streams(server: &RemoteServer) -> (u64, u64, u64) {
     )
 }
 
-/// PostgreSQL → realm in remote mode, streaming past [`STREAM_AFTER`] operations.
-struct Engine {
-    stats: Arc<PgToRealmStats>,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), pgrealm_runtime::sync::pg_to_realm::PgToRealmError>>,
-}
-
 async fn start_engine(db: &TestDb, remote: &Store) -> Engine {
-    run_engine(setup_engine(db, remote, "/myRealm").await)
-}
-
-/// An engine routing rows by `template`, set up (slot, checkpoint) but not running yet.
-async fn setup_engine(db: &TestDb, remote: &Store, template: &str) -> PgToRealm {
-    let slot = format!("stream_{}", db.name).to_lowercase();
-    let mut options = PgToRealmOptions::new(
-        slot.clone(),
-        slot,
-        PgToRealmOptions::template(template).unwrap(),
-    );
-    options.stream_after_changes = STREAM_AFTER;
-    options.progress = Progress::Log;
-    let sync = PgToRealm::new(
-        PgConnectOptions::from_url(&db.url).unwrap(),
-        options,
-        remote.clone(),
-        Arc::new(Metrics::default()),
-    );
-    sync.setup().await.unwrap();
-    sync
-}
-
-fn run_engine(sync: PgToRealm) -> Engine {
-    let stats = sync.stats();
-    let (stop, stopped) = watch::channel(false);
-    Engine {
-        stats,
-        stop,
-        task: tokio::spawn(sync.run(stopped)),
-    }
-}
-
-impl Engine {
-    async fn stop(self) {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
+    run_engine(setup_engine(db, remote, "/myRealm", STREAM_AFTER).await)
 }
 
 fn checkpoint(server: &RemoteServer, db: &TestDb) -> Option<Vec<u8>> {
@@ -269,9 +220,7 @@ async fn an_engine_dropped_mid_stream_commits_nothing_and_its_restart_applies_th
         assert!(Instant::now() < deadline, "the stream never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    engine.task.abort();
-    let _ = engine.task.await;
-    drop(engine.stop);
+    engine.abort().await;
     let (_, committed, _) = streams(&server);
     assert_eq!(
         committed, 0,
@@ -775,7 +724,7 @@ async fn small_transactions_moving_rows_between_realms_read_locations_in_batches
         .unwrap();
     let server = RemoteServer::start();
     let remote = server.connect().await;
-    let sync = setup_engine(&db, &remote, "/{user_id}/myRealm").await;
+    let sync = setup_engine(&db, &remote, "/{user_id}/myRealm", STREAM_AFTER).await;
 
     let seed = std::env::var("PGREALM_LOAD_SEED")
         .ok()

@@ -1,7 +1,7 @@
 //! What the remote-mode tests share: an object server on 127.0.0.1, in this process but on a
 //! runtime and thread of its own, as a server in another process would be (the remote store
 //! blocks its caller's thread on each request, so the server must not depend on the caller's
-//! runtime), raw HTTP requests to it, and polling.
+//! runtime), raw HTTP requests to it, a PostgreSQL → realm engine writing to it, and polling.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::sync::Arc;
@@ -10,9 +10,15 @@ use std::time::{Duration, Instant};
 use pgrealm_runtime::auth::Keys;
 use pgrealm_runtime::config::Config;
 use pgrealm_runtime::metrics::Metrics;
+use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::server::{Server, ServerOptions};
+use pgrealm_runtime::sync::pg_to_realm::{
+    PgToRealm, PgToRealmError, PgToRealmOptions, PgToRealmStats, Progress,
+};
+use pgrealm_runtime::testing::TestDb;
 use pgrealm_runtime::{Store, StoreOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 /// An object server on 127.0.0.1:0, on its own runtime thread; stopped when dropped.
 pub struct RemoteServer {
@@ -288,5 +294,65 @@ pub async fn wait_for<T: Send + 'static>(
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// PostgreSQL → realm in remote mode, running on the test's runtime.
+pub struct Engine {
+    pub stats: Arc<PgToRealmStats>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), PgToRealmError>>,
+}
+
+/// An engine writing to `remote`, routing rows by `template` and streaming transactions past
+/// `stream_after` operations, set up (its slot `stream_<database>`, checkpoint) but not running
+/// yet.
+pub async fn setup_engine(
+    db: &TestDb,
+    remote: &Store,
+    template: &str,
+    stream_after: usize,
+) -> PgToRealm {
+    let slot = format!("stream_{}", db.name).to_lowercase();
+    let mut options = PgToRealmOptions::new(
+        slot.clone(),
+        slot,
+        PgToRealmOptions::template(template).unwrap(),
+    );
+    options.stream_after_changes = stream_after;
+    options.progress = Progress::Log;
+    let sync = PgToRealm::new(
+        PgConnectOptions::from_url(&db.url).unwrap(),
+        options,
+        remote.clone(),
+        Arc::new(Metrics::default()),
+    );
+    sync.setup().await.unwrap();
+    sync
+}
+
+/// Run an engine set up by [`setup_engine`].
+pub fn run_engine(sync: PgToRealm) -> Engine {
+    let stats = sync.stats();
+    let (stop, stopped) = watch::channel(false);
+    Engine {
+        stats,
+        stop,
+        task: tokio::spawn(sync.run(stopped)),
+    }
+}
+
+impl Engine {
+    /// Stop the engine; it must have run without error.
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+
+    /// Drop the engine wherever it is (its task aborted), as a crash would leave it.
+    pub async fn abort(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        drop(self.stop);
     }
 }

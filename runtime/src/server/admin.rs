@@ -8,7 +8,10 @@
 //!   the order of `keys`, as one read: a remote engine asks it for the rows it has in hand
 //!   instead of one request per row. At most [`MAX_LOCATE_KEYS`] keys per request (400 past
 //!   it: send the rest in another); a key that does not fit the class is a 400 naming its
-//!   index (`keys[3]`).
+//!   index (`keys[3]`). `{"metadata_many":{"keys":[key, …]}}` → `{"values":[base64 | null, …]}`
+//!   answers several metadata keys the same way (each value in the order of `keys`, `null` for
+//!   a key that holds nothing; at most [`MAX_METADATA_KEYS`] keys, 400 past it): a remote engine
+//!   asks it for the list entries of the owners it has in hand instead of one request per owner.
 //! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
 //!   rebuilds the store write transaction and commits it atomically and durably before
 //!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`]. An optional
@@ -19,10 +22,10 @@
 //!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
 //!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction);
 //!   `POST /v1/admin/streams/{id}/read` (`locate`, `locate_many`, `object`, `keys`,
-//!   `metadata`, as of the stream's own batches); `POST /v1/admin/streams/{id}/commit`
-//!   `{"metadata":{…}}` → `{"versions":[…]}` as `commit` answers; `DELETE
-//!   /v1/admin/streams/{id}` aborts; `POST /v1/admin/streams/release` `{"owner"}` aborts the
-//!   open stream of that owner, if any (`{"released": bool}`). One stream
+//!   `metadata`, `metadata_many`, as of the stream's own batches);
+//!   `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` → `{"versions":[…]}` as `commit`
+//!   answers; `DELETE /v1/admin/streams/{id}` aborts; `POST /v1/admin/streams/release`
+//!   `{"owner"}` aborts the open stream of that owner, if any (`{"released": bool}`). One stream
 //!   at a time (409 `stream_open`); one idle past `ServerOptions::stream_idle_timeout` is
 //!   aborted (404 `no_stream` afterwards); a refused batch aborts the whole stream.
 //! - `GET /v1/admin/feed` upgraded to a WebSocket: the first client message is
@@ -70,6 +73,10 @@ const MAX_CHANGES_PER_READ: usize = 100_000;
 /// sends more keys in several requests of this size.
 pub(crate) const MAX_LOCATE_KEYS: usize = 10_000;
 
+/// Most keys one `metadata_many` read takes, here and in a stream's reads: bounded for the same
+/// reasons as [`MAX_LOCATE_KEYS`], and as large, so the engine asks both in the same rhythm.
+pub(crate) const MAX_METADATA_KEYS: usize = 10_000;
+
 /// How long the feed waits for the subscription message after the upgrade.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,6 +105,9 @@ enum Read {
     Realm { path: String },
     /// Commit metadata → `{"value": base64 | null}`.
     Metadata { key: String },
+    /// The commit metadata of several keys, in the order of `keys` (at most
+    /// [`MAX_METADATA_KEYS`]) → `{"values":[base64 | null]}`.
+    MetadataMany { keys: Vec<String> },
     /// The realms holding an object → `{"realms":[path]}`.
     Locate { class: String, key: Json },
     /// The realms holding each of several objects of one class, in the order of `keys` (at
@@ -176,6 +186,28 @@ pub(super) fn locations_json(found: &[Vec<RealmPath>]) -> Json {
     json!({ "realms": realms })
 }
 
+/// The keys of a `metadata_many` read, checked: at most [`MAX_METADATA_KEYS`].
+pub(super) fn metadata_many_keys(keys: &[String]) -> Result<(), ApiError> {
+    if keys.len() > MAX_METADATA_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "metadata_many takes at most {MAX_METADATA_KEYS} keys per request and this one has \
+             {}: send them in several requests",
+            keys.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The answer to a `metadata_many` read: each key's value (base64, or null when the key holds
+/// nothing), in the order of the keys.
+pub(super) fn metadata_values_json(found: &[Option<Vec<u8>>]) -> Json {
+    let values: Vec<Option<String>> = found
+        .iter()
+        .map(|value| value.as_ref().map(|v| STANDARD.encode(v)))
+        .collect();
+    json!({ "values": values })
+}
+
 /// `POST /v1/admin/read`.
 pub(super) async fn read(
     State(server): State<Server>,
@@ -211,6 +243,12 @@ pub(super) async fn read(
         Read::Metadata { key } => {
             let value = blocking(move || Ok(store.metadata(&key)?)).await?;
             json!({ "value": value.map(|v| STANDARD.encode(v)) })
+        }
+        Read::MetadataMany { keys } => {
+            metadata_many_keys(&keys)?;
+            // One snapshot answers every key, as for `locate_many`.
+            let found = blocking(move || Ok(store.snapshot()?.metadata_many(&keys)?)).await?;
+            metadata_values_json(&found)
         }
         Read::Locate { class: name, key } => {
             let class = class(&server, &name)?;

@@ -15,7 +15,9 @@
 //!   `{"locate_many":{"class","keys":[key, …]}}` → `{"realms":[[path], …]}` (each key's realms,
 //!   in order; at most `MAX_LOCATE_KEYS` keys, as `/v1/admin/read` answers it),
 //!   `{"object":{"path","class","key"}}` → `{"object": {…} | null}`, `{"keys":{"class"}}` →
-//!   `{"keys":[key]}`, `{"metadata":{"key"}}` → `{"value": base64 | null}`.
+//!   `{"keys":[key]}`, `{"metadata":{"key"}}` → `{"value": base64 | null}`,
+//!   `{"metadata_many":{"keys":[key, …]}}` → `{"values":[base64 | null, …]}` (in order; at most
+//!   `MAX_METADATA_KEYS` keys, as `/v1/admin/read` answers it).
 //! - `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` → `{"versions":[{"path","version"}]}`
 //!   once the whole transaction is durable, as `/v1/admin/commit` answers.
 //! - `DELETE /v1/admin/streams/{id}` → `{"aborted": true}`.
@@ -53,8 +55,8 @@ use serde_json::{json, Value as Json};
 use tokio::sync::oneshot;
 
 use super::admin::{
-    add_metadata, add_ops, locate_many_keys, locations_json, parse_path, Admin, CommitOp,
-    MAX_ORIGIN_LEN,
+    add_metadata, add_ops, locate_many_keys, locations_json, metadata_many_keys,
+    metadata_values_json, parse_path, Admin, CommitOp, MAX_ORIGIN_LEN,
 };
 use super::{class, ApiError, Server};
 use crate::json::{key_from_json, key_to_json, object_to_json};
@@ -535,14 +537,17 @@ enum StreamRead {
     Metadata {
         key: String,
     },
+    MetadataMany {
+        keys: Vec<String>,
+    },
 }
 
 fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, ApiError> {
     let read: StreamRead = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected one read such as {{\"locate\":{{\"class\",\"key\"}}}}, \
-             {{\"locate_many\":{{\"class\",\"keys\"}}}}, {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}} or \
-             {{\"metadata\":{{\"key\"}}}}: {e}"
+             {{\"locate_many\":{{\"class\",\"keys\"}}}}, {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}}, \
+             {{\"metadata\":{{\"key\"}}}} or {{\"metadata_many\":{{\"keys\"}}}}: {e}"
         ))
     })?;
     let schema = server.shared.store.schema();
@@ -581,6 +586,10 @@ fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, A
         StreamRead::Metadata { key } => {
             let value = stream.metadata(&key)?;
             json!({ "value": value.map(|v| STANDARD.encode(v)) })
+        }
+        StreamRead::MetadataMany { keys } => {
+            metadata_many_keys(&keys)?;
+            metadata_values_json(&stream.metadata_many(&keys)?)
         }
     })
 }

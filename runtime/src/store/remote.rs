@@ -47,7 +47,7 @@ use super::write::{CommitInfo, Expected, Op};
 use super::Subscription;
 use crate::client::{Client, ClientError};
 use crate::json::{key_to_json, object_from_json, object_to_json};
-use crate::server::{changeset_from_json, MAX_LOCATE_KEYS};
+use crate::server::{changeset_from_json, MAX_LOCATE_KEYS, MAX_METADATA_KEYS};
 
 /// The longest a read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -268,7 +268,12 @@ impl RemoteBackend {
 
     /// The value of a metadata read's answer.
     pub(super) fn metadata_in(&self, answer: &Json) -> Result<Option<Vec<u8>>, StoreError> {
-        match &answer["value"] {
+        self.metadata_value(&answer["value"])
+    }
+
+    /// One metadata value as the admin API answers it: base64, or null for none.
+    fn metadata_value(&self, value: &Json) -> Result<Option<Vec<u8>>, StoreError> {
+        match value {
             Json::Null => Ok(None),
             Json::String(b64) => STANDARD
                 .decode(b64)
@@ -276,6 +281,38 @@ impl RemoteBackend {
                 .map_err(|e| self.unexpected("metadata", &e.to_string())),
             other => Err(self.unexpected("metadata", &other.to_string())),
         }
+    }
+
+    /// The metadata of each of `keys`, in their order: one `metadata_many` read per
+    /// [`MAX_METADATA_KEYS`] keys.
+    pub(super) fn metadata_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_METADATA_KEYS) {
+            let answer = self.read("reading metadata", metadata_many_json(chunk))?;
+            out.extend(self.many_metadata_in(&answer, chunk.len())?);
+        }
+        Ok(out)
+    }
+
+    /// The values of each of the `n` keys of a `metadata_many` read's answer.
+    pub(super) fn many_metadata_in(
+        &self,
+        answer: &Json,
+        n: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let each = answer["values"]
+            .as_array()
+            .ok_or_else(|| self.unexpected("metadata values", &answer.to_string()))?;
+        if each.len() != n {
+            return Err(self.unexpected(
+                "metadata values",
+                &format!("{} answers to {n} keys", each.len()),
+            ));
+        }
+        each.iter().map(|v| self.metadata_value(v)).collect()
     }
 
     pub(super) fn locate(
@@ -648,6 +685,12 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
 pub(super) fn locate_many_json(class: &str, keys: &[PrimaryKey]) -> Json {
     let keys: Vec<Json> = keys.iter().map(key_to_json).collect();
     json!({"locate_many": {"class": class, "keys": keys}})
+}
+
+/// A `metadata_many` read of `keys` (at most [`MAX_METADATA_KEYS`]).
+pub(super) fn metadata_many_json<K: AsRef<str>>(keys: &[K]) -> Json {
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    json!({"metadata_many": {"keys": keys}})
 }
 
 /// Metadata as the admin API takes it: key → base64.

@@ -6,12 +6,13 @@
 //! server as it is applied (in several requests when its JSON is large, so each stays far under
 //! the admin body limit) and the server applies it to the open transaction as
 //! `StreamingTx::apply` does locally. The reads the engine makes while streaming (`locate`,
-//! `locate_many`, `object`, `keys`, `metadata`) are answered by the server from that same open
-//! transaction, so they see the stream's own batches. Keeping that state on this side instead would mean keeping
-//! every row the stream wrote — the memory streaming exists to save — while the server has it
-//! in its transaction anyway. Memory here: one batch's operations and their JSON. The cost is
-//! one request per read, as for every read of a remote store (`locate_many` asks for the
-//! locations of many rows in one).
+//! `locate_many`, `object`, `keys`, `metadata`, `metadata_many`) are answered by the server from
+//! that same open transaction, so they see the stream's own batches. Keeping that state on this
+//! side instead would mean keeping every row the stream wrote — the memory streaming exists to
+//! save — while the server has it in its transaction anyway. Memory here: one batch's
+//! operations and their JSON. The cost is one request per read, as for every read of a remote
+//! store (`locate_many` asks for the locations of many rows in one, `metadata_many` for the
+//! values of many metadata keys).
 //!
 //! All or nothing: the server commits nothing before the commit request. A batch it refuses
 //! aborts the stream there; dropping this uncommitted sends an abort; an engine that dies sends
@@ -27,11 +28,13 @@ use serde_json::{json, Value as Json};
 
 use super::error::StoreError;
 use super::path::RealmPath;
-use super::remote::{expected_json, locate_many_json, metadata_json, op_to_json, RemoteBackend};
+use super::remote::{
+    expected_json, locate_many_json, metadata_json, metadata_many_json, op_to_json, RemoteBackend,
+};
 use super::write::{Collected, CommitInfo};
 use super::Store;
 use crate::json::{key_from_json, key_to_json};
-use crate::server::MAX_LOCATE_KEYS;
+use crate::server::{MAX_LOCATE_KEYS, MAX_METADATA_KEYS};
 
 /// The JSON of operations one request carries at most (the last op may pass it): far under the
 /// server's admin body limit (1 GiB by default), and what is held here at once besides the batch.
@@ -202,6 +205,21 @@ impl RemoteStream {
             json!({"metadata": {"key": key}}),
         )?;
         self.backend().metadata_in(&answer)
+    }
+
+    pub(super) fn metadata_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_METADATA_KEYS) {
+            let answer = self.read(
+                "reading metadata in a streamed write",
+                metadata_many_json(chunk),
+            )?;
+            out.extend(self.backend().many_metadata_in(&answer, chunk.len())?);
+        }
+        Ok(out)
     }
 
     /// Commit the stream; returns once the server holds it durably.

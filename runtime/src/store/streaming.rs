@@ -192,6 +192,22 @@ impl StreamingTx {
         }
     }
 
+    /// The metadata of each of several keys, in the order of `keys` (`None` for a key that
+    /// holds nothing), as of the batches applied so far: [`metadata`](Self::metadata) for each
+    /// key, asked in one request per 10,000 keys on a remote store.
+    pub fn metadata_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => keys
+                .iter()
+                .map(|key| local.metadata(key.as_ref()))
+                .collect(),
+            Inner::Remote(remote) => remote.metadata_many(keys),
+        }
+    }
+
     /// Give every changed realm its next version (its changeset: the parts written, in order),
     /// and return once the whole transaction is durable. Only then do readers see any of it.
     pub fn commit(self) -> Result<CommitInfo, StoreError> {

@@ -78,7 +78,7 @@ struct Located {
 }
 
 /// A list of one owner: `(class index, property, owner key)`.
-type ListKey = (usize, String, PrimaryKey);
+pub(super) type ListKey = (usize, String, PrimaryKey);
 
 /// Counts of one group, for metrics and the run loop's bounds.
 #[derive(Debug, Default, Clone, Copy)]
@@ -145,13 +145,16 @@ pub(crate) struct Group {
     expected_checkpoint: Option<Lsn>,
     overlay: HashMap<(usize, PrimaryKey), Located>,
     patched: usize,
-    /// Whether the store is a remote one: only then are locations read ahead.
+    /// Whether the store is a remote one: only then are locations and metadata read ahead.
     remote: bool,
     /// Locations read ahead from the base, in remote mode (see `prefetch.rs`); valid as long
     /// as the base, cleared with it.
     located: HashMap<(usize, PrimaryKey), Vec<RealmPath>>,
-    /// Moves on each time `located` is cleared.
-    located_epoch: u64,
+    /// Metadata read ahead from the base (lists' entries and generations), in remote mode, by
+    /// key; `None`: the key holds nothing. Valid as long as the base, cleared with `located`.
+    metadata_ahead: HashMap<String, Option<Vec<u8>>>,
+    /// Moves on each time what was read ahead is cleared.
+    read_ahead_epoch: u64,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
     /// Truncated list properties: their stored entries are gone.
     list_generation: HashMap<(usize, String), u64>,
@@ -195,7 +198,8 @@ impl Group {
             patched: 0,
             remote: store.remote_url().is_some(),
             located: HashMap::new(),
-            located_epoch: 0,
+            metadata_ahead: HashMap::new(),
+            read_ahead_epoch: 0,
             lists: HashMap::new(),
             list_generation: HashMap::new(),
             counts: GroupCounts::default(),
@@ -301,7 +305,7 @@ impl Group {
             // Checked with the first batch, before anything of the group is written.
             Self::expect_checkpoint_in(self.expected_checkpoint, &self.slot, &mut self.tx);
             // The base is the open store transaction from now on.
-            self.clear_located();
+            self.clear_read_ahead();
         }
         Ok(())
     }
@@ -322,16 +326,13 @@ impl Group {
         // The lists written now are written again at the transaction's end if it changes them
         // further; only the last write is PostgreSQL's state, the earlier ones are never
         // visible (the commit is atomic).
-        for list in std::mem::take(&mut self.dirty) {
-            self.write_list(mapper, log, &list)?;
-        }
-        self.dirty_set.clear();
+        self.write_dirty_lists(mapper, log)?;
         let streaming = self.streaming.take().expect("checked above");
         self.streaming = Some(streaming.apply(&mut self.tx)?);
         self.overlay.clear();
         self.patched = 0;
         self.lists.clear();
-        self.clear_located();
+        self.clear_read_ahead();
         Ok(())
     }
 
@@ -376,8 +377,12 @@ impl Group {
         }
     }
 
-    /// Store metadata as of the group's start (or its last applied batch).
+    /// Store metadata as of the group's start (or its last applied batch): read ahead (remote
+    /// mode, see `prefetch.rs`), else asked now.
     pub(super) fn base_metadata(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(value) = self.metadata_read_ahead(key) {
+            return Ok(value.clone());
+        }
         match &self.streaming {
             Some(streaming) => streaming.metadata(key),
             None => self.snapshot.metadata(key),
@@ -393,7 +398,7 @@ impl Group {
         self.patched = 0;
         self.lists.clear();
         self.list_generation.clear();
-        self.clear_located();
+        self.clear_read_ahead();
         Ok(())
     }
 
@@ -432,10 +437,7 @@ impl Group {
         mapper: &Mapper,
         log: &mut RejectionLog,
     ) -> Result<(), StoreError> {
-        for list in std::mem::take(&mut self.dirty) {
-            self.write_list(mapper, log, &list)?;
-        }
-        self.dirty_set.clear();
+        self.write_dirty_lists(mapper, log)?;
         self.in_tx = false;
         Ok(())
     }

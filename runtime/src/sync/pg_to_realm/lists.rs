@@ -4,11 +4,16 @@
 //! have gaps while an application shifts entries — are all applied first and the owner's list is
 //! then written once, in `idx` order. A TRUNCATE of the subtable starts a new generation, so
 //! the entries of every owner are forgotten at once without listing them.
+//!
+//! In remote mode the entries of the owners the engine has in hand, their lists' generations and
+//! the owners' locations are read ahead in batches (`prefetch.rs`); the reads here then find
+//! them in the group's cache instead of asking the server once per owner.
 
 use std::collections::BTreeMap;
 
 use pgrealm_schema::{Object, Value};
 
+use super::prefetch::LOCATE_CHUNK;
 use super::{Group, ListKey};
 use crate::replication::{ColumnValue, OldTuple};
 use crate::store::StoreError;
@@ -137,6 +142,31 @@ impl Group {
         if self.dirty_set.insert(list.clone()) {
             self.dirty.push(list);
         }
+    }
+
+    /// Write every list the changes so far touched ([`Group::write_list`]). In remote mode the
+    /// owners' locations are read a chunk at a time first (one `locate_many` per class), not
+    /// one request per owner: after a TRUNCATE of the subtable every owner's list is written.
+    pub(super) fn write_dirty_lists(
+        &mut self,
+        mapper: &Mapper,
+        log: &mut RejectionLog,
+    ) -> Result<(), StoreError> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for chunk in dirty.chunks(LOCATE_CHUNK) {
+            if self.reads_ahead() {
+                let owners = chunk
+                    .iter()
+                    .map(|(class, _, owner)| (*class, owner.clone()))
+                    .collect();
+                self.read_locations_ahead(mapper, owners)?;
+            }
+            for list in chunk {
+                self.write_list(mapper, log, list)?;
+            }
+        }
+        self.dirty_set.clear();
+        Ok(())
     }
 
     /// Put a changed list (all of a transaction's changes of it applied, in `idx` order) into

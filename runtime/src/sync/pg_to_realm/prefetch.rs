@@ -1,34 +1,43 @@
-//! Locations read ahead, in remote mode only: where the rows the engine has already received
-//! live, asked in one `locate_many` per class ([`Snapshot::locate_many`],
+//! Reads ahead, in remote mode only: where the rows the engine has already received live,
+//! asked in one `locate_many` per class ([`Snapshot::locate_many`],
 //! [`StreamingTx::locate_many`]) instead of one request per row, and kept until
-//! [`Group::base_locate`] asks.
+//! [`Group::base_locate`] asks; and the store metadata their list subtable rows need — each
+//! owner's entries (`postgres/<slot>/list/…`, see `lists.rs`) and, first, the generations that
+//! name those keys — asked in one `metadata_many` per kind ([`Snapshot::metadata_many`],
+//! [`StreamingTx::metadata_many`]) and kept until [`Group::base_metadata`] asks.
 //!
-//! The cache holds answers of the group's *base* (its snapshot, or while streaming its open
-//! store transaction as of the last applied batch), so it is valid exactly as long as that base:
-//! it is cleared whenever the base changes (`refresh`, a streamed batch applied, streaming
-//! started), and each clearing moves its epoch on, so the session knows that the events it read
-//! ahead must be read ahead again. The overlay still answers first for objects the group itself
-//! touched. A remote snapshot is not one state but answers as of each request (see
-//! `store/read.rs`): an answer read ahead is as of a moment between the group's start and the
-//! row's apply — never older than what an embedded snapshot, read as of the group's start,
-//! would answer.
+//! Both caches hold answers of the group's *base* (its snapshot, or while streaming its open
+//! store transaction as of the last applied batch), so they are valid exactly as long as that
+//! base: they are cleared together whenever the base changes (`refresh`, a streamed batch
+//! applied, streaming started), and each clearing moves their epoch on, so the session knows
+//! that the events it read ahead must be read ahead again. The overlay still answers first for
+//! objects the group itself touched, and the group's own list entries (`Group::lists`) and
+//! generations (`Group::list_generation`) for the lists it touched or truncated; metadata is
+//! kept by its full key, generation included, so a TRUNCATE (a new generation) never meets
+//! entries read under the old one. A remote snapshot is not one state but answers as of each
+//! request (see `store/read.rs`): an answer read ahead is as of a moment between the group's
+//! start and the row's apply — never older than what an embedded snapshot, read as of the
+//! group's start, would answer.
 //!
 //! It must never change what is applied: an answer missing from it falls back to the base,
 //! which answers the same. On an embedded store it is never filled and costs one `is_empty`.
 //!
 //! [`Snapshot::locate_many`]: crate::store::Snapshot::locate_many
 //! [`StreamingTx::locate_many`]: crate::store::StreamingTx::locate_many
+//! [`Snapshot::metadata_many`]: crate::store::Snapshot::metadata_many
+//! [`StreamingTx::metadata_many`]: crate::store::StreamingTx::metadata_many
 
 use std::collections::{BTreeMap, HashSet};
 
 use pgrealm_schema::PrimaryKey;
 
-use super::{Group, PATCH_LIMIT};
+use super::{Group, ListKey, PATCH_LIMIT};
 use crate::store::{RealmPath, StoreError};
 use crate::sync::pg_to_realm::mapping::Mapper;
 
-/// Keys a TRUNCATE deletes per `locate_many` in remote mode.
-const TRUNCATE_CHUNK: usize = 8_192;
+/// Keys located per `locate_many` in remote mode when every object of a class is deleted (a
+/// TRUNCATE) or every list of a transaction is written.
+pub(super) const LOCATE_CHUNK: usize = 8_192;
 
 impl Group {
     /// Whether the group reads ahead (its store is a remote one).
@@ -36,9 +45,9 @@ impl Group {
         self.remote
     }
 
-    /// Moves on each time the locations read ahead are dropped (the base changed).
-    pub(crate) fn located_epoch(&self) -> u64 {
-        self.located_epoch
+    /// Moves on each time what was read ahead is dropped (the base changed).
+    pub(crate) fn read_ahead_epoch(&self) -> u64 {
+        self.read_ahead_epoch
     }
 
     /// About how many more changes go into the base as it is now: a streaming group applies its
@@ -56,12 +65,15 @@ impl Group {
         left.max(1)
     }
 
-    /// Drop the locations read ahead: the base they were read from changed.
-    pub(super) fn clear_located(&mut self) {
+    /// Drop the locations and metadata read ahead: the base they were read from changed.
+    pub(super) fn clear_read_ahead(&mut self) {
         if !self.located.is_empty() {
             self.located.clear();
         }
-        self.located_epoch += 1;
+        if !self.metadata_ahead.is_empty() {
+            self.metadata_ahead.clear();
+        }
+        self.read_ahead_epoch += 1;
     }
 
     /// The location of an object read ahead from the base, if it was.
@@ -70,6 +82,15 @@ impl Group {
             return None;
         }
         self.located.get(&(class, key.clone()))
+    }
+
+    /// The metadata under `key` read ahead from the base, if it was (`Some(None)`: it holds
+    /// nothing).
+    pub(super) fn metadata_read_ahead(&self, key: &str) -> Option<&Option<Vec<u8>>> {
+        if self.metadata_ahead.is_empty() {
+            return None;
+        }
+        self.metadata_ahead.get(key)
     }
 
     /// Delete every object of `class` with these keys (a TRUNCATE, remote mode), reading
@@ -82,7 +103,7 @@ impl Group {
         keys: Vec<PrimaryKey>,
     ) -> Result<(), StoreError> {
         let mut seen = HashSet::new();
-        for chunk in keys.chunks(TRUNCATE_CHUNK) {
+        for chunk in keys.chunks(LOCATE_CHUNK) {
             let objects = chunk.iter().map(|key| (class, key.clone())).collect();
             self.read_locations_ahead(mapper, objects)?;
             for key in chunk {
@@ -108,7 +129,7 @@ impl Group {
         }
         if self.located.len() >= PATCH_LIMIT {
             // Bounded like the overlay; what is dropped is only read again.
-            self.clear_located();
+            self.clear_read_ahead();
         }
         let mut asked = HashSet::new();
         let mut by_class: BTreeMap<usize, Vec<PrimaryKey>> = BTreeMap::new();
@@ -130,6 +151,81 @@ impl Group {
             self.located
                 .extend(keys.into_iter().map(|key| (class, key)).zip(found));
         }
+        Ok(())
+    }
+
+    /// Read ahead what the events in hand will ask of the base: where `objects` live (see
+    /// [`Group::read_locations_ahead`]) and the entries of `lists` (see
+    /// [`Group::read_lists_ahead`]). Does nothing on an embedded store.
+    pub(crate) fn read_ahead(
+        &mut self,
+        mapper: &Mapper,
+        objects: Vec<(usize, PrimaryKey)>,
+        lists: Vec<ListKey>,
+    ) -> Result<(), StoreError> {
+        if !self.remote {
+            return Ok(());
+        }
+        if self.located.len() + self.metadata_ahead.len() >= PATCH_LIMIT {
+            // Bounded like the overlay; what is dropped is only read again.
+            self.clear_read_ahead();
+        }
+        self.read_locations_ahead(mapper, objects)?;
+        self.read_lists_ahead(mapper, lists)
+    }
+
+    /// Read the stored entries of these lists (class index, property, owner) from the base and
+    /// keep them for [`Group::base_metadata`]: first, in one `metadata_many`, the generations
+    /// not yet known (a list's key names its generation), then every list's entries in
+    /// another. Lists whose entries the group holds already (`Group::lists`) and keys already
+    /// read ahead are not asked again. Does nothing on an embedded store.
+    pub(crate) fn read_lists_ahead(
+        &mut self,
+        mapper: &Mapper,
+        lists: Vec<ListKey>,
+    ) -> Result<(), StoreError> {
+        if !self.remote || lists.is_empty() {
+            return Ok(());
+        }
+        let mut asked = HashSet::new();
+        let mut generations = Vec::new();
+        for (class, property, _) in &lists {
+            if self
+                .list_generation
+                .contains_key(&(*class, property.clone()))
+            {
+                continue;
+            }
+            let key = self.generation_key(mapper, *class, property);
+            if !self.metadata_ahead.contains_key(&key) && asked.insert(key.clone()) {
+                generations.push(key);
+            }
+        }
+        self.read_metadata_ahead(generations)?;
+        let mut keys = Vec::new();
+        for list in &lists {
+            if self.lists.contains_key(list) {
+                continue;
+            }
+            // Its generation is known now: this reads nothing.
+            let key = self.list_meta_key(mapper, list)?;
+            if !self.metadata_ahead.contains_key(&key) && asked.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        self.read_metadata_ahead(keys)
+    }
+
+    /// Read these metadata keys from the base in one `metadata_many` and keep the answers.
+    fn read_metadata_ahead(&mut self, keys: Vec<String>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let found = match &self.streaming {
+            Some(streaming) => streaming.metadata_many(&keys)?,
+            None => self.snapshot.metadata_many(&keys)?,
+        };
+        self.metadata_ahead.extend(keys.into_iter().zip(found));
         Ok(())
     }
 }
