@@ -84,9 +84,7 @@ pub struct PgToRealmOptions {
     pub custom_postgres_types: BTreeMap<String, String>,
     /// A store commit closes once it holds this many row changes (at a transaction boundary).
     pub group_max_changes: u64,
-    /// … or once it has been open this long (at a transaction boundary) and the store commit
-    /// before it is durable: while one is in flight the group goes on collecting, since it
-    /// could not be handed over sooner.
+    /// … or once it has been open this long (at a transaction boundary).
     pub group_max_delay: Duration,
     /// A PostgreSQL transaction with more store operations (about one per row change) than this
     /// is applied to the store as it streams in (one store transaction held open, written in batches, committed at the

@@ -201,24 +201,21 @@ impl PgToRealm {
                 StreamEvent::Message(_) => {}
                 StreamEvent::Commit(commit) => {
                     s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
-                    let full = s.group.counts.changes >= self.options.group_max_changes;
-                    let due = s.group.started.elapsed() >= self.options.group_max_delay;
+                    let full = s.group.counts.changes >= self.options.group_max_changes
+                        || s.group.started.elapsed() >= self.options.group_max_delay;
                     if !full && !stopping && !s.group.is_streaming() {
                         // More already waiting? Then it joins this store commit.
-                        if !due && !ahead.is_empty() {
+                        if !ahead.is_empty() {
                             continue;
                         }
-                        if !due {
-                            if let Some(next) = s.stream.next_event().now_or_never() {
-                                ahead.push(next?);
-                                continue;
-                            }
+                        if let Some(next) = s.stream.next_event().now_or_never() {
+                            ahead.push(next?);
+                            continue;
                         }
                         if s.inflight.is_some() {
                             // A commit is running: this group is handed over the moment that
                             // one is durable (above), with whatever arrives meanwhile, and the
-                            // stream is read on instead of waiting — also past the group's
-                            // delay, which cannot hand it over any sooner.
+                            // stream is read on instead of waiting.
                             continue;
                         }
                     }
