@@ -80,6 +80,22 @@ struct Located {
 /// A list of one owner: `(class index, property, owner key)`.
 pub(super) type ListKey = (usize, String, PrimaryKey);
 
+/// An update of a class row read ahead (remote mode, `read_ahead.rs`): what decides, once the
+/// row's locations are known, whether applying it reads the stored object (see
+/// [`Group::read_ahead`]).
+#[derive(Debug)]
+pub(super) struct UpdateAhead {
+    pub(super) class: usize,
+    pub(super) key: PrimaryKey,
+    /// The old key, when the update changes it.
+    pub(super) old_key: Option<PrimaryKey>,
+    /// The realm the row goes to, when its routing columns came with it.
+    pub(super) target: Option<RealmPath>,
+    /// Whether the row's values may fall short of the whole object (see
+    /// `Group::carries_everything`).
+    pub(super) partial: bool,
+}
+
 /// Counts of one group, for metrics and the run loop's bounds.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct GroupCounts {
@@ -153,6 +169,10 @@ pub(crate) struct Group {
     /// Metadata read ahead from the base (lists' entries and generations), in remote mode, by
     /// key; `None`: the key holds nothing. Valid as long as the base, cleared with `located`.
     metadata_ahead: HashMap<String, Option<Vec<u8>>>,
+    /// Stored objects read ahead from the base (of rows that move to another realm or change
+    /// their key), in remote mode, by class, key and realm; `None`: the realm does not hold
+    /// it. Valid as long as the base, cleared with `located`.
+    objects_ahead: HashMap<(usize, PrimaryKey, RealmPath), Option<BTreeMap<String, Value>>>,
     /// Moves on each time what was read ahead is cleared.
     read_ahead_epoch: u64,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
@@ -199,6 +219,7 @@ impl Group {
             remote: store.remote_url().is_some(),
             located: HashMap::new(),
             metadata_ahead: HashMap::new(),
+            objects_ahead: HashMap::new(),
             read_ahead_epoch: 0,
             lists: HashMap::new(),
             list_generation: HashMap::new(),
@@ -359,7 +380,8 @@ impl Group {
         }
     }
 
-    /// An object's values in `realm`, as of the group's start (or its last applied batch).
+    /// An object's values in `realm`, as of the group's start (or its last applied batch):
+    /// read ahead (remote mode, see `prefetch.rs`), else asked now.
     fn base_values(
         &self,
         mapper: &Mapper,
@@ -367,6 +389,9 @@ impl Group {
         key: &PrimaryKey,
         realm: &RealmPath,
     ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        if let Some(values) = self.object_read_ahead(class, key, realm) {
+            return Ok(values.clone());
+        }
         let name = &mapper.schema.classes[class].name;
         match &self.streaming {
             Some(streaming) => streaming.object(realm, name, key),
