@@ -151,6 +151,11 @@ pub(crate) struct Group {
     /// key once, so only an app's write racing the load could have put it there — which a
     /// lookup in the group's snapshot would miss as well.
     pub(crate) fresh_classes: Vec<bool>,
+    /// The initial load: every list subtable is truncated and copied after every class table
+    /// (`copy.rs`), which writes every owner's list from PostgreSQL's rows. An object created
+    /// before that takes no entries from the store: whatever the store held for it is replaced
+    /// then anyway, and reading it cost one request per object in remote mode.
+    pub(crate) lists_copied_later: bool,
     /// Whether the overlay keeps the values the group gave each object (not during the initial
     /// load: no row comes twice, so none moves after an earlier change of the same group).
     pub(crate) keep_values: bool,
@@ -211,6 +216,7 @@ impl Group {
             stream_after: usize::MAX,
             fresh_classes: Vec::new(),
             keep_values: true,
+            lists_copied_later: false,
             snapshot: store.snapshot()?,
             slot: slot.to_owned(),
             expected_checkpoint: None,
@@ -825,9 +831,10 @@ impl Group {
             None => image.values,
         };
         let class_def = &mapper.schema.classes[class];
-        // A row created (not moved) gets the list entries PostgreSQL already holds for it.
+        // A row created (not moved) gets the list entries PostgreSQL already holds for it
+        // (during the initial load, from its list subtables' copy, later).
         for property in class_def.list_properties() {
-            if !values.contains_key(&property.name) {
+            if !self.lists_copied_later && !values.contains_key(&property.name) {
                 let list_key = (class, property.name.clone(), image.key.clone());
                 let entries = self.list_entries(mapper, &list_key)?;
                 if !entries.is_empty() {
