@@ -246,7 +246,7 @@ impl Group {
                 match (held(class, &update.key), &update.target) {
                     (Some(realms), _) if realms.is_empty() => true,
                     (Some(realms), Some(target))
-                        if update.partial && realms != &[target.clone()] =>
+                        if update.partial && realms.as_slice() != std::slice::from_ref(target) =>
                     {
                         let from = realms.iter().find(|r| *r != target).or(realms.first());
                         if let Some(from) = from {
