@@ -4,6 +4,8 @@
 //! On a remote store ([`Store::connect_remote`]) each read is one request to the server and
 //! sees the server's state as of that request: see [`Snapshot`].
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use pgrealm_schema::{Class, KeyType, Object, PrimaryKey, RealmObject, Schema, Value};
@@ -184,13 +186,20 @@ impl Snapshot {
         if let Some(remote) = self.store.remote() {
             return remote.object_many(objects);
         }
-        objects
-            .iter()
-            .map(|(path, class, key)| match self.realm(path)? {
-                Some(view) => view.object(class, key),
-                None => Ok(None),
-            })
-            .collect()
+        // Each realm is looked up once: the objects asked together are mostly of a few realms.
+        let mut views: HashMap<&RealmPath, Option<RealmView>> = HashMap::new();
+        let mut out = Vec::with_capacity(objects.len());
+        for (path, class, key) in objects {
+            let view = match views.entry(path) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(self.realm(path)?),
+            };
+            out.push(match view {
+                Some(view) => view.object(class, key)?,
+                None => None,
+            });
+        }
+        Ok(out)
     }
 
     /// The realms holding an object of `class` with this key (usually one).
