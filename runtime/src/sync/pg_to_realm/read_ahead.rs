@@ -104,8 +104,11 @@ impl ReadAhead {
         }
         let limit = group.changes_before_base_changes();
         let mut wanted = Wanted::default();
-        wanted.add(mapper, plans, stream, change);
-        let mut changes = 1;
+        // The class rows read ahead (the changes that bring the base's change nearer), `change`
+        // among them when it is one: a list subtable row just before the batch is applied
+        // would otherwise read ahead nothing past itself, and each following list row ask on
+        // its own.
+        let mut changes = usize::from(wanted.add(mapper, plans, stream, change));
         let mut covered = 0;
         for event in &self.queue {
             if changes >= limit {
