@@ -4,6 +4,8 @@
 //! runtime), raw HTTP requests to it, a PostgreSQL → realm engine writing to it, and polling.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod lists;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -313,6 +315,18 @@ pub async fn setup_engine(
     template: &str,
     stream_after: usize,
 ) -> PgToRealm {
+    setup_engine_with(db, remote, template, stream_after, false).await
+}
+
+/// [`setup_engine`], loading the tables into the realms first when `initial_load`
+/// (`initialize_realm_from_postgres`).
+pub async fn setup_engine_with(
+    db: &TestDb,
+    remote: &Store,
+    template: &str,
+    stream_after: usize,
+    initial_load: bool,
+) -> PgToRealm {
     let slot = format!("stream_{}", db.name).to_lowercase();
     let mut options = PgToRealmOptions::new(
         slot.clone(),
@@ -321,6 +335,7 @@ pub async fn setup_engine(
     );
     options.stream_after_changes = stream_after;
     options.progress = Progress::Log;
+    options.initialize_realm_from_postgres = initial_load;
     let sync = PgToRealm::new(
         PgConnectOptions::from_url(&db.url).unwrap(),
         options,

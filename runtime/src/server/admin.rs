@@ -12,6 +12,11 @@
 //!   answers several metadata keys the same way (each value in the order of `keys`, `null` for
 //!   a key that holds nothing; at most [`MAX_METADATA_KEYS`] keys, 400 past it): a remote engine
 //!   asks it for the list entries of the owners it has in hand instead of one request per owner.
+//!   `{"object_many":{"objects":[{"path","class","key"}, …]}}` → `{"objects":[{…} | null, …]}`
+//!   answers several stored objects the same way (each in the order asked, `null` for one its
+//!   realm does not hold; at most [`MAX_OBJECT_KEYS`], 400 past it; one that does not fit is a
+//!   400 naming its index, `objects[3]`): a remote engine asks it for the rows it has in hand
+//!   that move to another realm or change their key, whose stored values they keep.
 //! - `POST /v1/admin/commit` with `{"origin","ops":[…],"metadata":{key: base64}}` → the server
 //!   rebuilds the store write transaction and commits it atomically and durably before
 //!   answering `{"versions":[{"path","version"}]}`; see [`CommitOp`]. An optional
@@ -21,8 +26,8 @@
 //!   `POST /v1/admin/streams` `{"origin"}` → `{"id","idle_timeout_seconds"}`;
 //!   `POST /v1/admin/streams/{id}/ops` `{"ops":[…],"metadata":{…}}` (ops as for `commit`) →
 //!   `{"ops": n}` (`"expect"` as for `commit`, checked in the open transaction);
-//!   `POST /v1/admin/streams/{id}/read` (`locate`, `locate_many`, `object`, `keys`,
-//!   `metadata`, `metadata_many`, as of the stream's own batches);
+//!   `POST /v1/admin/streams/{id}/read` (`locate`, `locate_many`, `object`, `object_many`,
+//!   `keys`, `metadata`, `metadata_many`, as of the stream's own batches);
 //!   `POST /v1/admin/streams/{id}/commit` `{"metadata":{…}}` → `{"versions":[…]}` as `commit`
 //!   answers; `DELETE /v1/admin/streams/{id}` aborts; `POST /v1/admin/streams/release`
 //!   `{"owner"}` aborts the open stream of that owner, if any (`{"released": bool}`). One stream
@@ -55,7 +60,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json as JsonBody;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use pgrealm_schema::{PrimaryKey, Schema};
+use pgrealm_schema::{Object, PrimaryKey, Schema};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{json, Value as Json};
@@ -76,6 +81,11 @@ pub(crate) const MAX_LOCATE_KEYS: usize = 10_000;
 /// Most keys one `metadata_many` read takes, here and in a stream's reads: bounded for the same
 /// reasons as [`MAX_LOCATE_KEYS`], and as large, so the engine asks both in the same rhythm.
 pub(crate) const MAX_METADATA_KEYS: usize = 10_000;
+
+/// Most objects one `object_many` read takes, here and in a stream's reads: bounded for the
+/// same reasons as [`MAX_LOCATE_KEYS`], and as large. An answer holds whole objects, so it is
+/// larger than a `locate_many` one, yet far under what a commit of as many objects sends.
+pub(crate) const MAX_OBJECT_KEYS: usize = 10_000;
 
 /// How long the feed waits for the subscription message after the upgrade.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,6 +129,9 @@ enum Read {
         class: String,
         key: Json,
     },
+    /// Several objects, each by realm, class and key, in the order of `objects` (at most
+    /// [`MAX_OBJECT_KEYS`]) → `{"objects":[{…} | null]}`.
+    ObjectMany { objects: Vec<ObjectAt> },
     /// Every object of a class in a realm → `{"objects":[…]}`.
     Objects { path: String, class: String },
     /// How many objects of a class a realm holds → `{"count": n}`.
@@ -131,6 +144,15 @@ enum Read {
         after: u64,
         limit: usize,
     },
+}
+
+/// One object of an `object_many` read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ObjectAt {
+    path: String,
+    class: String,
+    key: Json,
 }
 
 fn realm_info_json(info: &RealmInfo) -> Json {
@@ -196,6 +218,51 @@ pub(super) fn metadata_many_keys(keys: &[String]) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// The objects of an `object_many` read, checked: at most [`MAX_OBJECT_KEYS`], each with a
+/// valid path, a class of the schema and a key of its type (the first that is not is named by
+/// its index).
+pub(super) fn object_many_refs(
+    server: &Server,
+    objects: &[ObjectAt],
+) -> Result<Vec<(RealmPath, String, PrimaryKey)>, ApiError> {
+    if objects.len() > MAX_OBJECT_KEYS {
+        return Err(ApiError::bad_request(format!(
+            "object_many takes at most {MAX_OBJECT_KEYS} objects per request and this one has \
+             {}: send them in several requests",
+            objects.len()
+        )));
+    }
+    let schema = server.shared.store.schema();
+    objects
+        .iter()
+        .enumerate()
+        .map(|(i, at)| {
+            let invalid = |message: String| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_value",
+                    format!("objects[{i}]: {message}"),
+                )
+            };
+            let path = RealmPath::parse(&at.path).map_err(|e| invalid(e.to_string()))?;
+            let class = schema
+                .class(&at.class)
+                .ok_or_else(|| invalid(format!("the schema has no class `{}`", at.class)))?;
+            let key = key_from_json(schema, class, &at.key).map_err(|e| invalid(e.to_string()))?;
+            Ok((path, class.name.clone(), key))
+        })
+        .collect()
+}
+
+/// The answer to an `object_many` read: each object (or null), in the order asked.
+pub(super) fn objects_json(found: &[Option<Object>]) -> Json {
+    let objects: Vec<Json> = found
+        .iter()
+        .map(|o| o.as_ref().map_or(Json::Null, object_to_json))
+        .collect();
+    json!({ "objects": objects })
 }
 
 /// The answer to a `metadata_many` read: each key's value (base64, or null when the key holds
@@ -278,6 +345,12 @@ pub(super) async fn read(
             })
             .await?;
             json!({ "object": object.as_ref().map(object_to_json) })
+        }
+        Read::ObjectMany { objects } => {
+            let objects = object_many_refs(&server, &objects)?;
+            // One snapshot answers every object, as for `locate_many`.
+            let found = blocking(move || Ok(store.snapshot()?.object_many(&objects)?)).await?;
+            objects_json(&found)
         }
         Read::Objects { path, class: name } => {
             let path = parse_path(&path)?;

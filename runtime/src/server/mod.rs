@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json};
 use tokio::net::TcpListener;
 
-pub(crate) use admin::{MAX_LOCATE_KEYS, MAX_METADATA_KEYS};
+pub(crate) use admin::{MAX_LOCATE_KEYS, MAX_METADATA_KEYS, MAX_OBJECT_KEYS};
 pub(crate) use error::ApiError;
 pub use wire::{changeset_from_json, changeset_to_json};
 

@@ -14,7 +14,9 @@
 //!   (its own batches included): `{"locate":{"class","key"}}` → `{"realms":[path]}`,
 //!   `{"locate_many":{"class","keys":[key, …]}}` → `{"realms":[[path], …]}` (each key's realms,
 //!   in order; at most `MAX_LOCATE_KEYS` keys, as `/v1/admin/read` answers it),
-//!   `{"object":{"path","class","key"}}` → `{"object": {…} | null}`, `{"keys":{"class"}}` →
+//!   `{"object":{"path","class","key"}}` → `{"object": {…} | null}`,
+//!   `{"object_many":{"objects":[{"path","class","key"}, …]}}` → `{"objects":[{…} | null, …]}`
+//!   (in order; at most `MAX_OBJECT_KEYS`, as `/v1/admin/read` answers it), `{"keys":{"class"}}` →
 //!   `{"keys":[key]}`, `{"metadata":{"key"}}` → `{"value": base64 | null}`,
 //!   `{"metadata_many":{"keys":[key, …]}}` → `{"values":[base64 | null, …]}` (in order; at most
 //!   `MAX_METADATA_KEYS` keys, as `/v1/admin/read` answers it).
@@ -56,7 +58,8 @@ use tokio::sync::oneshot;
 
 use super::admin::{
     add_metadata, add_ops, locate_many_keys, locations_json, metadata_many_keys,
-    metadata_values_json, parse_path, Admin, CommitOp, MAX_ORIGIN_LEN,
+    metadata_values_json, object_many_refs, objects_json, parse_path, Admin, CommitOp, ObjectAt,
+    MAX_ORIGIN_LEN,
 };
 use super::{class, ApiError, Server};
 use crate::json::{key_from_json, key_to_json, object_to_json};
@@ -531,6 +534,9 @@ enum StreamRead {
         class: String,
         key: Json,
     },
+    ObjectMany {
+        objects: Vec<ObjectAt>,
+    },
     Keys {
         class: String,
     },
@@ -546,7 +552,8 @@ fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, A
     let read: StreamRead = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request(format!(
             "expected one read such as {{\"locate\":{{\"class\",\"key\"}}}}, \
-             {{\"locate_many\":{{\"class\",\"keys\"}}}}, {{\"object\":{{\"path\",\"class\",\"key\"}}}}, {{\"keys\":{{\"class\"}}}}, \
+             {{\"locate_many\":{{\"class\",\"keys\"}}}}, {{\"object\":{{\"path\",\"class\",\"key\"}}}}, \
+             {{\"object_many\":{{\"objects\"}}}}, {{\"keys\":{{\"class\"}}}}, \
              {{\"metadata\":{{\"key\"}}}} or {{\"metadata_many\":{{\"keys\"}}}}: {e}"
         ))
     })?;
@@ -577,6 +584,21 @@ fn read_in(server: &Server, stream: &StreamingTx, body: &[u8]) -> Result<Json, A
                 })
             });
             json!({ "object": object })
+        }
+        StreamRead::ObjectMany { objects } => {
+            let objects = object_many_refs(server, &objects)?;
+            let found = stream.object_many(&objects)?;
+            let found: Vec<Option<Object>> = objects
+                .iter()
+                .zip(found)
+                .map(|((_, class, _), values)| {
+                    values.map(|values| Object {
+                        class: class.clone(),
+                        values,
+                    })
+                })
+                .collect();
+            objects_json(&found)
         }
         StreamRead::Keys { class: name } => {
             let class = class(server, &name)?;

@@ -47,7 +47,7 @@ use super::write::{CommitInfo, Expected, Op};
 use super::Subscription;
 use crate::client::{Client, ClientError};
 use crate::json::{key_to_json, object_from_json, object_to_json};
-use crate::server::{changeset_from_json, MAX_LOCATE_KEYS, MAX_METADATA_KEYS};
+use crate::server::{changeset_from_json, MAX_LOCATE_KEYS, MAX_METADATA_KEYS, MAX_OBJECT_KEYS};
 
 /// The longest a read may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
@@ -393,6 +393,44 @@ impl RemoteBackend {
         }
     }
 
+    /// Each of several objects (realm, class, key), in their order: one `object_many` read per
+    /// [`MAX_OBJECT_KEYS`] objects.
+    pub(super) fn object_many(
+        &self,
+        objects: &[(RealmPath, String, PrimaryKey)],
+    ) -> Result<Vec<Option<Object>>, StoreError> {
+        let mut out = Vec::with_capacity(objects.len());
+        for chunk in objects.chunks(MAX_OBJECT_KEYS) {
+            let answer = self.read("reading objects", object_many_json(chunk))?;
+            out.extend(self.many_objects_in(&answer, chunk)?);
+        }
+        Ok(out)
+    }
+
+    /// The objects of an `object_many` read's answer, one for each of `asked`.
+    pub(super) fn many_objects_in(
+        &self,
+        answer: &Json,
+        asked: &[(RealmPath, String, PrimaryKey)],
+    ) -> Result<Vec<Option<Object>>, StoreError> {
+        let each = answer["objects"]
+            .as_array()
+            .ok_or_else(|| self.unexpected("objects", &answer.to_string()))?;
+        if each.len() != asked.len() {
+            return Err(self.unexpected(
+                "objects",
+                &format!("{} answers to {} objects", each.len(), asked.len()),
+            ));
+        }
+        each.iter()
+            .zip(asked)
+            .map(|(o, (_, class, _))| match o {
+                Json::Null => Ok(None),
+                o => self.object_from(class, o).map(Some),
+            })
+            .collect()
+    }
+
     pub(super) fn objects(
         &self,
         realm: &RealmPath,
@@ -691,6 +729,17 @@ pub(super) fn locate_many_json(class: &str, keys: &[PrimaryKey]) -> Json {
 pub(super) fn metadata_many_json<K: AsRef<str>>(keys: &[K]) -> Json {
     let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
     json!({"metadata_many": {"keys": keys}})
+}
+
+/// An `object_many` read of `objects` (at most [`MAX_OBJECT_KEYS`]).
+pub(super) fn object_many_json(objects: &[(RealmPath, String, PrimaryKey)]) -> Json {
+    let objects: Vec<Json> = objects
+        .iter()
+        .map(|(path, class, key)| {
+            json!({"path": path.as_str(), "class": class, "key": key_to_json(key)})
+        })
+        .collect();
+    json!({"object_many": {"objects": objects}})
 }
 
 /// Metadata as the admin API takes it: key → base64.

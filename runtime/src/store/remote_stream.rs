@@ -12,7 +12,7 @@
 //! save — while the server has it in its transaction anyway. Memory here: one batch's
 //! operations and their JSON. The cost is one request per read, as for every read of a remote
 //! store (`locate_many` asks for the locations of many rows in one, `metadata_many` for the
-//! values of many metadata keys).
+//! values of many metadata keys, `object_many` for many stored objects).
 //!
 //! All or nothing: the server commits nothing before the commit request. A batch it refuses
 //! aborts the stream there; dropping this uncommitted sends an abort; an engine that dies sends
@@ -29,12 +29,13 @@ use serde_json::{json, Value as Json};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::remote::{
-    expected_json, locate_many_json, metadata_json, metadata_many_json, op_to_json, RemoteBackend,
+    expected_json, locate_many_json, metadata_json, metadata_many_json, object_many_json,
+    op_to_json, RemoteBackend,
 };
 use super::write::{Collected, CommitInfo};
 use super::Store;
 use crate::json::{key_from_json, key_to_json};
-use crate::server::{MAX_LOCATE_KEYS, MAX_METADATA_KEYS};
+use crate::server::{MAX_LOCATE_KEYS, MAX_METADATA_KEYS, MAX_OBJECT_KEYS};
 
 /// The JSON of operations one request carries at most (the last op may pass it): far under the
 /// server's admin body limit (1 GiB by default), and what is held here at once besides the batch.
@@ -181,6 +182,25 @@ impl RemoteStream {
             Json::Null => Ok(None),
             o => Ok(Some(self.backend().object_from(class, o)?.values)),
         }
+    }
+
+    pub(super) fn object_many(
+        &self,
+        objects: &[(RealmPath, String, PrimaryKey)],
+    ) -> Result<Vec<Option<BTreeMap<String, Value>>>, StoreError> {
+        for (_, class, _) in objects {
+            self.store.class(class)?;
+        }
+        let mut out = Vec::with_capacity(objects.len());
+        for chunk in objects.chunks(MAX_OBJECT_KEYS) {
+            let answer = self.read(
+                "reading objects in a streamed write",
+                object_many_json(chunk),
+            )?;
+            let found = self.backend().many_objects_in(&answer, chunk)?;
+            out.extend(found.into_iter().map(|o| o.map(|o| o.values)));
+        }
+        Ok(out)
     }
 
     pub(super) fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {

@@ -175,6 +175,23 @@ impl StreamingTx {
         }
     }
 
+    /// Several objects' values, each by realm, class and key, in the order asked (`None` for
+    /// one the realm does not hold), as of the batches applied so far:
+    /// [`object`](Self::object) for each, asked in one request per 10,000 objects on a remote
+    /// store.
+    pub fn object_many(
+        &self,
+        objects: &[(RealmPath, String, PrimaryKey)],
+    ) -> Result<Vec<Option<BTreeMap<String, Value>>>, StoreError> {
+        match &self.inner {
+            Inner::Local(local) => objects
+                .iter()
+                .map(|(realm, class, key)| local.object(realm, class, key))
+                .collect(),
+            Inner::Remote(remote) => remote.object_many(objects),
+        }
+    }
+
     /// The keys of every object of `class` in any realm (a key held by several realms appears
     /// once per realm), as of the batches applied so far.
     pub fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {

@@ -80,6 +80,22 @@ struct Located {
 /// A list of one owner: `(class index, property, owner key)`.
 pub(super) type ListKey = (usize, String, PrimaryKey);
 
+/// An update of a class row read ahead (remote mode, `read_ahead.rs`): what decides, once the
+/// row's locations are known, whether applying it reads the stored object (see
+/// [`Group::read_ahead`]).
+#[derive(Debug)]
+pub(super) struct UpdateAhead {
+    pub(super) class: usize,
+    pub(super) key: PrimaryKey,
+    /// The old key, when the update changes it.
+    pub(super) old_key: Option<PrimaryKey>,
+    /// The realm the row goes to, when its routing columns came with it.
+    pub(super) target: Option<RealmPath>,
+    /// Whether the row's values may fall short of the whole object (see
+    /// `Group::carries_everything`).
+    pub(super) partial: bool,
+}
+
 /// Counts of one group, for metrics and the run loop's bounds.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct GroupCounts {
@@ -135,6 +151,11 @@ pub(crate) struct Group {
     /// key once, so only an app's write racing the load could have put it there — which a
     /// lookup in the group's snapshot would miss as well.
     pub(crate) fresh_classes: Vec<bool>,
+    /// The initial load: every list subtable is truncated and copied after every class table
+    /// (`copy.rs`), which writes every owner's list from PostgreSQL's rows. An object created
+    /// before that takes no entries from the store: whatever the store held for it is replaced
+    /// then anyway, and reading it cost one request per object in remote mode.
+    pub(crate) lists_copied_later: bool,
     /// Whether the overlay keeps the values the group gave each object (not during the initial
     /// load: no row comes twice, so none moves after an earlier change of the same group).
     pub(crate) keep_values: bool,
@@ -153,6 +174,10 @@ pub(crate) struct Group {
     /// Metadata read ahead from the base (lists' entries and generations), in remote mode, by
     /// key; `None`: the key holds nothing. Valid as long as the base, cleared with `located`.
     metadata_ahead: HashMap<String, Option<Vec<u8>>>,
+    /// Stored objects read ahead from the base (of rows that move to another realm or change
+    /// their key), in remote mode, by class, key and realm; `None`: the realm does not hold
+    /// it. Valid as long as the base, cleared with `located`.
+    objects_ahead: HashMap<(usize, PrimaryKey, RealmPath), Option<BTreeMap<String, Value>>>,
     /// Moves on each time what was read ahead is cleared.
     read_ahead_epoch: u64,
     lists: HashMap<ListKey, BTreeMap<i64, Value>>,
@@ -191,6 +216,7 @@ impl Group {
             stream_after: usize::MAX,
             fresh_classes: Vec::new(),
             keep_values: true,
+            lists_copied_later: false,
             snapshot: store.snapshot()?,
             slot: slot.to_owned(),
             expected_checkpoint: None,
@@ -199,6 +225,7 @@ impl Group {
             remote: store.remote_url().is_some(),
             located: HashMap::new(),
             metadata_ahead: HashMap::new(),
+            objects_ahead: HashMap::new(),
             read_ahead_epoch: 0,
             lists: HashMap::new(),
             list_generation: HashMap::new(),
@@ -359,7 +386,8 @@ impl Group {
         }
     }
 
-    /// An object's values in `realm`, as of the group's start (or its last applied batch).
+    /// An object's values in `realm`, as of the group's start (or its last applied batch):
+    /// read ahead (remote mode, see `prefetch.rs`), else asked now.
     fn base_values(
         &self,
         mapper: &Mapper,
@@ -367,6 +395,9 @@ impl Group {
         key: &PrimaryKey,
         realm: &RealmPath,
     ) -> Result<Option<BTreeMap<String, Value>>, StoreError> {
+        if let Some(values) = self.object_read_ahead(class, key, realm) {
+            return Ok(values.clone());
+        }
         let name = &mapper.schema.classes[class].name;
         match &self.streaming {
             Some(streaming) => streaming.object(realm, name, key),
@@ -800,9 +831,10 @@ impl Group {
             None => image.values,
         };
         let class_def = &mapper.schema.classes[class];
-        // A row created (not moved) gets the list entries PostgreSQL already holds for it.
+        // A row created (not moved) gets the list entries PostgreSQL already holds for it
+        // (during the initial load, from its list subtables' copy, later).
         for property in class_def.list_properties() {
-            if !values.contains_key(&property.name) {
+            if !self.lists_copied_later && !values.contains_key(&property.name) {
                 let list_key = (class, property.name.clone(), image.key.clone());
                 let entries = self.list_entries(mapper, &list_key)?;
                 if !entries.is_empty() {

@@ -7,6 +7,11 @@
 //! Commits are pipelined as in streaming: while one chunk commits on the blocking pool, the next
 //! is read and mapped (reading through the group's overlay of what is in flight).
 //!
+//! List entries come only from the list subtables, copied after every class table: each starts
+//! with a TRUNCATE (a new generation, every owner's list empty) and writes every owner's list
+//! from PostgreSQL's rows, so an object created before reads no entries from the store (in
+//! remote mode that was one request per object of a class with lists).
+//!
 //! A crash before that last commit leaves no checkpoint: the next start drops the slot and loads
 //! again from a new snapshot (rows are upserts, so the repeat converges).
 
@@ -151,6 +156,9 @@ pub(crate) async fn initial_load(
     let mut group = Group::new(store, slot)?;
     group.fresh_classes = fresh_classes(store, mapper)?;
     group.keep_values = false;
+    // The list subtables are copied after the class tables (below), each after a TRUNCATE that
+    // empties every owner's list: the objects created before take their entries then.
+    group.lists_copied_later = true;
     // The overlay holds every loaded row's location until it passes PATCH_LIMIT.
     group.reserve_overlay((total.max(0) as usize).min(PATCH_LIMIT + ROWS_PER_COMMIT));
     let mut inflight: Option<Inflight> = None;

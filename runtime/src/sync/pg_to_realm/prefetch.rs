@@ -4,9 +4,14 @@
 //! [`Group::base_locate`] asks; and the store metadata their list subtable rows need — each
 //! owner's entries (`postgres/<slot>/list/…`, see `lists.rs`) and, first, the generations that
 //! name those keys — asked in one `metadata_many` per kind ([`Snapshot::metadata_many`],
-//! [`StreamingTx::metadata_many`]) and kept until [`Group::base_metadata`] asks.
+//! [`StreamingTx::metadata_many`]) and kept until [`Group::base_metadata`] asks; and the
+//! stored objects of the rows that will need them — an update that changes the row's key, or
+//! moves it out of the realm that holds it, and does not carry every property (a class with
+//! lists never does) keeps the stored values — decided from the locations just read and asked
+//! in one `object_many` ([`Snapshot::object_many`], [`StreamingTx::object_many`]), kept until
+//! [`Group::base_values`] asks.
 //!
-//! Both caches hold answers of the group's *base* (its snapshot, or while streaming its open
+//! The caches hold answers of the group's *base* (its snapshot, or while streaming its open
 //! store transaction as of the last applied batch), so they are valid exactly as long as that
 //! base: they are cleared together whenever the base changes (`refresh`, a streamed batch
 //! applied, streaming started), and each clearing moves their epoch on, so the session knows
@@ -26,12 +31,14 @@
 //! [`StreamingTx::locate_many`]: crate::store::StreamingTx::locate_many
 //! [`Snapshot::metadata_many`]: crate::store::Snapshot::metadata_many
 //! [`StreamingTx::metadata_many`]: crate::store::StreamingTx::metadata_many
+//! [`Snapshot::object_many`]: crate::store::Snapshot::object_many
+//! [`StreamingTx::object_many`]: crate::store::StreamingTx::object_many
 
 use std::collections::{BTreeMap, HashSet};
 
-use pgrealm_schema::PrimaryKey;
+use pgrealm_schema::{PrimaryKey, Value};
 
-use super::{Group, ListKey, PATCH_LIMIT};
+use super::{Group, ListKey, UpdateAhead, PATCH_LIMIT};
 use crate::store::{RealmPath, StoreError};
 use crate::sync::pg_to_realm::mapping::Mapper;
 
@@ -65,7 +72,8 @@ impl Group {
         left.max(1)
     }
 
-    /// Drop the locations and metadata read ahead: the base they were read from changed.
+    /// Drop the locations, metadata and objects read ahead: the base they were read from
+    /// changed.
     pub(super) fn clear_read_ahead(&mut self) {
         if !self.located.is_empty() {
             self.located.clear();
@@ -73,7 +81,24 @@ impl Group {
         if !self.metadata_ahead.is_empty() {
             self.metadata_ahead.clear();
         }
+        if !self.objects_ahead.is_empty() {
+            self.objects_ahead.clear();
+        }
         self.read_ahead_epoch += 1;
+    }
+
+    /// The values of an object in `realm` read ahead from the base, if they were (`Some(None)`:
+    /// the realm does not hold it).
+    pub(super) fn object_read_ahead(
+        &self,
+        class: usize,
+        key: &PrimaryKey,
+        realm: &RealmPath,
+    ) -> Option<&Option<BTreeMap<String, Value>>> {
+        if self.objects_ahead.is_empty() {
+            return None;
+        }
+        self.objects_ahead.get(&(class, key.clone(), realm.clone()))
     }
 
     /// The location of an object read ahead from the base, if it was.
@@ -155,23 +180,123 @@ impl Group {
     }
 
     /// Read ahead what the events in hand will ask of the base: where `objects` live (see
-    /// [`Group::read_locations_ahead`]) and the entries of `lists` (see
-    /// [`Group::read_lists_ahead`]). Does nothing on an embedded store.
+    /// [`Group::read_locations_ahead`]); then, from those locations, the stored objects of the
+    /// `updates` that move a row out of its realm or change its key (see
+    /// [`Group::read_objects_ahead`]); and the entries of `lists` with those of the rows such
+    /// updates create (see [`Group::read_lists_ahead`]). Does nothing on an embedded store.
     pub(crate) fn read_ahead(
         &mut self,
         mapper: &Mapper,
         objects: Vec<(usize, PrimaryKey)>,
-        lists: Vec<ListKey>,
+        mut lists: Vec<ListKey>,
+        updates: Vec<UpdateAhead>,
     ) -> Result<(), StoreError> {
         if !self.remote {
             return Ok(());
         }
-        if self.located.len() + self.metadata_ahead.len() >= PATCH_LIMIT {
+        if self.located.len() + self.metadata_ahead.len() + self.objects_ahead.len() >= PATCH_LIMIT
+        {
             // Bounded like the overlay; what is dropped is only read again.
             self.clear_read_ahead();
         }
         self.read_locations_ahead(mapper, objects)?;
+        let stored = self.stored_objects_wanted(mapper, &updates, &mut lists);
+        self.read_objects_ahead(mapper, stored)?;
         self.read_lists_ahead(mapper, lists)
+    }
+
+    /// The stored objects (class, key, realm) applying `updates` reads, as `Group::upsert`
+    /// decides from the locations read ahead: an update that changes the row's key reads the
+    /// object under the old key in its first realm; one that moves the row to a realm other
+    /// than the one realm holding it reads it where it leaves. Only when the row's values may
+    /// fall short of the whole object. Rows the group touched already are left out: the overlay
+    /// answers for them, and when it needs the base, the base is asked then. Adds to `lists` the
+    /// lists of the rows such updates create (under a new key, or held nowhere), whose entries
+    /// they take.
+    fn stored_objects_wanted(
+        &self,
+        mapper: &Mapper,
+        updates: &[UpdateAhead],
+        lists: &mut Vec<ListKey>,
+    ) -> Vec<(usize, PrimaryKey, RealmPath)> {
+        let held = |class: usize, key: &PrimaryKey| {
+            if self.overlay.contains_key(&(class, key.clone())) {
+                return None;
+            }
+            self.located(class, key)
+        };
+        let mut wanted = Vec::new();
+        let mut asked = HashSet::new();
+        let mut want = |class: usize, key: &PrimaryKey, realm: &RealmPath| {
+            let at = (class, key.clone(), realm.clone());
+            if !self.objects_ahead.contains_key(&at) && asked.insert(at.clone()) {
+                wanted.push(at);
+            }
+        };
+        for update in updates {
+            let class = update.class;
+            let created = if let Some(old_key) = &update.old_key {
+                if update.partial {
+                    if let Some(first) = held(class, old_key).and_then(|realms| realms.first()) {
+                        want(class, old_key, first);
+                    }
+                }
+                true
+            } else {
+                match (held(class, &update.key), &update.target) {
+                    (Some(realms), _) if realms.is_empty() => true,
+                    (Some(realms), Some(target))
+                        if update.partial && realms.as_slice() != std::slice::from_ref(target) =>
+                    {
+                        let from = realms.iter().find(|r| *r != target).or(realms.first());
+                        if let Some(from) = from {
+                            want(class, &update.key, from);
+                        }
+                        false
+                    }
+                    _ => false,
+                }
+            };
+            if created {
+                for property in mapper.schema.classes[class].list_properties() {
+                    lists.push((class, property.name.clone(), update.key.clone()));
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Read these stored objects (class, key, realm) from the base in one `object_many` and
+    /// keep their values for [`Group::base_values`]. Does nothing on an embedded store.
+    pub(crate) fn read_objects_ahead(
+        &mut self,
+        mapper: &Mapper,
+        objects: Vec<(usize, PrimaryKey, RealmPath)>,
+    ) -> Result<(), StoreError> {
+        if !self.remote || objects.is_empty() {
+            return Ok(());
+        }
+        let asked: Vec<(RealmPath, String, PrimaryKey)> = objects
+            .iter()
+            .map(|(class, key, realm)| {
+                (
+                    realm.clone(),
+                    mapper.schema.classes[*class].name.clone(),
+                    key.clone(),
+                )
+            })
+            .collect();
+        let found = match &self.streaming {
+            Some(streaming) => streaming.object_many(&asked)?,
+            None => self
+                .snapshot
+                .object_many(&asked)?
+                .into_iter()
+                .map(|o| o.map(|o| o.values))
+                .collect(),
+        };
+        self.objects_ahead.extend(objects.into_iter().zip(found));
+        Ok(())
     }
 
     /// Read the stored entries of these lists (class index, property, owner) from the base and

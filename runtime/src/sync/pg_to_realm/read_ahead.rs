@@ -3,7 +3,9 @@
 //! read ahead so the locations of their rows are asked in one request per class
 //! ([`Group::read_locations_ahead`]) instead of one per row, and the stored entries of the lists
 //! their list subtable rows change in one request (after one for the lists' generations when
-//! they are not known yet: [`Group::read_lists_ahead`]) instead of one per owner.
+//! they are not known yet: [`Group::read_lists_ahead`]) instead of one per owner, and the
+//! stored objects of the rows whose update moves them to another realm or changes their key
+//! in one request ([`Group::read_objects_ahead`]) instead of one or two per row.
 //!
 //! Reading ahead only takes events the replication client has already received
 //! (`now_or_never`): it never waits, so it adds no latency, and the queue is bounded by
@@ -19,11 +21,12 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use pgrealm_schema::PrimaryKey;
 
-use super::apply::{Group, ListKey};
+use super::apply::{Group, ListKey, UpdateAhead};
 use super::mapping::{Mapper, TableKind, TablePlan};
+use super::route::Route;
 use super::session::plan_for;
 use super::PgToRealmError;
-use crate::replication::{Change, ChangeStream, ColumnValue, Relation, StreamEvent};
+use crate::replication::{Change, ChangeStream, ColumnValue, OldTuple, Relation, StreamEvent};
 
 /// Most events held ahead: about one streamed batch's worth, and what the replication client
 /// buffers itself (`StreamOptions::buffer_events`).
@@ -101,8 +104,11 @@ impl ReadAhead {
         }
         let limit = group.changes_before_base_changes();
         let mut wanted = Wanted::default();
-        wanted.add(mapper, plans, stream, change);
-        let mut changes = 1;
+        // The class rows read ahead (the changes that bring the base's change nearer), `change`
+        // among them when it is one: a list subtable row just before the batch is applied
+        // would otherwise read ahead nothing past itself, and each following list row ask on
+        // its own.
+        let mut changes = usize::from(wanted.add(mapper, plans, stream, change));
         let mut covered = 0;
         for event in &self.queue {
             if changes >= limit {
@@ -120,7 +126,7 @@ impl ReadAhead {
             }
             covered += 1;
         }
-        group.read_ahead(mapper, wanted.objects, wanted.lists)?;
+        group.read_ahead(mapper, wanted.objects, wanted.lists, wanted.updates)?;
         self.covered = covered;
         self.epoch = group.read_ahead_epoch();
         self.current_covered = true;
@@ -135,6 +141,9 @@ struct Wanted {
     objects: Vec<(usize, PrimaryKey)>,
     /// The lists (class index, property, owner) whose stored entries are asked.
     lists: Vec<ListKey>,
+    /// The updates of class rows: once their locations are known, those that move the row to
+    /// another realm or change its key ask for the stored object (`Group::read_ahead`).
+    updates: Vec<UpdateAhead>,
 }
 
 impl Wanted {
@@ -161,7 +170,10 @@ impl Wanted {
         };
         let plan = plan_for(plans, mapper, stream, relation);
         match &plan.kind {
-            TableKind::Class { class, .. } => {
+            TableKind::Class { class, columns, .. } => {
+                if let Change::Update { new, old, .. } = change {
+                    self.add_update(mapper, &plan, *class, columns.len(), new, old.as_ref());
+                }
                 for values in rows.into_iter().flatten() {
                     let Ok(key) = mapper.key_of(&plan, values) else {
                         continue;
@@ -190,5 +202,42 @@ impl Wanted {
             }
             TableKind::Marker | TableKind::Ignored => false,
         }
+    }
+
+    /// An update of a class row (`mapped`: the class properties its table maps besides the
+    /// key): its key, old key (when it changes), the realm it goes to (when its routing
+    /// columns came with it) and whether its values alone may fall short of the whole object —
+    /// a class with lists, an unchanged TOAST value, a property the table does not map — so
+    /// that moving it or changing its key reads the stored object (`Group::upsert`).
+    fn add_update(
+        &mut self,
+        mapper: &Mapper,
+        plan: &TablePlan,
+        class: usize,
+        mapped: usize,
+        new: &[ColumnValue],
+        old: Option<&OldTuple>,
+    ) {
+        let Ok(key) = mapper.key_of(plan, new) else {
+            return;
+        };
+        let old_key = old
+            .and_then(|o| mapper.key_of(plan, o.values()).ok())
+            .filter(|k| *k != key);
+        let target = match mapper.route(plan, new) {
+            Ok(Route::Path(path)) => Some(path),
+            _ => None,
+        };
+        let class_def = &mapper.schema.classes[class];
+        let partial = class_def.list_properties().next().is_some()
+            || mapped + 1 < class_def.properties.len()
+            || new.iter().any(|v| matches!(v, ColumnValue::UnchangedToast));
+        self.updates.push(UpdateAhead {
+            class,
+            key,
+            old_key,
+            target,
+            partial,
+        });
     }
 }
