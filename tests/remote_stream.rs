@@ -640,6 +640,22 @@ fn small_transaction(rng: &mut Rng, t: usize, next_id: &mut i64) -> String {
 }
 
 /// Wait until bus `id` is in `/u0/myRealm` (the load's marker: everything before it is applied).
+/// `counter` once it has stopped moving for a quarter of a second.
+async fn settled(counter: &AtomicU64) -> u64 {
+    let mut last = counter.load(Ordering::Relaxed);
+    let mut still = 0;
+    while still < 10 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let now = counter.load(Ordering::Relaxed);
+        if now == last {
+            still += 1;
+        } else {
+            (last, still) = (now, 0);
+        }
+    }
+    last
+}
+
 async fn wait_for_marker(server: &RemoteServer, id: i64) {
     let store = server.store.clone();
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -754,14 +770,18 @@ async fn small_transactions_moving_rows_between_realms_read_locations_in_batches
     let engine = run_engine(sync);
     wait_for_marker(&server, 0).await;
     let reads = counter(&server.metrics.admin_reads) - reads_before;
-    let changes = counter(&engine.stats.changes);
+    // The server shows the last commit before the engine has heard back and counted it.
+    let changes = settled(&engine.stats.changes).await;
     println!("backlog: {reads} admin reads for {changes} changes");
     assert!(
         changes > FLEET as u64 + SMALL_TRANSACTIONS as u64,
         "{changes} changes"
     );
+    // A read per row would be thousands. How many events each read-ahead finds received
+    // depends on how fast the stream comes in, so a loaded machine takes more reads (up to 79
+    // seen for ~5,800 changes): the bound leaves room for that.
     assert!(
-        reads < changes / 100,
+        reads < changes / 20,
         "{reads} admin reads for {changes} changes"
     );
     assert_eq!(counter(&engine.stats.rejections), 0, "every change applies");
