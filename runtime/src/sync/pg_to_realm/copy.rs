@@ -37,6 +37,12 @@ use crate::sync::rejections::RejectionLog;
 /// Rows per store commit during the load.
 const ROWS_PER_COMMIT: usize = 20_000;
 
+/// Rows of a class the store already holds that a remote load locates at once. It divides
+/// [`ROWS_PER_COMMIT`], so the store is read afresh (after a large overlay) between batches,
+/// not between a batch's reading ahead and its rows (which would only read those rows again,
+/// one at a time).
+const LOCATE_BATCH: usize = 5_000;
+
 /// How the load reports progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Progress {
@@ -206,33 +212,68 @@ pub(crate) async fn initial_load(
         let mut lines_of = CopyLines::default();
         let mut rows_in_group = 0usize;
         let width = relation.columns.len();
-        while let Some(chunk) = stream
-            .try_next()
-            .await
-            .map_err(|source| PgToRealmError::Sql {
-                context: copying.clone(),
-                source,
-            })?
-        {
-            let mut data = lines_of.push(chunk);
-            let mut lines = 0u64;
-            while let Some(line) = CopyLines::next_line(&mut data) {
-                let values = parse_copy_line(&line).map_err(|message| PgToRealmError::Copy {
-                    table: table.clone(),
-                    message,
+        // In remote mode, rows of a class the store already holds are located a batch at a
+        // time (one `locate_many`) rather than one request each.
+        let locate_class = match plan.kind {
+            TableKind::Class { class, .. }
+                if group.reads_ahead() && group.fresh_classes.get(class) != Some(&true) =>
+            {
+                Some(class)
+            }
+            _ => None,
+        };
+        let mut batch: Vec<Vec<ColumnValue>> = Vec::new();
+        let mut ended = false;
+        while !ended {
+            let chunk = stream
+                .try_next()
+                .await
+                .map_err(|source| PgToRealmError::Sql {
+                    context: copying.clone(),
+                    source,
                 })?;
-                if values.len() != width {
-                    return Err(PgToRealmError::Copy {
-                        table: table.clone(),
-                        message: format!("a line has {} fields, expected {width}", values.len()),
-                    });
+            match chunk {
+                Some(chunk) => {
+                    let mut data = lines_of.push(chunk);
+                    while let Some(line) = CopyLines::next_line(&mut data) {
+                        let values =
+                            parse_copy_line(&line).map_err(|message| PgToRealmError::Copy {
+                                table: table.clone(),
+                                message,
+                            })?;
+                        if values.len() != width {
+                            return Err(PgToRealmError::Copy {
+                                table: table.clone(),
+                                message: format!(
+                                    "a line has {} fields, expected {width}",
+                                    values.len()
+                                ),
+                            });
+                        }
+                        batch.push(values);
+                    }
+                    lines_of.keep(data);
+                    if batch.len() < LOCATE_BATCH && locate_class.is_some() {
+                        continue;
+                    }
                 }
+                None => ended = true,
+            }
+            if let Some(class) = locate_class {
+                let keys = batch
+                    .iter()
+                    .filter_map(|values| mapper.key_of(&plan, values).ok())
+                    .map(|key| (class, key))
+                    .collect();
+                group.read_locations_ahead(mapper, keys)?;
+            }
+            let lines = batch.len() as u64;
+            for values in batch.drain(..) {
                 let change = Change::Insert {
                     relation: relation.clone(),
                     new: values,
                 };
                 group.change(mapper, &mut log, &plan, &change)?;
-                lines += 1;
                 rows_in_group += 1;
                 if rows_in_group >= ROWS_PER_COMMIT {
                     rows_in_group = 0;
@@ -249,7 +290,6 @@ pub(crate) async fn initial_load(
                     group.begin(consistent_point, None, 0);
                 }
             }
-            lines_of.keep(data);
             report.rows += lines;
             reporter.add(lines);
         }
