@@ -8,16 +8,14 @@
 mod remote_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use pgrealm_runtime::metrics::Metrics;
-use pgrealm_runtime::replication::PgConnectOptions;
-use pgrealm_runtime::sync::pg_to_realm::{PgToRealm, PgToRealmOptions, Progress};
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::RealmPath;
 use pgrealm_schema::{Object, PrimaryKey, Value};
 use remote_support::lists::{apply, assert_lists_match_postgresql};
-use remote_support::{run_engine, setup_engine, setup_engine_with, RemoteServer};
+use remote_support::{
+    engine_options, run_engine, setup_engine, setup_engine_as, setup_engine_with, RemoteServer,
+};
 
 /// Routes with lists, and entries each.
 const OWNERS: i64 = 2_000;
@@ -231,24 +229,11 @@ async fn loading_again_into_realms_that_hold_the_rows_locates_them_in_batches() 
         )
         .unwrap();
 
-    let slot = format!("stream_{}", db.name).to_lowercase();
-    let mut options = PgToRealmOptions::new(
-        slot.clone(),
-        slot,
-        PgToRealmOptions::template("/{user_id}/myRealm").unwrap(),
-    );
-    options.stream_after_changes = STREAM_AFTER;
-    options.progress = Progress::Quiet;
+    let mut options = engine_options(&db, "/{user_id}/myRealm", STREAM_AFTER);
     options.initialize_realm_from_postgres = true;
     options.reset_postgres_replication_slot = true;
-    let sync = PgToRealm::new(
-        PgConnectOptions::from_url(&db.url).unwrap(),
-        options,
-        remote.clone(),
-        Arc::new(Metrics::default()),
-    );
     let before = counter(&server.metrics.admin_reads);
-    sync.setup().await.unwrap();
+    setup_engine_as(&db, &remote, options).await;
     let taken = counter(&server.metrics.admin_reads) - before;
     println!("{taken} admin reads to load {OWNERS} routes again");
     // 8,183 before (a location per row of every class table); 186 measured with batches, most

@@ -327,6 +327,14 @@ pub async fn setup_engine_with(
     stream_after: usize,
     initial_load: bool,
 ) -> PgToRealm {
+    let mut options = engine_options(db, template, stream_after);
+    options.initialize_realm_from_postgres = initial_load;
+    setup_engine_as(db, remote, options).await
+}
+
+/// The options [`setup_engine`] gives the engine: its slot and publication named after the
+/// database.
+pub fn engine_options(db: &TestDb, template: &str, stream_after: usize) -> PgToRealmOptions {
     let slot = format!("stream_{}", db.name).to_lowercase();
     let mut options = PgToRealmOptions::new(
         slot.clone(),
@@ -335,7 +343,11 @@ pub async fn setup_engine_with(
     );
     options.stream_after_changes = stream_after;
     options.progress = Progress::Log;
-    options.initialize_realm_from_postgres = initial_load;
+    options
+}
+
+/// An engine with `options` against `remote`, set up.
+pub async fn setup_engine_as(db: &TestDb, remote: &Store, options: PgToRealmOptions) -> PgToRealm {
     let sync = PgToRealm::new(
         PgConnectOptions::from_url(&db.url).unwrap(),
         options,
