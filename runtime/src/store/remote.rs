@@ -289,12 +289,10 @@ impl RemoteBackend {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_METADATA_KEYS) {
+        in_chunks(keys, MAX_METADATA_KEYS, |chunk| {
             let answer = self.read("reading metadata", metadata_many_json(chunk))?;
-            out.extend(self.many_metadata_in(&answer, chunk.len())?);
-        }
-        Ok(out)
+            self.many_metadata_in(&answer, chunk.len())
+        })
     }
 
     /// The values of each of the `n` keys of a `metadata_many` read's answer.
@@ -351,12 +349,10 @@ impl RemoteBackend {
         class: &str,
         keys: &[PrimaryKey],
     ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_LOCATE_KEYS) {
+        in_chunks(keys, MAX_LOCATE_KEYS, |chunk| {
             let answer = self.read("locating objects", locate_many_json(class, chunk))?;
-            out.extend(self.many_locations_in(&answer, chunk.len())?);
-        }
-        Ok(out)
+            self.many_locations_in(&answer, chunk.len())
+        })
     }
 
     /// The realm paths of each of the `n` keys of a `locate_many` read's answer.
@@ -399,12 +395,10 @@ impl RemoteBackend {
         &self,
         objects: &[(RealmPath, String, PrimaryKey)],
     ) -> Result<Vec<Option<Object>>, StoreError> {
-        let mut out = Vec::with_capacity(objects.len());
-        for chunk in objects.chunks(MAX_OBJECT_KEYS) {
+        in_chunks(objects, MAX_OBJECT_KEYS, |chunk| {
             let answer = self.read("reading objects", object_many_json(chunk))?;
-            out.extend(self.many_objects_in(&answer, chunk)?);
-        }
-        Ok(out)
+            self.many_objects_in(&answer, chunk)
+        })
     }
 
     /// The objects of an `object_many` read's answer, one for each of `asked`.
@@ -723,6 +717,20 @@ fn remote_error(url: &str, e: ClientError) -> StoreError {
 pub(super) fn locate_many_json(class: &str, keys: &[PrimaryKey]) -> Json {
     let keys: Vec<Json> = keys.iter().map(key_to_json).collect();
     json!({"locate_many": {"class": class, "keys": keys}})
+}
+
+/// The answers to a batched read of `items`, in their order: `read` asks one chunk of at most
+/// `size` (a request's limit) and answers each of its items.
+pub(super) fn in_chunks<T, R>(
+    items: &[T],
+    size: usize,
+    mut read: impl FnMut(&[T]) -> Result<Vec<R>, StoreError>,
+) -> Result<Vec<R>, StoreError> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(size) {
+        out.extend(read(chunk)?);
+    }
+    Ok(out)
 }
 
 /// A `metadata_many` read of `keys` (at most [`MAX_METADATA_KEYS`]).

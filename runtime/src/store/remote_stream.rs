@@ -29,8 +29,8 @@ use serde_json::{json, Value as Json};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::remote::{
-    expected_json, locate_many_json, metadata_json, metadata_many_json, object_many_json,
-    op_to_json, RemoteBackend,
+    expected_json, in_chunks, locate_many_json, metadata_json, metadata_many_json,
+    object_many_json, op_to_json, RemoteBackend,
 };
 use super::write::{Collected, CommitInfo};
 use super::Store;
@@ -156,15 +156,13 @@ impl RemoteStream {
         keys: &[PrimaryKey],
     ) -> Result<Vec<Vec<RealmPath>>, StoreError> {
         self.store.class(class)?;
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_LOCATE_KEYS) {
+        in_chunks(keys, MAX_LOCATE_KEYS, |chunk| {
             let answer = self.read(
                 "locating objects in a streamed write",
                 locate_many_json(class, chunk),
             )?;
-            out.extend(self.backend().many_locations_in(&answer, chunk.len())?);
-        }
-        Ok(out)
+            self.backend().many_locations_in(&answer, chunk.len())
+        })
     }
 
     pub(super) fn object(
@@ -191,16 +189,14 @@ impl RemoteStream {
         for (_, class, _) in objects {
             self.store.class(class)?;
         }
-        let mut out = Vec::with_capacity(objects.len());
-        for chunk in objects.chunks(MAX_OBJECT_KEYS) {
+        in_chunks(objects, MAX_OBJECT_KEYS, |chunk| {
             let answer = self.read(
                 "reading objects in a streamed write",
                 object_many_json(chunk),
             )?;
             let found = self.backend().many_objects_in(&answer, chunk)?;
-            out.extend(found.into_iter().map(|o| o.map(|o| o.values)));
-        }
-        Ok(out)
+            Ok(found.into_iter().map(|o| o.map(|o| o.values)).collect())
+        })
     }
 
     pub(super) fn keys(&self, class: &str) -> Result<Vec<PrimaryKey>, StoreError> {
@@ -231,15 +227,13 @@ impl RemoteStream {
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(MAX_METADATA_KEYS) {
+        in_chunks(keys, MAX_METADATA_KEYS, |chunk| {
             let answer = self.read(
                 "reading metadata in a streamed write",
                 metadata_many_json(chunk),
             )?;
-            out.extend(self.backend().many_metadata_in(&answer, chunk.len())?);
-        }
-        Ok(out)
+            self.backend().many_metadata_in(&answer, chunk.len())
+        })
     }
 
     /// Commit the stream; returns once the server holds it durably.
