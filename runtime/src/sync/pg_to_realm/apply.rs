@@ -74,7 +74,28 @@ struct Located {
     /// Its values read from the snapshot are the base of `patch`.
     base_from_snapshot: bool,
     /// What the group set on it; `None` when past [`PATCH_LIMIT`] (unknown).
-    patch: Option<BTreeMap<String, Value>>,
+    patch: Option<Patch>,
+}
+
+/// Values a group set on an object, by the property's index in its class, one entry per
+/// property. Kept by index rather than as a map by name: the overlay holds one for each of up
+/// to [`PATCH_LIMIT`] objects, and property names cloned into each cost as much as the values.
+type Patch = Vec<(usize, Value)>;
+
+/// `values` (of an object of `class`) as a [`Patch`]. A name the class does not have is left
+/// out: the store refuses the object that carries it, which fails the group before the patch
+/// is read.
+fn patch_of<'v>(
+    class: &pgrealm_schema::Class,
+    values: impl IntoIterator<Item = (&'v String, &'v Value)>,
+) -> Patch {
+    values
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let index = class.properties.iter().position(|p| p.name == *name)?;
+            Some((index, value.clone()))
+        })
+        .collect()
 }
 
 /// A list of one owner: `(class index, property, owner key)`.
@@ -570,35 +591,43 @@ impl Group {
                     } else {
                         BTreeMap::new()
                     };
-                    values.extend(patch.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    let properties = &mapper.schema.classes[class].properties;
+                    values.extend(
+                        patch
+                            .iter()
+                            .map(|(i, v)| (properties[*i].name.clone(), v.clone())),
+                    );
                     Ok(Some(values))
                 }
             },
         }
     }
 
+    /// Note in the overlay that the group put the object in `realms` (none: deleted) and set
+    /// `patch` on it: the values it now has (`replace`), or some of them over what it had.
+    /// `patch` is what [`Group::patch_for`] gave for the same object and `replace`.
     fn record(
         &mut self,
         class: usize,
         key: PrimaryKey,
         realms: Vec<RealmPath>,
-        set: BTreeMap<String, Value>,
+        patch: Option<Patch>,
         replace: bool,
     ) {
-        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
         match self.overlay.entry((class, key)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let found = e.get_mut();
                 found.realms = realms;
                 if replace {
                     found.base_from_snapshot = false;
-                    found.patch = if keep_patch || found.patch.is_some() {
-                        Some(set)
-                    } else {
-                        None
-                    };
-                } else if let Some(patch) = &mut found.patch {
-                    patch.extend(set);
+                    found.patch = patch;
+                } else if let (Some(kept), Some(set)) = (&mut found.patch, patch) {
+                    for (index, value) in set {
+                        match kept.iter_mut().find(|(i, _)| *i == index) {
+                            Some(entry) => entry.1 = value,
+                            None => kept.push((index, value)),
+                        }
+                    }
                 }
             }
             std::collections::hash_map::Entry::Vacant(e) => {
@@ -606,35 +635,29 @@ impl Group {
                 e.insert(Located {
                     realms,
                     base_from_snapshot: !replace,
-                    patch: keep_patch.then_some(set),
+                    patch,
                 });
             }
         }
     }
 
-    /// The object to write with `values`: a copy when [`Group::record`] (called next with the
-    /// same arguments) keeps them in the overlay, else the values themselves (left empty).
-    fn object_for(
+    /// What [`Group::record`] is to keep of `values` set on an object: a copy while the overlay
+    /// keeps the object's values (the first [`PATCH_LIMIT`] objects of the group, not during
+    /// the initial load), else nothing.
+    fn patch_for<'v>(
         &self,
         mapper: &Mapper,
         class: usize,
         key: &PrimaryKey,
-        values: &mut BTreeMap<String, Value>,
+        values: impl IntoIterator<Item = (&'v String, &'v Value)>,
         replace: bool,
-    ) -> Object {
+    ) -> Option<Patch> {
         let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
         let kept = match self.overlay.get(&(class, key.clone())) {
             Some(found) => found.patch.is_some() || (replace && keep_patch),
             None => keep_patch,
         };
-        Object {
-            class: mapper.schema.classes[class].name.clone(),
-            values: if kept {
-                values.clone()
-            } else {
-                std::mem::take(values)
-            },
-        }
+        kept.then(|| patch_of(&mapper.schema.classes[class], values))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site per change kind; a struct would only rename them
@@ -681,7 +704,7 @@ impl Group {
         old: Option<&OldTuple>,
         new: &[ColumnValue],
     ) -> Result<(), StoreError> {
-        let mut image = match mapper.row_image(plan, new) {
+        let image = match mapper.row_image(plan, new) {
             Ok(image) => image,
             Err(e) => {
                 // The row cannot be applied; if its key changed, the old key's object is gone
@@ -766,9 +789,13 @@ impl Group {
         let in_place = held.contains(&target);
         if in_place && held.len() == 1 {
             // The common case: an update (or a repeated insert) in the row's own realm.
-            let object = self.object_for(mapper, class, &image.key, &mut image.values, false);
+            let patch = self.patch_for(mapper, class, &image.key, &image.values, false);
+            let object = Object {
+                class: mapper.schema.classes[class].name.clone(),
+                values: image.values,
+            };
             self.tx.put_object(&target, object)?;
-            self.record(class, image.key, held, image.values, false);
+            self.record(class, image.key, held, patch, false);
             return Ok(());
         }
         // The object is created in `target`: from the realm it leaves, the old key, or nothing.
@@ -849,9 +876,13 @@ impl Group {
             self.tx
                 .delete_object(realm, &class_def.name, image.key.clone())?;
         }
-        let object = self.object_for(mapper, class, &image.key, &mut values, true);
+        let patch = self.patch_for(mapper, class, &image.key, &values, true);
+        let object = Object {
+            class: class_def.name.clone(),
+            values,
+        };
         self.tx.put_object(&target, object)?;
-        self.record(class, image.key, vec![target], values, true);
+        self.record(class, image.key, vec![target], patch, true);
         Ok(())
     }
 
@@ -878,7 +909,8 @@ impl Group {
         for realm in &realms {
             self.tx.delete_object(realm, name, key.clone())?;
         }
-        self.record(class, key, Vec::new(), BTreeMap::new(), true);
+        let patch = self.patch_for(mapper, class, &key, [], true);
+        self.record(class, key, Vec::new(), patch, true);
         Ok(())
     }
 

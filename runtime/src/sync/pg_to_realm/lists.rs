@@ -207,9 +207,8 @@ impl Group {
             self.tx.update_object(realm, object)?;
         }
         if !realms.is_empty() {
-            let mut set = BTreeMap::new();
-            set.insert(property.clone(), items);
-            self.record(*class, owner.clone(), realms, set, false);
+            let patch = self.patch_for(mapper, *class, owner, [(property, &items)], false);
+            self.record(*class, owner.clone(), realms, patch, false);
         }
         Ok(())
     }
