@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -29,7 +30,11 @@ pub const MAX_SEGMENT_LEN: usize = 255;
 /// assert!(err.to_string().contains("`..`"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RealmPath(String);
+pub struct RealmPath(
+    // Shared, not owned: the sync engine clones a row's realm path into every operation and
+    // location it records, so a clone is a count, not a copy.
+    Arc<str>,
+);
 
 /// Why a string is not a realm path. The message names the rule broken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -138,7 +143,7 @@ impl RealmPath {
                 path: shorten(path),
             });
         }
-        Ok(RealmPath(out))
+        Ok(RealmPath(out.into()))
     }
 
     /// The path as a string.
