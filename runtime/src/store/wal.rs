@@ -31,9 +31,7 @@ use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Key, ReadableDatabase, ReadableTable, Table, TableDefinition, Value, WriteTransaction,
-};
+use redb::{Database, Key, ReadableDatabase, Table, TableDefinition, Value, WriteTransaction};
 
 use super::error::StoreError;
 use super::{LOCATOR, LOG, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS};
@@ -148,25 +146,30 @@ impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
 }
 
 impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
-    /// Insert `entries`, sorted by key. When they all fall into one gap of the table (new rows
-    /// of a serial key, the usual bulk insert) they go in through one cursor, as one run,
-    /// without a walk from the root per key; otherwise (keys of other realms in between, keys
-    /// that exist) one by one, since a cursor would stop at every such key.
+    /// Insert `entries`, sorted by key, run by run: the entries that fall into one gap between
+    /// the table's keys (new rows of a serial key, the usual bulk insert; one run per realm
+    /// when several realms take rows) go in through one cursor, without a walk from the root
+    /// per key. A run ends at the first entry past the key the cursor stands on; that entry
+    /// goes in the ordinary way (overwriting an equal key) and the next run starts after it.
+    /// When runs turn out short (new keys scattered among existing ones, or keys that exist),
+    /// the rest goes in one by one, since each run costs a cursor.
     pub(super) fn insert_sorted<'v>(
         &mut self,
         entries: &[(&[u8], V::SelfType<'v>)],
     ) -> Result<(), redb::StorageError> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
-            return Ok(());
-        };
-        if self.table.range(first.0..=last.0)?.next().is_some() {
-            for (key, value) in entries {
-                self.insert(*key, value)?;
-            }
-            return Ok(());
-        }
+        /// Runs tried before judging their length, and the mean length that keeps them.
+        const RUNS_TRIED: usize = 16;
+        const SHORTEST_MEAN_RUN: usize = 4;
         let mut i = 0;
+        let mut runs = 0;
+        let mut in_runs = 0;
         while i < entries.len() {
+            if runs >= RUNS_TRIED && in_runs < runs * SHORTEST_MEAN_RUN {
+                for (key, value) in &entries[i..] {
+                    self.insert(*key, value)?;
+                }
+                return Ok(());
+            }
             {
                 let mut cursor = self
                     .table
@@ -179,14 +182,16 @@ impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
                                     .put(self.tag, key, V::as_bytes(value).as_ref());
                             }
                             i += 1;
+                            in_runs += 1;
                         }
                         Err(redb::CursorError::Storage(e)) => return Err(e),
-                        // Out of order (or an error redb adds later): the ordinary way.
+                        // Past the cursor's key (or an error redb adds later): the ordinary way.
                         Err(_) => break,
                     }
                 }
                 cursor.close()?;
             }
+            runs += 1;
             if let Some((key, value)) = entries.get(i) {
                 self.insert(*key, value)?;
                 i += 1;
@@ -645,6 +650,10 @@ fn checksum(seq: u64, payload: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use redb::ReadableTable;
+
     use super::*;
 
     fn record(seq: u64, payload: &[u8]) -> Vec<u8> {
@@ -759,6 +768,71 @@ mod tests {
             assert_eq!(table.get(&b"n"[..]).unwrap().unwrap().value(), b"2");
         }
         assert_eq!(redo.borrow().payload.len(), put(5) + put(4) + 3 * put(1));
+        txn.abort().unwrap();
+    }
+
+    /// Runs in several gaps (one per realm, say), and keys scattered among existing ones past
+    /// the point where runs are tried: every key lands once, with its value, and is recorded once.
+    #[test]
+    fn sorted_inserts_go_in_by_gaps_and_scattered_keys_one_by_one() {
+        const GAPS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("gaps");
+        const SCATTERED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("scattered");
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let key = |realm: u8, n: u32| {
+            let mut k = vec![realm];
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        };
+        for scattered in [false, true] {
+            let redo = RefCell::new(Redo::default());
+            let definition = if scattered { SCATTERED } else { GAPS };
+            let mut table = Logged::open(&txn, definition, Tag::Objects, Some(&redo)).unwrap();
+            // Held: realms 1..=8 with keys 0..100 (even ones only when scattered).
+            let held: Vec<Vec<u8>> = (1..=8u8)
+                .flat_map(|r| {
+                    (0..100)
+                        .filter(move |n| !scattered || n % 2 == 0)
+                        .map(move |n| key(r, n))
+                })
+                .collect();
+            for k in &held {
+                table.table.insert(k.as_slice(), &b"old"[..]).unwrap();
+            }
+            // New: keys 100..150 of every realm, or the odd keys below 100 and a few held ones.
+            let new: Vec<Vec<u8>> = (1..=8u8)
+                .flat_map(|r| {
+                    let numbers: Vec<u32> = if scattered {
+                        (0..100).filter(|n| n % 2 == 1 || n % 10 == 0).collect()
+                    } else {
+                        (100..150).collect()
+                    };
+                    numbers.into_iter().map(move |n| key(r, n))
+                })
+                .collect();
+            let entries: Vec<(&[u8], &[u8])> =
+                new.iter().map(|k| (k.as_slice(), &b"new"[..])).collect();
+            table.insert_sorted(&entries).unwrap();
+            let mut expected: BTreeMap<Vec<u8>, &[u8]> =
+                held.iter().map(|k| (k.clone(), &b"old"[..])).collect();
+            expected.extend(new.iter().map(|k| (k.clone(), &b"new"[..])));
+            let all: BTreeMap<Vec<u8>, Vec<u8>> = table
+                .range::<&[u8]>(..)
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                })
+                .collect();
+            assert_eq!(all.len(), expected.len(), "scattered: {scattered}");
+            for (k, v) in &expected {
+                assert_eq!(all[k].as_slice(), *v, "scattered: {scattered}");
+            }
+            // Only the sorted inserts were recorded (the held keys went in around the log).
+            let put = 1 + 4 + 5 + 4 + 3;
+            assert_eq!(redo.borrow().payload.len(), new.len() * put);
+        }
         txn.abort().unwrap();
     }
 
