@@ -80,9 +80,10 @@ struct Located {
 /// A list of one owner: `(class index, property, owner key)`.
 pub(super) type ListKey = (usize, String, PrimaryKey);
 
-/// An update of a class row read ahead (remote mode, `read_ahead.rs`): what decides, once the
-/// row's locations are known, whether applying it reads the stored object (see
-/// [`Group::read_ahead`]).
+/// An update of a class row read ahead (remote mode): by the stream (`read_ahead.rs`), or by a
+/// load over realms that may hold the row already (`copy.rs`, where each row is applied as an
+/// upsert). What decides, once the row's locations are known, whether applying it reads the
+/// stored object (see [`Group::read_ahead`]).
 #[derive(Debug)]
 pub(super) struct UpdateAhead {
     pub(super) class: usize,
