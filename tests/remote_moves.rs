@@ -174,7 +174,8 @@ async fn rows_with_lists_moving_or_changing_keys_read_their_objects_in_batches()
 /// The initial load of 2,000 routes with 3 list entries each, in remote mode, takes a bounded
 /// number of admin reads (2,005 before: a list read per created route), and the realms hold
 /// PostgreSQL's routes and lists afterwards — and after changes streamed on top; and so does
-/// loading it all again over those realms (8,184 reads before: a location per row).
+/// loading it all again over those realms (8,184 reads before: a location per row; then 186,
+/// the routes that changed realm reading their stored objects one at a time).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_initial_load_of_owners_with_lists_reads_in_batches() {
     let db = transit_db();
@@ -209,8 +210,9 @@ async fn the_initial_load_of_owners_with_lists_reads_in_batches() {
 
     // Loading again into realms that already hold the rows (`reset_postgres_replication_slot`
     // with `initialize_realm_from_postgres`) locates them a batch at a time, where every row
-    // of every class table took a read before. First, changes while no engine runs, for the
-    // second load to find.
+    // of every class table took a read before, and reads the stored objects of the rows that
+    // moved realm with each batch. First, changes while no engine runs, for the second load to
+    // find.
     PgCluster::shared()
         .batch_execute(
             &db.name,
@@ -226,10 +228,11 @@ async fn the_initial_load_of_owners_with_lists_reads_in_batches() {
     setup_engine_as(&db, &remote, options).await;
     let taken = counter(&server.metrics.admin_reads) - before;
     println!("{taken} admin reads to load {OWNERS} routes again");
-    // 8,184 before (a location per row of every class table); 186 measured with batches. Of
-    // those, 75 object reads (and their realm reads) are routes that changed realm between the
-    // loads: the load reads each one's stored object when it moves it, one at a time.
-    assert!(taken <= 400, "{taken} admin reads for the second load");
+    // 8,184 before (a location per row of every class table); 186 with locations in batches,
+    // 150 of them the stored objects (and realms) of the 75 routes that changed realm between
+    // the loads, read one at a time; 37 measured once those are read with each batch (one
+    // `object_many`).
+    assert!(taken <= 50, "{taken} admin reads for the second load");
     assert_lists_match_postgresql(&db, &server, "the second load").await;
     assert_names_match_postgresql(&db, &server, "the second load").await;
 }

@@ -101,9 +101,10 @@ fn patch_of<'v>(
 /// A list of one owner: `(class index, property, owner key)`.
 pub(super) type ListKey = (usize, String, PrimaryKey);
 
-/// An update of a class row read ahead (remote mode, `read_ahead.rs`): what decides, once the
-/// row's locations are known, whether applying it reads the stored object (see
-/// [`Group::read_ahead`]).
+/// An update of a class row read ahead (remote mode): by the stream (`read_ahead.rs`), or by a
+/// load over realms that may hold the row already (`copy.rs`, where each row is applied as an
+/// upsert). What decides, once the row's locations are known, whether applying it reads the
+/// stored object (see [`Group::read_ahead`]).
 #[derive(Debug)]
 pub(super) struct UpdateAhead {
     pub(super) class: usize,
@@ -115,6 +116,44 @@ pub(super) struct UpdateAhead {
     /// Whether the row's values may fall short of the whole object (see
     /// `Group::carries_everything`).
     pub(super) partial: bool,
+}
+
+impl UpdateAhead {
+    /// The update that applying the row `new` of a class table makes (`old`: its old tuple,
+    /// when it came with one): its key, old key (when it changes), the realm it goes to (when
+    /// its routing columns came with it) and whether its values alone may fall short of the
+    /// whole object — a class with lists, an unchanged TOAST value, a property the table does
+    /// not map — as `Group::upsert` judges it. `None` for a row of another table, or whose key
+    /// cannot be read (applying it rejects it).
+    pub(super) fn of(
+        mapper: &Mapper,
+        plan: &TablePlan,
+        new: &[ColumnValue],
+        old: Option<&OldTuple>,
+    ) -> Option<Self> {
+        let TableKind::Class { class, columns, .. } = &plan.kind else {
+            return None;
+        };
+        let key = mapper.key_of(plan, new).ok()?;
+        let old_key = old
+            .and_then(|o| mapper.key_of(plan, o.values()).ok())
+            .filter(|k| *k != key);
+        let target = match mapper.route(plan, new) {
+            Ok(Route::Path(path)) => Some(path),
+            _ => None,
+        };
+        let class_def = &mapper.schema.classes[*class];
+        let partial = class_def.list_properties().next().is_some()
+            || columns.len() + 1 < class_def.properties.len()
+            || new.iter().any(|v| matches!(v, ColumnValue::UnchangedToast));
+        Some(UpdateAhead {
+            class: *class,
+            key,
+            old_key,
+            target,
+            partial,
+        })
+    }
 }
 
 /// Counts of one group, for metrics and the run loop's bounds.

@@ -24,7 +24,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 
-use super::apply::{Group, PATCH_LIMIT};
+use super::apply::{Group, UpdateAhead, PATCH_LIMIT};
 use super::mapping::{Mapper, TableKind};
 use super::PgToRealmError;
 use crate::replication::{
@@ -37,7 +37,8 @@ use crate::sync::rejections::RejectionLog;
 /// Rows per store commit during the load.
 const ROWS_PER_COMMIT: usize = 20_000;
 
-/// Rows of a class the store already holds that a remote load locates at once. It divides
+/// Rows of a class the store already holds that a remote load locates at once (and whose stored
+/// objects it reads at once, for those that move to another realm). It divides
 /// [`ROWS_PER_COMMIT`], so the store is read afresh (after a large overlay) between batches,
 /// not between a batch's reading ahead and its rows (which would only read those rows again,
 /// one at a time).
@@ -213,7 +214,8 @@ pub(crate) async fn initial_load(
         let mut rows_in_group = 0usize;
         let width = relation.columns.len();
         // In remote mode, rows of a class the store already holds are located a batch at a
-        // time (one `locate_many`) rather than one request each.
+        // time (one `locate_many`) rather than one request each, and the stored objects of
+        // those that move to another realm read in one `object_many`.
         let locate_class = match plan.kind {
             TableKind::Class { class, .. }
                 if group.reads_ahead() && group.fresh_classes.get(class) != Some(&true) =>
@@ -260,12 +262,16 @@ pub(crate) async fn initial_load(
                 None => ended = true,
             }
             if let Some(class) = locate_class {
-                let keys = batch
+                // Each row is applied as an update of the object the realms may hold, and is
+                // read ahead as the stream reads one: the rows that move to another realm
+                // (their routing columns changed since the realms were loaded) have their
+                // stored objects read in one `object_many` too, not one request each.
+                let updates: Vec<UpdateAhead> = batch
                     .iter()
-                    .filter_map(|values| mapper.key_of(&plan, values).ok())
-                    .map(|key| (class, key))
+                    .filter_map(|values| UpdateAhead::of(mapper, &plan, values, None))
                     .collect();
-                group.read_locations_ahead(mapper, keys)?;
+                let objects = updates.iter().map(|u| (class, u.key.clone())).collect();
+                group.read_ahead(mapper, objects, Vec::new(), updates)?;
             }
             let lines = batch.len() as u64;
             for values in batch.drain(..) {

@@ -6,8 +6,9 @@
 //! name those keys — asked in one `metadata_many` per kind ([`Snapshot::metadata_many`],
 //! [`StreamingTx::metadata_many`]) and kept until [`Group::base_metadata`] asks; and the
 //! stored objects of the rows that will need them — an update that changes the row's key, or
-//! moves it out of the realm that holds it, and does not carry every property (a class with
-//! lists never does) keeps the stored values — decided from the locations just read and asked
+//! moves it out of the realm that holds it (a row the initial load copies over realms that
+//! hold it is such an update), and does not carry every property (a class with lists never
+//! does) keeps the stored values — decided from the locations just read and asked
 //! in one `object_many` ([`Snapshot::object_many`], [`StreamingTx::object_many`]), kept until
 //! [`Group::base_values`] asks.
 //!
@@ -212,7 +213,7 @@ impl Group {
     /// fall short of the whole object. Rows the group touched already are left out: the overlay
     /// answers for them, and when it needs the base, the base is asked then. Adds to `lists` the
     /// lists of the rows such updates create (under a new key, or held nowhere), whose entries
-    /// they take.
+    /// they take — unless the lists are copied later (the initial load), when they take none.
     fn stored_objects_wanted(
         &self,
         mapper: &Mapper,
@@ -257,7 +258,7 @@ impl Group {
                     _ => false,
                 }
             };
-            if created {
+            if created && !self.lists_copied_later {
                 for property in mapper.schema.classes[class].list_properties() {
                     lists.push((class, property.name.clone(), update.key.clone()));
                 }

@@ -23,10 +23,9 @@ use pgrealm_schema::PrimaryKey;
 
 use super::apply::{Group, ListKey, UpdateAhead};
 use super::mapping::{Mapper, TableKind, TablePlan};
-use super::route::Route;
 use super::session::plan_for;
 use super::PgToRealmError;
-use crate::replication::{Change, ChangeStream, ColumnValue, OldTuple, Relation, StreamEvent};
+use crate::replication::{Change, ChangeStream, ColumnValue, Relation, StreamEvent};
 
 /// Most events held ahead: about one streamed batch's worth, and what the replication client
 /// buffers itself (`StreamOptions::buffer_events`).
@@ -170,9 +169,10 @@ impl Wanted {
         };
         let plan = plan_for(plans, mapper, stream, relation);
         match &plan.kind {
-            TableKind::Class { class, columns, .. } => {
+            TableKind::Class { class, .. } => {
                 if let Change::Update { new, old, .. } = change {
-                    self.add_update(mapper, &plan, *class, columns.len(), new, old.as_ref());
+                    self.updates
+                        .extend(UpdateAhead::of(mapper, &plan, new, old.as_ref()));
                 }
                 for values in rows.into_iter().flatten() {
                     let Ok(key) = mapper.key_of(&plan, values) else {
@@ -202,42 +202,5 @@ impl Wanted {
             }
             TableKind::Marker | TableKind::Ignored => false,
         }
-    }
-
-    /// An update of a class row (`mapped`: the class properties its table maps besides the
-    /// key): its key, old key (when it changes), the realm it goes to (when its routing
-    /// columns came with it) and whether its values alone may fall short of the whole object —
-    /// a class with lists, an unchanged TOAST value, a property the table does not map — so
-    /// that moving it or changing its key reads the stored object (`Group::upsert`).
-    fn add_update(
-        &mut self,
-        mapper: &Mapper,
-        plan: &TablePlan,
-        class: usize,
-        mapped: usize,
-        new: &[ColumnValue],
-        old: Option<&OldTuple>,
-    ) {
-        let Ok(key) = mapper.key_of(plan, new) else {
-            return;
-        };
-        let old_key = old
-            .and_then(|o| mapper.key_of(plan, o.values()).ok())
-            .filter(|k| *k != key);
-        let target = match mapper.route(plan, new) {
-            Ok(Route::Path(path)) => Some(path),
-            _ => None,
-        };
-        let class_def = &mapper.schema.classes[class];
-        let partial = class_def.list_properties().next().is_some()
-            || mapped + 1 < class_def.properties.len()
-            || new.iter().any(|v| matches!(v, ColumnValue::UnchangedToast));
-        self.updates.push(UpdateAhead {
-            class,
-            key,
-            old_key,
-            target,
-            partial,
-        });
     }
 }
