@@ -662,7 +662,7 @@ fn locator_row_realm(prefix: &[u8], row: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use pgrealm_schema::{Object, Property, PropertyType, ScalarType, Value};
+    use pgrealm_schema::{IntWidth, Object, Property, PropertyType, ScalarType, Value};
     use redb::{ReadableTable, ReadableTableMetadata};
 
     use super::*;
@@ -713,6 +713,90 @@ mod tests {
         tx.commit().unwrap();
         assert_eq!(store.locate("Stop", &key("ab")).unwrap(), [y]);
         assert_eq!(store.locate("Stop", &key("a")).unwrap(), [x]);
+    }
+
+    /// Keys past the greatest a class's locator holds are answered without a walk: around
+    /// them (below, between, equal, past; in another class sorting after it; in a class with
+    /// none) every answer is the full one, and a snapshot answers as of its own state.
+    #[test]
+    fn keys_past_the_greatest_held_are_located_nowhere() {
+        let schema = Schema::new(vec![
+            Class::new("Line").property(
+                Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64)))
+                    .primary_key(),
+            ),
+            Class::new("LineStop").property(
+                Property::new("id", PropertyType::Scalar(ScalarType::Int(IntWidth::I64)))
+                    .primary_key(),
+            ),
+            Class::new("Stop").property(
+                Property::new("id", PropertyType::Scalar(ScalarType::String)).primary_key(),
+            ),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), schema, StoreOptions::default()).unwrap();
+        let (x, y) = (
+            RealmPath::parse("/x").unwrap(),
+            RealmPath::parse("/y").unwrap(),
+        );
+        let line = |id: i64| Object::new("Line").with("id", Value::Int(id));
+        let mut tx = store.begin_write("app");
+        tx.put_object(&x, line(1)).unwrap();
+        tx.put_object(&y, line(5)).unwrap();
+        tx.put_object(&y, Object::new("LineStop").with("id", Value::Int(100)))
+            .unwrap();
+        tx.commit().unwrap();
+        let before = store.snapshot().unwrap();
+        let int = PrimaryKey::Int;
+        for (key, held) in [
+            (0, vec![]),
+            (1, vec![x.clone()]),
+            (3, vec![]),
+            (5, vec![y.clone()]),
+            (6, vec![]),
+            (100, vec![]),
+        ] {
+            assert_eq!(
+                before.locate("Line", &int(key)).unwrap(),
+                held,
+                "Line {key}"
+            );
+        }
+        assert_eq!(
+            before.locate("LineStop", &int(100)).unwrap(),
+            std::slice::from_ref(&y)
+        );
+        assert!(before.locate("LineStop", &int(101)).unwrap().is_empty());
+        assert!(before
+            .locate("Stop", &PrimaryKey::String("a".into()))
+            .unwrap()
+            .is_empty());
+
+        let mut tx = store.begin_write("app");
+        tx.put_object(&x, line(9)).unwrap();
+        tx.put_object(&x, stop("a")).unwrap();
+        tx.commit().unwrap();
+        assert!(
+            before.locate("Line", &int(9)).unwrap().is_empty(),
+            "as of its state"
+        );
+        let after = store.snapshot().unwrap();
+        assert_eq!(
+            after.locate("Line", &int(9)).unwrap(),
+            std::slice::from_ref(&x)
+        );
+        assert_eq!(after.locate("Line", &int(5)).unwrap(), [y]);
+        assert!(after.locate("Line", &int(10)).unwrap().is_empty());
+        assert_eq!(
+            after
+                .locate("Stop", &PrimaryKey::String("a".into()))
+                .unwrap(),
+            [x]
+        );
+        assert!(after
+            .locate("Stop", &PrimaryKey::String("b".into()))
+            .unwrap()
+            .is_empty());
     }
 
     /// A file written in format 1 (multimap locator) opens as format 2 with every location kept.

@@ -40,6 +40,34 @@ pub struct Snapshot {
 struct LocateTables {
     locator: ReadOnlyTable<&'static [u8], ()>,
     paths: ReadOnlyTable<u64, &'static str>,
+    /// Per class (by index), once read: the class's greatest locator row (`None`: it has none).
+    last_rows: Vec<OnceLock<Option<Vec<u8>>>>,
+}
+
+impl LocateTables {
+    /// Whether no locator row of `class` (index `index`) can start with `prefix`, because every
+    /// row of the class sorts before it: a key past the greatest held, such as a new row of a
+    /// serial key (most inserts), is answered without a walk of the locator.
+    fn past_last_row(&self, index: usize, class: &str, prefix: &[u8]) -> Result<bool, StoreError> {
+        let last = match self.last_rows[index].get() {
+            Some(last) => last,
+            None => {
+                let start = [class.as_bytes(), &[0]].concat();
+                let end = [class.as_bytes(), &[1]].concat();
+                let last = match self
+                    .locator
+                    .range(start.as_slice()..end.as_slice())?
+                    .next_back()
+                {
+                    Some(row) => Some(row?.0.value().to_vec()),
+                    None => None,
+                };
+                // Another clone may have read it meanwhile: the same snapshot, the same row.
+                self.last_rows[index].get_or_init(|| last)
+            }
+        };
+        Ok(last.as_deref().is_none_or(|last| prefix > last))
+    }
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -85,6 +113,9 @@ impl Snapshot {
         let tables = LocateTables {
             locator: self.txn().open_table(LOCATOR)?,
             paths: self.txn().open_table(REALM_PATHS)?,
+            last_rows: (0..self.store.schema().classes.len())
+                .map(|_| OnceLock::new())
+                .collect(),
         };
         // Another clone may have opened them meanwhile: either is the same snapshot.
         let _ = self.locate_tables.set(tables);
@@ -208,8 +239,12 @@ impl Snapshot {
         if let Some(remote) = self.store.remote() {
             return remote.locate(class, key);
         }
-        let LocateTables { locator, paths } = self.locate_tables()?;
+        let tables = self.locate_tables()?;
         let prefix = locator_prefix(class, key);
+        if tables.past_last_row(self.store.inner.classes[class], class, &prefix)? {
+            return Ok(Vec::new());
+        }
+        let LocateTables { locator, paths, .. } = tables;
         let mut out = Vec::new();
         for row in locator.range(prefix.as_slice()..)? {
             let (row, _) = row?;
