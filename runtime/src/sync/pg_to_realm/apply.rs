@@ -80,20 +80,53 @@ struct Located {
 /// Values a group set on an object, by the property's index in its class, one entry per
 /// property. Kept by index rather than as a map by name: the overlay holds one for each of up
 /// to [`PATCH_LIMIT`] objects, and property names cloned into each cost as much as the values.
+///
+/// Only values a later row of the object may lack are kept: a later change needs the earlier
+/// values (when it moves the row or changes its key) only for what its own row does not carry.
+/// A row carries every column of its table except unchanged TOAST values, and PostgreSQL keeps
+/// out of line only values over 24 bytes, so a value of a column that is fixed-width or short
+/// is carried again by any later row; only long values, and properties without a column (list
+/// entries among them), are kept.
 type Patch = Vec<(usize, Value)>;
 
-/// `values` (of an object of `class`) as a [`Patch`]. A name the class does not have is left
-/// out: the store refuses the object that carries it, which fails the group before the patch
-/// is read.
+/// Bytes of text or data at most that PostgreSQL never stores out of line (it moves a value out
+/// only when it takes more than 24 bytes with its header), so a later row never leaves it
+/// unchanged. With a margin below that.
+const ALWAYS_INLINE: usize = 16;
+
+/// Whether PostgreSQL may send `value` as an unchanged TOAST value in a later row (see
+/// [`Patch`]): not when it is NULL, fixed-width, or short text or data.
+fn may_stay_out_of_line(value: &Value) -> bool {
+    match value {
+        Value::Null
+        | Value::Bool(_)
+        | Value::Int(_)
+        | Value::Float(_)
+        | Value::Double(_)
+        | Value::Date(_)
+        | Value::Uuid(_)
+        | Value::Link(PrimaryKey::Int(_)) => false,
+        Value::String(s) | Value::Link(PrimaryKey::String(s)) => s.len() > ALWAYS_INLINE,
+        Value::Data(b) => b.len() > ALWAYS_INLINE,
+        _ => true,
+    }
+}
+
+/// What of `values` (of an object of `class`) a [`Patch`] keeps: every value, or with `plan`
+/// (the table whose row set them), those a later row of that table may not carry. A name the
+/// class does not have is left out: the store refuses the object that carries it, which fails
+/// the group before the patch is read.
 fn patch_of<'v>(
     class: &pgrealm_schema::Class,
+    plan: Option<&TablePlan>,
     values: impl IntoIterator<Item = (&'v String, &'v Value)>,
 ) -> Patch {
     values
         .into_iter()
         .filter_map(|(name, value)| {
             let index = class.properties.iter().position(|p| p.name == *name)?;
-            Some((index, value.clone()))
+            let carried = plan.is_some_and(|plan| plan.carries(index));
+            (!carried || may_stay_out_of_line(value)).then(|| (index, value.clone()))
         })
         .collect()
 }
@@ -680,12 +713,14 @@ impl Group {
         }
     }
 
-    /// What [`Group::record`] is to keep of `values` set on an object: a copy while the overlay
+    /// What [`Group::record`] is to keep of `values` set on an object (by a row of `plan`'s
+    /// table, if any): a copy of what a later row may lack (see [`Patch`]) while the overlay
     /// keeps the object's values (the first [`PATCH_LIMIT`] objects of the group, not during
     /// the initial load), else nothing.
     fn patch_for<'v>(
         &self,
         mapper: &Mapper,
+        plan: Option<&TablePlan>,
         class: usize,
         key: &PrimaryKey,
         values: impl IntoIterator<Item = (&'v String, &'v Value)>,
@@ -696,7 +731,7 @@ impl Group {
             Some(found) => found.patch.is_some() || (replace && keep_patch),
             None => keep_patch,
         };
-        kept.then(|| patch_of(&mapper.schema.classes[class], values))
+        kept.then(|| patch_of(&mapper.schema.classes[class], plan, values))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site per change kind; a struct would only rename them
@@ -828,7 +863,7 @@ impl Group {
         let in_place = held.contains(&target);
         if in_place && held.len() == 1 {
             // The common case: an update (or a repeated insert) in the row's own realm.
-            let patch = self.patch_for(mapper, class, &image.key, &image.values, false);
+            let patch = self.patch_for(mapper, Some(plan), class, &image.key, &image.values, false);
             let object = Object {
                 class: mapper.schema.classes[class].name.clone(),
                 values: image.values,
@@ -915,7 +950,7 @@ impl Group {
             self.tx
                 .delete_object(realm, &class_def.name, image.key.clone())?;
         }
-        let patch = self.patch_for(mapper, class, &image.key, &values, true);
+        let patch = self.patch_for(mapper, Some(plan), class, &image.key, &values, true);
         let object = Object {
             class: class_def.name.clone(),
             values,
@@ -948,7 +983,7 @@ impl Group {
         for realm in &realms {
             self.tx.delete_object(realm, name, key.clone())?;
         }
-        let patch = self.patch_for(mapper, class, &key, [], true);
+        let patch = self.patch_for(mapper, None, class, &key, [], true);
         self.record(class, key, Vec::new(), patch, true);
         Ok(())
     }

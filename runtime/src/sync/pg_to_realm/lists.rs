@@ -207,7 +207,7 @@ impl Group {
             self.tx.update_object(realm, object)?;
         }
         if !realms.is_empty() {
-            let patch = self.patch_for(mapper, *class, owner, [(property, &items)], false);
+            let patch = self.patch_for(mapper, None, *class, owner, [(property, &items)], false);
             self.record(*class, owner.clone(), realms, patch, false);
         }
         Ok(())

@@ -85,6 +85,20 @@ pub(crate) struct TablePlan {
     pub(crate) paths: PathCache,
 }
 
+impl TablePlan {
+    /// Whether a row of this table carries the property with index `property` of its class
+    /// (a column feeds it; the key's among them), unless the value is an unchanged TOAST one.
+    pub(crate) fn carries(&self, property: usize) -> bool {
+        match &self.kind {
+            TableKind::Class { key, columns, .. } => {
+                key.property_index == property
+                    || columns.iter().any(|c| c.property_index == property)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Realm paths a template rendered for a table's rows, each parsed once: rows of one realm
 /// render the same path, and parsing it again per row was a visible share of the mapping's
 /// CPU. Bounded: it is emptied when it holds [`PathCache::MAX`] paths.
