@@ -124,6 +124,18 @@ impl PathTemplate {
     /// containing `/` is refused here so it can never address another realm.
     pub fn render(&self, value_of: impl Fn(&str) -> Option<String>) -> Result<String, String> {
         let mut out = String::new();
+        self.render_into(&mut out, value_of)?;
+        Ok(out)
+    }
+
+    /// [`render`](Self::render) into `out` (emptied first), from values given as any string:
+    /// the sync engine renders each row's path into one buffer, from the row's own bytes.
+    pub fn render_into<V: AsRef<str>>(
+        &self,
+        out: &mut String,
+        value_of: impl Fn(&str) -> Option<V>,
+    ) -> Result<(), String> {
+        out.clear();
         for segment in &self.segments {
             out.push('/');
             for piece in segment {
@@ -133,17 +145,18 @@ impl PathTemplate {
                         let v = value_of(name).ok_or_else(|| {
                             format!("no value for `{{{name}}}` (NULL or missing)")
                         })?;
+                        let v = v.as_ref();
                         if v.is_empty() || v.contains('/') {
                             return Err(format!(
                                 "value {v:?} of `{{{name}}}` cannot be part of a realm path"
                             ));
                         }
-                        out.push_str(&v);
+                        out.push_str(v);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Read a realm path backwards: the capture values it stands for, or `None` when the path

@@ -13,6 +13,7 @@ use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Sche
 
 use crate::replication::{ColumnValue, Relation};
 use crate::store::RealmPath;
+use crate::template::PathTemplate;
 
 use super::route::{PgRow, RealmRouter, Route};
 use super::types::{builtin_type_name, same_family, target_scalar, CustomTypes};
@@ -103,25 +104,38 @@ impl TablePlan {
 /// render the same path, and parsing it again per row was a visible share of the mapping's
 /// CPU. Bounded: it is emptied when it holds [`PathCache::MAX`] paths.
 #[derive(Default)]
-pub(crate) struct PathCache(Mutex<HashMap<String, RealmPath>>);
+pub(crate) struct PathCache(Mutex<Paths>);
+
+#[derive(Default)]
+struct Paths {
+    parsed: HashMap<String, RealmPath>,
+    /// Where each row's path is rendered: a path seen before costs no allocation.
+    rendered: String,
+}
 
 impl PathCache {
     /// Paths kept at most.
     const MAX: usize = 4096;
 
-    /// `RealmPath::parse(path)`, from the cache when this path was parsed before (a refused
-    /// path is not kept: it is parsed again, to give the same error).
-    fn parse(&self, path: String) -> Result<RealmPath, String> {
+    /// `template` rendered with `value_of` and parsed, from the cache when this path was parsed
+    /// before (a refused path is not kept: it is parsed again, to give the same error).
+    fn render<V: AsRef<str>>(
+        &self,
+        template: &PathTemplate,
+        value_of: impl Fn(&str) -> Option<V>,
+    ) -> Result<RealmPath, String> {
         let mut paths = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(parsed) = paths.get(&path) {
-            return Ok(parsed.clone());
+        let Paths { parsed, rendered } = &mut *paths;
+        template.render_into(rendered, value_of)?;
+        if let Some(path) = parsed.get(rendered.as_str()) {
+            return Ok(path.clone());
         }
-        let parsed = RealmPath::parse(&path).map_err(|e| e.to_string())?;
-        if paths.len() >= Self::MAX {
-            paths.clear();
+        let path = RealmPath::parse(rendered).map_err(|e| e.to_string())?;
+        if parsed.len() >= Self::MAX {
+            parsed.clear();
         }
-        paths.insert(path, parsed.clone());
-        Ok(parsed)
+        parsed.insert(rendered.clone(), path.clone());
+        Ok(path)
     }
 }
 
@@ -134,7 +148,7 @@ impl Clone for PathCache {
 
 impl std::fmt::Debug for PathCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let len = self.0.lock().map(|p| p.len()).unwrap_or_default();
+        let len = self.0.lock().map(|p| p.parsed.len()).unwrap_or_default();
         f.debug_struct("PathCache").field("paths", &len).finish()
     }
 }
@@ -527,13 +541,12 @@ impl Mapper {
                 {
                     return Ok(Route::Unchanged);
                 }
-                let path = template.render(|name| {
-                    let (_, index) = plan.route_columns.iter().find(|(n, _)| n == name)?;
-                    value(*index)
-                        .and_then(ColumnValue::as_text)
-                        .map(str::to_owned)
-                })?;
-                plan.paths.parse(path).map(Route::Path)
+                plan.paths
+                    .render(template, |name| {
+                        let (_, index) = plan.route_columns.iter().find(|(n, _)| n == name)?;
+                        value(*index).and_then(ColumnValue::as_text)
+                    })
+                    .map(Route::Path)
             }
             RealmRouter::Closure(f) => f(table, &row).map(Route::Path),
         }
@@ -648,21 +661,30 @@ mod tests {
     #[test]
     fn the_path_cache_gives_what_parsing_gives_and_stays_bounded() {
         let cache = PathCache::default();
-        let first = cache.parse("/u1/bench".into()).unwrap();
+        let template = PathTemplate::parse("/{user_id}/bench").unwrap();
+        let user = |id: &'static str| move |_: &str| Some(id);
+        let first = cache.render(&template, user("u1")).unwrap();
         assert_eq!(first, RealmPath::parse("/u1/bench").unwrap());
-        assert_eq!(cache.parse("/u1/bench".into()).unwrap(), first);
+        assert_eq!(cache.render(&template, user("u1")).unwrap(), first);
         // A refused path is refused each time, with the parser's own message, and not kept.
         let refused = RealmPath::parse("/../bench").unwrap_err().to_string();
         for _ in 0..2 {
-            assert_eq!(cache.parse("/../bench".into()), Err(refused.clone()));
+            assert_eq!(cache.render(&template, user("..")), Err(refused.clone()));
         }
+        // A value the template refuses, with the template's message.
+        assert!(cache
+            .render(&template, user("a/b"))
+            .unwrap_err()
+            .contains("cannot be part of a realm path"));
         for i in 0..PathCache::MAX + 10 {
-            let path = format!("/u{i}/bench");
+            let id = format!("u{i}");
             assert_eq!(
-                cache.parse(path.clone()).unwrap(),
-                RealmPath::parse(&path).unwrap()
+                cache
+                    .render(&template, |_: &str| Some(id.as_str()))
+                    .unwrap(),
+                RealmPath::parse(&format!("/{id}/bench")).unwrap()
             );
         }
-        assert!(cache.0.lock().unwrap().len() <= PathCache::MAX);
+        assert!(cache.0.lock().unwrap().parsed.len() <= PathCache::MAX);
     }
 }
