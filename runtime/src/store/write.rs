@@ -150,6 +150,38 @@ impl WriteTx {
         Ok(())
     }
 
+    /// [`put_object`](Self::put_object) of an object whose key is `key` and whose values are
+    /// already of their properties' types (the sync engine's rows: converted and checked when
+    /// mapped), so they are not checked again. Debug builds (the tests) check that claim.
+    pub(crate) fn put_typed_object(
+        &mut self,
+        realm: &RealmPath,
+        key: PrimaryKey,
+        object: Object,
+    ) -> Result<(), StoreError> {
+        self.store.class(&object.class)?;
+        #[cfg(debug_assertions)]
+        {
+            let (checked_key, checked) = self.checked(realm, object.clone())?;
+            assert_eq!(checked_key, key, "{realm}: the key given is the object's");
+            assert!(
+                checked.values.len() == object.values.len()
+                    && checked
+                        .values
+                        .iter()
+                        .zip(&object.values)
+                        .all(|((_, a), (_, b))| a.same_as(b)),
+                "{realm}: {object:?} is not of its properties' types"
+            );
+        }
+        self.ops.push(Op::Put {
+            realm: realm.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
     /// Update an object only if the realm holds it when the commit applies (after this
     /// transaction's earlier operations); otherwise do nothing. For changes to an object that
     /// another writer may delete meanwhile — PostgreSQL's list entries of an owner the app has

@@ -868,7 +868,8 @@ impl Group {
                 class: mapper.schema.classes[class].name.clone(),
                 values: image.values,
             };
-            self.tx.put_object(&target, object)?;
+            self.tx
+                .put_typed_object(&target, image.key.clone(), object)?;
             self.record(class, image.key, held, patch, false);
             return Ok(());
         }
@@ -955,7 +956,8 @@ impl Group {
             class: class_def.name.clone(),
             values,
         };
-        self.tx.put_object(&target, object)?;
+        self.tx
+            .put_typed_object(&target, image.key.clone(), object)?;
         self.record(class, image.key, vec![target], patch, true);
         Ok(())
     }
