@@ -676,25 +676,32 @@ impl Group {
     }
 
     /// Note in the overlay that the group put the object in `realms` (none: deleted) and set
-    /// `patch` on it: the values it now has (`replace`), or some of them over what it had.
-    /// `patch` is what [`Group::patch_for`] gave for the same object and `replace`.
-    fn record(
+    /// `values` on it (by a row of `plan`'s table, if any): the values it now has (`replace`),
+    /// or some of them over what it had. Of the values, what a later row may lack (see
+    /// [`Patch`]) is kept while the overlay keeps the object's values (the first
+    /// [`PATCH_LIMIT`] objects of the group, not during the initial load).
+    #[allow(clippy::too_many_arguments)] // what one change did; a struct would only rename them
+    fn record<'v>(
         &mut self,
+        mapper: &Mapper,
+        plan: Option<&TablePlan>,
         class: usize,
         key: PrimaryKey,
         realms: Vec<RealmPath>,
-        patch: Option<Patch>,
+        values: impl IntoIterator<Item = (&'v String, &'v Value)>,
         replace: bool,
     ) {
+        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
+        let patch_of = |values| patch_of(&mapper.schema.classes[class], plan, values);
         match self.overlay.entry((class, key)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let found = e.get_mut();
                 found.realms = realms;
                 if replace {
                     found.base_from_snapshot = false;
-                    found.patch = patch;
-                } else if let (Some(kept), Some(set)) = (&mut found.patch, patch) {
-                    for (index, value) in set {
+                    found.patch = (found.patch.is_some() || keep_patch).then(|| patch_of(values));
+                } else if let Some(kept) = &mut found.patch {
+                    for (index, value) in patch_of(values) {
                         match kept.iter_mut().find(|(i, _)| *i == index) {
                             Some(entry) => entry.1 = value,
                             None => kept.push((index, value)),
@@ -707,31 +714,10 @@ impl Group {
                 e.insert(Located {
                     realms,
                     base_from_snapshot: !replace,
-                    patch,
+                    patch: keep_patch.then(|| patch_of(values)),
                 });
             }
         }
-    }
-
-    /// What [`Group::record`] is to keep of `values` set on an object (by a row of `plan`'s
-    /// table, if any): a copy of what a later row may lack (see [`Patch`]) while the overlay
-    /// keeps the object's values (the first [`PATCH_LIMIT`] objects of the group, not during
-    /// the initial load), else nothing.
-    fn patch_for<'v>(
-        &self,
-        mapper: &Mapper,
-        plan: Option<&TablePlan>,
-        class: usize,
-        key: &PrimaryKey,
-        values: impl IntoIterator<Item = (&'v String, &'v Value)>,
-        replace: bool,
-    ) -> Option<Patch> {
-        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
-        let kept = match self.overlay.get(&(class, key.clone())) {
-            Some(found) => found.patch.is_some() || (replace && keep_patch),
-            None => keep_patch,
-        };
-        kept.then(|| patch_of(&mapper.schema.classes[class], plan, values))
     }
 
     #[allow(clippy::too_many_arguments)] // one call site per change kind; a struct would only rename them
@@ -863,14 +849,20 @@ impl Group {
         let in_place = held.contains(&target);
         if in_place && held.len() == 1 {
             // The common case: an update (or a repeated insert) in the row's own realm.
-            let patch = self.patch_for(mapper, Some(plan), class, &image.key, &image.values, false);
+            self.record(
+                mapper,
+                Some(plan),
+                class,
+                image.key.clone(),
+                held,
+                &image.values,
+                false,
+            );
             let object = Object {
                 class: mapper.schema.classes[class].name.clone(),
                 values: image.values,
             };
-            self.tx
-                .put_typed_object(&target, image.key.clone(), object)?;
-            self.record(class, image.key, held, patch, false);
+            self.tx.put_typed_object(&target, image.key, object)?;
             return Ok(());
         }
         // The object is created in `target`: from the realm it leaves, the old key, or nothing.
@@ -951,14 +943,20 @@ impl Group {
             self.tx
                 .delete_object(realm, &class_def.name, image.key.clone())?;
         }
-        let patch = self.patch_for(mapper, Some(plan), class, &image.key, &values, true);
+        self.record(
+            mapper,
+            Some(plan),
+            class,
+            image.key.clone(),
+            vec![target.clone()],
+            &values,
+            true,
+        );
         let object = Object {
             class: class_def.name.clone(),
             values,
         };
-        self.tx
-            .put_typed_object(&target, image.key.clone(), object)?;
-        self.record(class, image.key, vec![target], patch, true);
+        self.tx.put_typed_object(&target, image.key, object)?;
         Ok(())
     }
 
@@ -985,8 +983,7 @@ impl Group {
         for realm in &realms {
             self.tx.delete_object(realm, name, key.clone())?;
         }
-        let patch = self.patch_for(mapper, None, class, &key, [], true);
-        self.record(class, key, Vec::new(), patch, true);
+        self.record(mapper, None, class, key, Vec::new(), [], true);
         Ok(())
     }
 

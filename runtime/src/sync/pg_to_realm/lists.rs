@@ -207,8 +207,8 @@ impl Group {
             self.tx.update_object(realm, object)?;
         }
         if !realms.is_empty() {
-            let patch = self.patch_for(mapper, None, *class, owner, [(property, &items)], false);
-            self.record(*class, owner.clone(), realms, patch, false);
+            let set = [(property, &items)];
+            self.record(mapper, None, *class, owner.clone(), realms, set, false);
         }
         Ok(())
     }
