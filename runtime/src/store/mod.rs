@@ -647,6 +647,15 @@ fn locator_prefix_into(class: &[u8], object_key: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(object_key);
 }
 
+/// Bounds of every [`LOCATOR`] row of `class`: from `class ‖ 0` (as [`locator_prefix_into`]
+/// starts them) up to, not including, `class ‖ 1`.
+fn locator_class_bounds(class: &str) -> (Vec<u8>, Vec<u8>) {
+    (
+        [class.as_bytes(), &[0]].concat(),
+        [class.as_bytes(), &[1]].concat(),
+    )
+}
+
 /// The [`LOCATOR`] row saying realm `realm_id` holds the object (`object_key` as
 /// [`codec::key_into`] writes it), into a buffer the caller reuses.
 fn locator_row_into(class: &[u8], object_key: &[u8], realm_id: u64, out: &mut Vec<u8>) {

@@ -16,8 +16,8 @@ use super::codec::{decode_log, decode_log_header, decode_object};
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::{
-    locator_prefix, locator_row_realm, object_key, object_prefix, Store, LOCATOR, LOG, METADATA,
-    OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
+    locator_class_bounds, locator_prefix, locator_row_realm, object_key, object_prefix, Store,
+    LOCATOR, LOG, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
 };
 
 /// A consistent read-only view of the whole store.
@@ -52,8 +52,7 @@ impl LocateTables {
         let last = match self.last_rows[index].get() {
             Some(last) => last,
             None => {
-                let start = [class.as_bytes(), &[0]].concat();
-                let end = [class.as_bytes(), &[1]].concat();
+                let (start, end) = locator_class_bounds(class);
                 let last = match self
                     .locator
                     .range(start.as_slice()..end.as_slice())?
