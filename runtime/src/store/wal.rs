@@ -700,6 +700,18 @@ mod tests {
         assert!(err.contains("records are missing"), "{err}");
     }
 
+    /// Every row of `table`, in key order.
+    fn contents<C: FromIterator<(Vec<u8>, Vec<u8>)>>(table: &Logged<&[u8], &[u8]>) -> C {
+        table
+            .range::<&[u8]>(..)
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.value().to_vec(), v.value().to_vec())
+            })
+            .collect()
+    }
+
     /// Sorted inserts through a cursor: keys between, before, after and equal to existing ones
     /// all land (an equal one overwrites), and each is recorded once for the log.
     #[test]
@@ -723,14 +735,7 @@ mod tests {
                 (b"h", b"8"),
             ];
             table.insert_sorted(&entries).unwrap();
-            let all: Vec<(Vec<u8>, Vec<u8>)> = table
-                .range::<&[u8]>(..)
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value().to_vec(), v.value().to_vec())
-                })
-                .collect();
+            let all: Vec<(Vec<u8>, Vec<u8>)> = contents(&table);
             let expected: Vec<(Vec<u8>, Vec<u8>)> = [
                 ("a", "1"),
                 ("b", "2"),
@@ -817,14 +822,7 @@ mod tests {
             let mut expected: BTreeMap<Vec<u8>, &[u8]> =
                 held.iter().map(|k| (k.clone(), &b"old"[..])).collect();
             expected.extend(new.iter().map(|k| (k.clone(), &b"new"[..])));
-            let all: BTreeMap<Vec<u8>, Vec<u8>> = table
-                .range::<&[u8]>(..)
-                .unwrap()
-                .map(|e| {
-                    let (k, v) = e.unwrap();
-                    (k.value().to_vec(), v.value().to_vec())
-                })
-                .collect();
+            let all: BTreeMap<Vec<u8>, Vec<u8>> = contents(&table);
             assert_eq!(all.len(), expected.len(), "scattered: {scattered}");
             for (k, v) in &expected {
                 assert_eq!(all[k].as_slice(), *v, "scattered: {scattered}");
