@@ -242,7 +242,10 @@ pub(crate) struct Group {
     /// The initial load (`copy.rs`): classes the store held no object of when it began. A row
     /// of such a class table is not looked up in the store: the table's primary key gives each
     /// key once, so only an app's write racing the load could have put it there — which a
-    /// lookup in the group's snapshot would miss as well.
+    /// lookup in the group's snapshot would miss as well. For the same reason it is not noted
+    /// in the overlay either: nothing of the load looks it up before the load has committed it
+    /// and started afresh from the store (`copy.rs` does so before the list subtables, whose
+    /// rows locate their owners).
     pub(crate) fresh_classes: Vec<bool>,
     /// The initial load: every list subtable is truncated and copied after every class table
     /// (`copy.rs`), which writes every owner's list from PostgreSQL's rows. An object created
@@ -817,9 +820,7 @@ impl Group {
             previous_realms = realms.clone();
             self.delete(mapper, class, old_key.clone())?;
         }
-        let fresh = old.is_none()
-            && self.fresh_classes.get(class) == Some(&true)
-            && !self.overlay.contains_key(&(class, image.key.clone()));
+        let fresh = old.is_none() && self.fresh_classes.get(class) == Some(&true);
         let held = if fresh {
             Vec::new()
         } else {
@@ -943,15 +944,17 @@ impl Group {
             self.tx
                 .delete_object(realm, &class_def.name, image.key.clone())?;
         }
-        self.record(
-            mapper,
-            Some(plan),
-            class,
-            image.key.clone(),
-            vec![target.clone()],
-            &values,
-            true,
-        );
+        if !fresh {
+            self.record(
+                mapper,
+                Some(plan),
+                class,
+                image.key.clone(),
+                vec![target.clone()],
+                &values,
+                true,
+            );
+        }
         let object = Object {
             class: class_def.name.clone(),
             values,

@@ -166,8 +166,11 @@ pub(crate) async fn initial_load(
     // The list subtables are copied after the class tables (below), each after a TRUNCATE that
     // empties every owner's list: the objects created before take their entries then.
     group.lists_copied_later = true;
-    // The overlay holds every loaded row's location until it passes PATCH_LIMIT.
-    group.reserve_overlay((total.max(0) as usize).min(PATCH_LIMIT + ROWS_PER_COMMIT));
+    // The overlay holds the location of every row loaded into a class the store held before
+    // (rows of a fresh class are not noted there) until it passes PATCH_LIMIT.
+    if group.fresh_classes.contains(&false) {
+        group.reserve_overlay((total.max(0) as usize).min(PATCH_LIMIT + ROWS_PER_COMMIT));
+    }
     let mut inflight: Option<Inflight> = None;
     group.begin(consistent_point, None, 0);
     // Class tables first, so list entries find their owners.
@@ -180,11 +183,22 @@ pub(crate) async fn initial_load(
             .iter()
             .filter(|t| mapper.schema.class_by_table(t).is_none()),
     );
+    let mut rows_in_group = 0usize;
+    let mut lists_begun = false;
     for table in ordered {
         reporter.table(table);
         let relation = Arc::new(relation_of(&sql, table).await?);
         let type_names = column_types(&sql, table).await?;
         let plan = mapper.plan(&relation, &|oid| type_names.get(&oid).cloned());
+        if matches!(plan.kind, TableKind::List { .. }) && !lists_begun {
+            // List rows locate their owners, which the overlay does not hold when their class
+            // was fresh (see `Group::fresh_classes`): the store answers once they are durable.
+            lists_begun = true;
+            rows_in_group = 0;
+            report.rejections += group.counts.rejections;
+            commit_chunk(&mut group, mapper, store, &mut log, &mut inflight, true).await?;
+            group.begin(consistent_point, None, 0);
+        }
         if matches!(plan.kind, TableKind::List { .. }) {
             // Lists are PostgreSQL's whole state: forget entries a previous load left.
             let truncate = Change::Truncate {
@@ -211,7 +225,6 @@ pub(crate) async fn initial_load(
             .map_err(PgToRealmError::sql(copying.as_str()))?;
         pin_mut!(stream);
         let mut lines_of = CopyLines::default();
-        let mut rows_in_group = 0usize;
         let width = relation.columns.len();
         // In remote mode, rows of a class the store already holds are located a batch at a
         // time (one `locate_many`) rather than one request each, and the stored objects of
@@ -284,15 +297,9 @@ pub(crate) async fn initial_load(
                 if rows_in_group >= ROWS_PER_COMMIT {
                     rows_in_group = 0;
                     report.rejections += group.counts.rejections;
-                    group.end_chunk(mapper, &mut log)?;
-                    // Commits stay in order: one in flight at most.
-                    finish(inflight.take(), store, &mut log).await?;
-                    let handover = group.take_commit(store);
-                    inflight = Some(tokio::task::spawn_blocking(move || handover.commit()));
-                    if group.overlay_is_large() {
-                        finish(inflight.take(), store, &mut log).await?;
-                        group.refresh(store)?;
-                    }
+                    let afresh = group.overlay_is_large();
+                    commit_chunk(&mut group, mapper, store, &mut log, &mut inflight, afresh)
+                        .await?;
                     group.begin(consistent_point, None, 0);
                 }
             }
@@ -328,6 +335,28 @@ pub(crate) async fn initial_load(
 
 /// A chunk's store commit running on the blocking pool.
 type Inflight = tokio::task::JoinHandle<Result<CommitInfo, StoreError>>;
+
+/// End the group's chunk and hand it to a commit on the blocking pool, after the one in flight
+/// (commits stay in order: one in flight at most). With `afresh`, wait for it too and start the
+/// group afresh from the store, which then holds every row loaded so far.
+async fn commit_chunk(
+    group: &mut Group,
+    mapper: &Mapper,
+    store: &Store,
+    log: &mut RejectionLog,
+    inflight: &mut Option<Inflight>,
+    afresh: bool,
+) -> Result<(), PgToRealmError> {
+    group.end_chunk(mapper, log)?;
+    finish(inflight.take(), store, log).await?;
+    let handover = group.take_commit(store);
+    *inflight = Some(tokio::task::spawn_blocking(move || handover.commit()));
+    if afresh {
+        finish(inflight.take(), store, log).await?;
+        group.refresh(store)?;
+    }
+    Ok(())
+}
 
 /// Wait for the commit in flight, if any.
 async fn finish(
