@@ -530,6 +530,12 @@ impl LogWriter {
         self.count += 1;
     }
 
+    /// `other`'s instructions after these.
+    pub(crate) fn append(&mut self, other: LogWriter) {
+        self.body.buf.extend_from_slice(&other.body.buf);
+        self.count += other.count;
+    }
+
     /// `Delete { class, key }`.
     pub(crate) fn delete(&mut self, class: &str, key: &PrimaryKey) {
         self.body.u8(4);

@@ -724,6 +724,103 @@ mod tests {
         assert_eq!(store.locate("Stop", &key("a")).unwrap(), [x]);
     }
 
+    /// An object the caller says is new goes to the changeset, the objects and the locator
+    /// without being touched, after the realm's schema changes, with NULL for what it was not
+    /// given; one whose key is not past the greatest the realm held (the promise cannot be
+    /// checked without a read) is put as usual: created if absent, its changes set if present.
+    #[test]
+    fn creates_of_new_objects_are_written_and_others_put() {
+        let schema = Schema::new(vec![Class::new("Stop")
+            .property(Property::new("id", PropertyType::Scalar(ScalarType::String)).primary_key())
+            .property(
+                Property::new("name", PropertyType::Scalar(ScalarType::String)).optional(),
+            )]);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), schema, StoreOptions::default()).unwrap();
+        let (x, y) = (
+            RealmPath::parse("/x").unwrap(),
+            RealmPath::parse("/y").unwrap(),
+        );
+        let key = |k: &str| PrimaryKey::String(k.into());
+        let named = |id: &str, name: &str| stop(id).with("name", Value::String(name.into()));
+        let ops = |realm: &RealmPath, version: u64| -> Vec<String> {
+            let changes = store
+                .snapshot()
+                .unwrap()
+                .changes(realm, version - 1, 1)
+                .unwrap();
+            assert_eq!(changes[0].version, version);
+            changes[0]
+                .instructions
+                .iter()
+                .map(|i| match i {
+                    Instruction::AddClass { class } => format!("add {}", class.name),
+                    Instruction::Create { key, values, .. } => format!(
+                        "create {} {:?}",
+                        key.to_string().trim_matches('"'),
+                        values.get("name").expect("every property is in a create")
+                    ),
+                    Instruction::Set {
+                        key, property, new, ..
+                    } => {
+                        format!(
+                            "set {}.{property} {new:?}",
+                            key.to_string().trim_matches('"')
+                        )
+                    }
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        };
+
+        let mut tx = store.begin_write("load");
+        tx.create_typed_object(&x, key("b"), stop("b")).unwrap();
+        tx.put_object(&x, stop("c")).unwrap();
+        tx.create_typed_object(&y, key("a"), named("a", "A"))
+            .unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            ops(&x, 1),
+            ["add Stop", "create c Null", "create b Null"],
+            "the put's object settles first, the created ones follow"
+        );
+        assert_eq!(ops(&y, 1), ["add Stop", "create a String(\"A\")"]);
+        assert_eq!(store.locate("Stop", &key("b")).unwrap(), [x.clone()]);
+        assert_eq!(store.locate("Stop", &key("a")).unwrap(), [y.clone()]);
+
+        // `/x` holds b and c: a and b are not past c, so they are put; d is created.
+        let mut tx = store.begin_write("load");
+        tx.create_typed_object(&x, key("a"), named("a", "new"))
+            .unwrap();
+        tx.create_typed_object(&x, key("b"), named("b", "again"))
+            .unwrap();
+        tx.create_typed_object(&x, key("d"), stop("d")).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(
+            ops(&x, 2),
+            [
+                "create a String(\"new\")",
+                "set b.name String(\"again\")",
+                "create d Null"
+            ]
+        );
+        let view = store.snapshot().unwrap().realm(&x).unwrap().unwrap();
+        assert_eq!(view.count("Stop").unwrap(), 4);
+        assert_eq!(
+            view.object("Stop", &key("b")).unwrap().unwrap(),
+            named("b", "again")
+        );
+        assert_eq!(
+            view.object("Stop", &key("d")).unwrap().unwrap().values["name"],
+            Value::Null
+        );
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            [x.clone(), y.clone()]
+        );
+        assert_eq!(store.locate("Stop", &key("d")).unwrap(), [x]);
+    }
+
     /// Keys past the greatest a class's locator holds are answered without a walk: around
     /// them (below, between, equal, past; in another class sorting after it; in a class with
     /// none) every answer is the full one, and a snapshot answers as of its own state.

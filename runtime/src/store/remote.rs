@@ -776,7 +776,7 @@ pub(super) fn expected_json(expected: &Expected) -> Json {
 
 pub(super) fn op_to_json(op: &Op) -> Json {
     match op {
-        Op::Put { realm, object, .. } => json!({"put": {
+        Op::Put { realm, object, .. } | Op::Create { realm, object, .. } => json!({"put": {
             "realm": realm.as_str(), "class": object.class, "object": object_to_json(object),
         }}),
         Op::Update { realm, object, .. } => json!({"update": {

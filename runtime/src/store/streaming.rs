@@ -296,14 +296,7 @@ impl LocalStream {
                     apply.op(op)?;
                 }
                 for i in 0..apply.states.len() {
-                    let mut log = LogWriter::new();
-                    for ins in std::mem::take(&mut apply.states[i].schema_changes) {
-                        log.push(&ins);
-                    }
-                    let schema_len = log.len();
-                    for t in std::mem::take(&mut apply.states[i].objects) {
-                        apply.settle(t, &mut log)?;
-                    }
+                    let (log, schema_len) = apply.settle_realm(i)?;
                     if log.len() > 0 {
                         settled.push((i, log.len() - schema_len, log));
                     }

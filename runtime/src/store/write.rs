@@ -67,6 +67,13 @@ pub(super) enum Op {
         key: PrimaryKey,
         object: Object,
     },
+    /// A put of an object the caller knows the realm does not hold, which no other operation
+    /// of the transaction touches (see [`WriteTx::create_typed_object`]).
+    Create {
+        realm: RealmPath,
+        key: PrimaryKey,
+        object: Object,
+    },
     Move {
         from: RealmPath,
         to: RealmPath,
@@ -159,11 +166,48 @@ impl WriteTx {
         key: PrimaryKey,
         object: Object,
     ) -> Result<(), StoreError> {
+        self.check_typed(realm, &key, &object)?;
+        self.ops.push(Op::Put {
+            realm: realm.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
+    /// [`put_typed_object`](Self::put_typed_object) of an object the realm does not hold when
+    /// the commit begins and which no other operation of this transaction touches: the initial
+    /// load's rows of a class the store held nothing of. The commit then writes it without
+    /// noting it among the objects it touched. It still makes sure: a key not past the greatest
+    /// the realm held for the class (another writer's object) is put as usual.
+    pub(crate) fn create_typed_object(
+        &mut self,
+        realm: &RealmPath,
+        key: PrimaryKey,
+        object: Object,
+    ) -> Result<(), StoreError> {
+        self.check_typed(realm, &key, &object)?;
+        self.ops.push(Op::Create {
+            realm: realm.clone(),
+            key,
+            object,
+        });
+        Ok(())
+    }
+
+    /// That `object` is of a class of the schema; in debug builds (the tests), also that its
+    /// key is `key` and its values are of their properties' types, as the typed puts claim.
+    fn check_typed(
+        &self,
+        realm: &RealmPath,
+        key: &PrimaryKey,
+        object: &Object,
+    ) -> Result<(), StoreError> {
         self.store.class(&object.class)?;
         #[cfg(debug_assertions)]
         {
             let (checked_key, checked) = self.checked(realm, object.clone())?;
-            assert_eq!(checked_key, key, "{realm}: the key given is the object's");
+            assert_eq!(&checked_key, key, "{realm}: the key given is the object's");
             assert!(
                 checked.values.len() == object.values.len()
                     && checked
@@ -174,11 +218,8 @@ impl WriteTx {
                 "{realm}: {object:?} is not of its properties' types"
             );
         }
-        self.ops.push(Op::Put {
-            realm: realm.clone(),
-            key,
-            object,
-        });
+        #[cfg(not(debug_assertions))]
+        let _ = (realm, key);
         Ok(())
     }
 
@@ -350,6 +391,37 @@ impl WriteTx {
     }
 }
 
+/// A new object's values: the given ones (already checked) plus NULL or the empty list for
+/// every property not given, which a required property refuses.
+fn fill_absent(
+    store: &Store,
+    realm: &RealmPath,
+    class: &Class,
+    key: &PrimaryKey,
+    values: &mut BTreeMap<String, Value>,
+) -> Result<(), StoreError> {
+    if values.len() == class.properties.len() {
+        // Every property given (the values are checked to be the class's own): none to add.
+        return Ok(());
+    }
+    for property in &class.properties {
+        if values.contains_key(&property.name) {
+            continue;
+        }
+        let value =
+            check_value(store.schema(), class, property, Value::Null).map_err(|source| {
+                StoreError::Value {
+                    realm: realm.clone(),
+                    class: class.name.clone(),
+                    key: key.to_string(),
+                    source: Box::new(source),
+                }
+            })?;
+        values.insert(property.name.clone(), value);
+    }
+    Ok(())
+}
+
 /// Whether the metadata in `txn` holds what a commit expects; [`StoreError::MetadataChanged`]
 /// names the first key that does not.
 pub(super) fn check_expected(
@@ -447,16 +519,19 @@ pub(super) struct RealmState {
     pub(super) schema_changes: Vec<Instruction>,
     /// The objects this commit touches, first-touched first (indices into `Applier::touched`).
     pub(super) objects: Vec<usize>,
+    /// The instructions of the objects created without being touched ([`Op::Create`]).
+    creates: LogWriter,
 }
 
-/// One object a commit touches: as it was before the commit and as it is now.
-/// An object created by this commit, waiting for [`Applier::flush_created`]: where its record
-/// and its locator row are in `Applier::created_bytes`.
+/// An object created by this commit, waiting for [`Applier::flush_created`]: where its key,
+/// its record and its locator row are in `Applier::created_bytes`.
 struct Created {
-    touched: usize,
+    key: std::ops::Range<usize>,
     record: std::ops::Range<usize>,
     locator_row: std::ops::Range<usize>,
 }
+
+/// One object a commit touches: as it was before the commit and as it is now.
 
 struct Touched {
     realm: usize,
@@ -583,6 +658,7 @@ impl<'t> Applier<'t> {
             changed_classes: Vec::new(),
             schema_changes: Vec::new(),
             objects: Vec::new(),
+            creates: LogWriter::new(),
         });
         self.by_path.insert(path.clone(), self.states.len() - 1);
         self.last_realm = Some(self.states.len() - 1);
@@ -594,6 +670,10 @@ impl<'t> Applier<'t> {
             Op::Put { realm, key, object } => {
                 let i = self.realm(&realm, true)?.expect("created on demand");
                 self.put(i, key, object)
+            }
+            Op::Create { realm, key, object } => {
+                let i = self.realm(&realm, true)?.expect("created on demand");
+                self.create(i, key, object)
             }
             Op::Delete { realm, class, key } => match self.realm(&realm, false)? {
                 Some(i) => {
@@ -781,26 +861,81 @@ impl<'t> Applier<'t> {
         match &mut touched.current {
             Some(current) => current.extend(object.values),
             None => {
-                // A new object: the given values (already checked) plus NULL or the empty list
-                // for every property not given, which a required property refuses.
                 let mut values = object.values;
-                for property in &class.properties {
-                    if values.contains_key(&property.name) {
-                        continue;
-                    }
-                    let value = check_value(store.schema(), class, property, Value::Null).map_err(
-                        |source| StoreError::Value {
-                            realm: self.states[i].path.clone(),
-                            class: class.name.clone(),
-                            key: touched.key.to_string(),
-                            source: Box::new(source),
-                        },
-                    )?;
-                    values.insert(property.name.clone(), value);
-                }
+                fill_absent(
+                    store,
+                    &self.states[i].path,
+                    class,
+                    &touched.key,
+                    &mut values,
+                )?;
                 touched.current = Some(values);
             }
         }
+        Ok(())
+    }
+
+    /// [`Op::Create`]: an object past the greatest key the realm held for its class as the
+    /// commit began (or of a realm new in it) is new, and goes straight to the changeset and to
+    /// the objects [`Applier::flush_created`] writes, without the touched-object entry a put
+    /// keeps to net out later operations (the caller promised there are none). Any other is put.
+    fn create(&mut self, i: usize, key: PrimaryKey, object: Object) -> Result<(), StoreError> {
+        let store = self.store;
+        let class_index = store.inner.classes[&object.class];
+        let class = &store.inner.schema.classes[class_index];
+        let realm_id = self.states[i].id;
+        let record_key_start = self.created_bytes.len();
+        self.created_bytes
+            .extend_from_slice(&realm_id.to_be_bytes());
+        self.created_bytes.extend_from_slice(class.name.as_bytes());
+        self.created_bytes.push(0);
+        let object_key_start = self.created_bytes.len();
+        super::codec::key_into(&key, &mut self.created_bytes);
+        let record_key = record_key_start..self.created_bytes.len();
+        self.last_key(i, class_index)?;
+        let past_last = match &self.states[i].last_keys[class_index] {
+            Some(Some(last)) => self.created_bytes[record_key.clone()] > last[..],
+            _ => true,
+        };
+        if !past_last {
+            self.created_bytes.truncate(record_key_start);
+            return self.put(i, key, object);
+        }
+        debug_assert!(
+            !self
+                .by_record
+                .contains_key(&self.created_bytes[record_key.clone()]),
+            "{}: {key} was created and touched by one commit",
+            self.states[i].path
+        );
+        self.ensure_class(i, class_index)?;
+        let mut values = object.values;
+        fill_absent(store, &self.states[i].path, class, &key, &mut values)?;
+        encode_object_into(&values, &mut self.record);
+        let Applier {
+            states,
+            created_bytes,
+            record,
+            locator_row,
+            created,
+            ..
+        } = self;
+        states[i].creates.create(&class.name, &key, record);
+        locator_row_into(
+            class.name.as_bytes(),
+            &created_bytes[object_key_start..record_key.end],
+            realm_id,
+            locator_row,
+        );
+        let record_start = created_bytes.len();
+        created_bytes.extend_from_slice(record);
+        let row_start = created_bytes.len();
+        created_bytes.extend_from_slice(locator_row);
+        created.push(Created {
+            key: record_key,
+            record: record_start..row_start,
+            locator_row: row_start..created_bytes.len(),
+        });
         Ok(())
     }
 
@@ -825,12 +960,14 @@ impl<'t> Applier<'t> {
                 );
                 log.create(&class.name, key, &self.record);
                 // Written by `flush_created`, sorted, with the other objects created.
+                let key_start = self.created_bytes.len();
+                self.created_bytes.extend_from_slice(&touched.record_key);
                 let start = self.created_bytes.len();
                 self.created_bytes.extend_from_slice(&self.record);
                 let middle = self.created_bytes.len();
                 self.created_bytes.extend_from_slice(&self.locator_row);
                 self.created.push(Created {
-                    touched: t,
+                    key: key_start..start,
                     record: start..middle,
                     locator_row: middle..self.created_bytes.len(),
                 });
@@ -885,7 +1022,25 @@ impl<'t> Applier<'t> {
         Ok(())
     }
 
-    /// Write the objects [`Applier::settle`] created, and their locator rows, each table's in
+    /// The changeset of realm `i` so far: its schema changes (how many: the second value), then
+    /// the net instructions of the objects it touched and of those it created.
+    pub(super) fn settle_realm(&mut self, i: usize) -> Result<(LogWriter, u64), StoreError> {
+        let mut log = LogWriter::new();
+        for ins in std::mem::take(&mut self.states[i].schema_changes) {
+            log.push(&ins);
+        }
+        let schema_len = log.len();
+        for t in std::mem::take(&mut self.states[i].objects) {
+            self.settle(t, &mut log)?;
+        }
+        log.append(std::mem::replace(
+            &mut self.states[i].creates,
+            LogWriter::new(),
+        ));
+        Ok((log, schema_len))
+    }
+
+    /// Write the objects [`Applier::settle`] and [`Applier::create`] created, and their locator rows, each table's in
     /// key order: runs of new keys go in through one cursor (see `Logged::insert_sorted`).
     pub(super) fn flush_created(&mut self) -> Result<(), StoreError> {
         if self.created.is_empty() {
@@ -895,12 +1050,7 @@ impl<'t> Applier<'t> {
         let mut objects: Vec<(&[u8], &[u8])> = self
             .created
             .iter()
-            .map(|c| {
-                (
-                    self.touched[c.touched].record_key.as_slice(),
-                    &bytes[c.record.clone()],
-                )
-            })
+            .map(|c| (&bytes[c.key.clone()], &bytes[c.record.clone()]))
             .collect();
         objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
         self.objects.insert_sorted(&objects)?;
@@ -923,14 +1073,7 @@ impl<'t> Applier<'t> {
         let mut info = CommitInfo::default();
         let mut any_new = false;
         for i in 0..self.states.len() {
-            let mut log = LogWriter::new();
-            for ins in std::mem::take(&mut self.states[i].schema_changes) {
-                log.push(&ins);
-            }
-            let schema_len = log.len();
-            for t in std::mem::take(&mut self.states[i].objects) {
-                self.settle(t, &mut log)?;
-            }
+            let (log, schema_len) = self.settle_realm(i)?;
             if log.len() == schema_len {
                 // Nothing happened to any object: no version, and the realm's schema stays as
                 // it was.

@@ -959,7 +959,12 @@ impl Group {
             class: class_def.name.clone(),
             values,
         };
-        self.tx.put_typed_object(&target, image.key, object)?;
+        if fresh {
+            // No other operation of the load's commits touches it (see `fresh_classes`).
+            self.tx.create_typed_object(&target, image.key, object)?;
+        } else {
+            self.tx.put_typed_object(&target, image.key, object)?;
+        }
         Ok(())
     }
 
