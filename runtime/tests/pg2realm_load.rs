@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use pg2realm_support::*;
 use pgrealm_runtime::sync::pg_to_realm::stored_checkpoint;
+use pgrealm_runtime::sync::rejections::{self, Direction};
 use pgrealm_schema::{PrimaryKey, Value};
 
 const ROWS: i64 = 30_000;
@@ -130,5 +131,61 @@ async fn reset_drops_the_slot_and_the_checkpoint_and_starts_over() {
     f.sync_point().await;
     assert!(f.object("/alice/transit", "Bus", 2).is_some(), "loaded");
     assert_eq!(f.realm_buses(), f.pg_buses().await);
+    running.stop().await;
+}
+
+/// Rows the load cannot apply are rejected as the stream rejects them, each with its reason
+/// and raw values, and the rows around them load (in a fresh class, rows go in as records
+/// built straight from their columns; a row that does not make one is applied, or rejected,
+/// the general way).
+#[tokio::test]
+async fn the_initial_load_rejects_the_rows_it_cannot_apply_and_loads_the_rest() {
+    let f = Fixture::new().await;
+    let cases = [
+        // (key, values, what the reason says)
+        (1, "(1, 'big', 70000, 'alice', NULL)", "out of range"),
+        (2, "(2, NULL, 1, 'alice', NULL)", "required"),
+        (3, "(3, 'dots', 1, '..', NULL)", "realm path"),
+        (4, "(4, 'nan', 1, 'alice', 'abc')", "not an integer"),
+    ];
+    f.exec(
+        "INSERT INTO bus (id, name, seats, user_id, level)
+             SELECT i, 'bus ' || i, i % 100, 'u' || (i % 3), NULL FROM generate_series(10, 1009) i",
+    )
+    .await;
+    for (_, values, _) in &cases {
+        f.exec(&format!(
+            "INSERT INTO bus (id, name, seats, user_id, level) VALUES {values}"
+        ))
+        .await;
+    }
+    let mut options = f.options();
+    options.initialize_realm_from_postgres = true;
+    let running = f.start(options).await;
+    let load = running.setup.load.expect("the load ran");
+    assert_eq!(load.rows, 1_004, "{load:?}");
+    assert_eq!(load.rejections, cases.len() as u64, "{load:?}");
+    let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 100).unwrap();
+    assert_eq!(rejected.len(), cases.len(), "{rejected:#?}");
+    for (key, _, reason) in &cases {
+        let r = rejected
+            .iter()
+            .find(|r| r.key.as_deref() == Some(&key.to_string()))
+            .unwrap_or_else(|| panic!("no rejection of bus {key}: {rejected:#?}"));
+        assert!(r.reason.contains(reason), "bus {key}: {}", r.reason);
+        assert_eq!(r.raw["id"], serde_json::json!(key.to_string()));
+        assert!(f
+            .store
+            .locate("Bus", &PrimaryKey::Int(*key))
+            .unwrap()
+            .is_empty());
+    }
+    let buses = f.objects("Bus");
+    assert_eq!(buses.len(), 1_000);
+    let bus = f.object("/u1/transit", "Bus", 10).expect("bus 10 loaded");
+    assert_eq!(bus.get("name"), Some(&text("bus 10")));
+    assert_eq!(bus.get("seats"), Some(&Value::Int(10)));
+    assert_eq!(bus.get("level"), Some(&Value::Null));
+    assert_eq!(bus.get("counter"), Some(&Value::Int(0)));
     running.stop().await;
 }

@@ -479,6 +479,32 @@ pub(crate) fn encode_object_into(values: &BTreeMap<String, Value>, buf: &mut Vec
     *buf = e.buf;
 }
 
+/// An object record written value by value, for a caller that has no map of them: `count`
+/// values, each pushed with its property's name, in name order (what [`encode_object_into`]
+/// writes for a map holding them).
+pub(crate) struct RecordWriter {
+    e: Encoder,
+}
+
+impl RecordWriter {
+    pub(crate) fn new(capacity: usize, count: usize) -> Self {
+        let mut e = Encoder {
+            buf: Vec::with_capacity(capacity),
+        };
+        e.varint(count as u64);
+        RecordWriter { e }
+    }
+
+    pub(crate) fn push(&mut self, name: &str, value: &Value) {
+        self.e.str(name);
+        self.e.value(value);
+    }
+
+    pub(crate) fn finish(self) -> Vec<u8> {
+        self.e.buf
+    }
+}
+
 /// Read an object record of `class`.
 pub(crate) fn decode_object(class: &str, bytes: &[u8]) -> Result<Object, CodecError> {
     let mut d = Decoder::new(bytes, "object");
@@ -609,6 +635,29 @@ mod tests {
         e.value(&v);
         let back = Decoder::new(&e.buf, "test").value().unwrap();
         assert!(back.same_as(&v), "{v:?} -> {back:?}");
+    }
+
+    /// A record written value by value, in name order, is the record of the map of them.
+    #[test]
+    fn records_written_value_by_value_are_those_of_the_map() {
+        let values: BTreeMap<String, Value> = [
+            ("id", Value::Int(7)),
+            ("name", Value::String("seven".into())),
+            ("notes", Value::Null),
+            ("Zone", Value::Bool(true)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let mut record = RecordWriter::new(0, values.len());
+        for (name, value) in &values {
+            record.push(name, value);
+        }
+        let record = record.finish();
+        let mut expected = Vec::new();
+        encode_object_into(&values, &mut expected);
+        assert_eq!(record, expected);
+        assert_eq!(decode_object("Bus", &record).unwrap().values, values);
     }
 
     #[test]

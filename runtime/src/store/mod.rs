@@ -43,6 +43,7 @@ use tokio::sync::broadcast;
 
 pub use changeset::{apply, Changeset, Instruction, RealmObjects};
 pub use codec::CodecError;
+pub(crate) use codec::RecordWriter;
 pub use error::StoreError;
 pub use feed::{ChangeFeed, Subscription};
 pub use group::CommitStats;
@@ -785,8 +786,14 @@ mod tests {
             "the put's object settles first, the created ones follow"
         );
         assert_eq!(ops(&y, 1), ["add Stop", "create a String(\"A\")"]);
-        assert_eq!(store.locate("Stop", &key("b")).unwrap(), [x.clone()]);
-        assert_eq!(store.locate("Stop", &key("a")).unwrap(), [y.clone()]);
+        assert_eq!(
+            store.locate("Stop", &key("b")).unwrap(),
+            std::slice::from_ref(&x)
+        );
+        assert_eq!(
+            store.locate("Stop", &key("a")).unwrap(),
+            std::slice::from_ref(&y)
+        );
 
         // `/x` holds b and c: a and b are not past c, so they are put; d is created.
         let mut tx = store.begin_write("load");

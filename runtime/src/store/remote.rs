@@ -40,6 +40,7 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{mpsc, oneshot};
 
 use super::changeset::Changeset;
+use super::codec::decode_object;
 use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::RealmInfo;
@@ -498,7 +499,7 @@ impl RemoteBackend {
         metadata: &BTreeMap<String, Vec<u8>>,
         expected: &Expected,
     ) -> Result<CommitInfo, StoreError> {
-        let ops: Vec<Json> = ops.iter().map(op_to_json).collect();
+        let ops: Vec<Json> = ops.iter().map(|op| op_to_json(self.schema(), op)).collect();
         let mut body = json!({"origin": origin, "ops": ops, "metadata": metadata_json(metadata)});
         if !expected.is_empty() {
             body["expect"] = expected_json(expected);
@@ -774,11 +775,24 @@ pub(super) fn expected_json(expected: &Expected) -> Json {
         .into()
 }
 
-pub(super) fn op_to_json(op: &Op) -> Json {
+/// `op` as the admin commit endpoint takes it (a create of a record as a put of its object).
+pub(super) fn op_to_json(schema: &Schema, op: &Op) -> Json {
     match op {
-        Op::Put { realm, object, .. } | Op::Create { realm, object, .. } => json!({"put": {
+        Op::Put { realm, object, .. } => json!({"put": {
             "realm": realm.as_str(), "class": object.class, "object": object_to_json(object),
         }}),
+        Op::Create {
+            realm,
+            class,
+            record,
+            ..
+        } => {
+            let class = &schema.classes[*class].name;
+            let object = decode_object(class, record).expect("a record this process encoded");
+            json!({"put": {
+                "realm": realm.as_str(), "class": class, "object": object_to_json(&object),
+            }})
+        }
         Op::Update { realm, object, .. } => json!({"update": {
             "realm": realm.as_str(), "class": object.class, "object": object_to_json(object),
         }}),

@@ -109,7 +109,7 @@ impl RemoteStream {
         let mut body = b"{\"ops\":[".to_vec();
         let mut in_body = 0;
         for op in &ops {
-            let json = op_to_json(op).to_string();
+            let json = op_to_json(self.backend().schema(), op).to_string();
             if in_body > 0 && body.len() + json.len() > MAX_REQUEST_BYTES {
                 body.extend_from_slice(b"]}");
                 self.request("sending a batch of a streamed write", "ops", body)?;

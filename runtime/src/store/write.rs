@@ -68,11 +68,13 @@ pub(super) enum Op {
         object: Object,
     },
     /// A put of an object the caller knows the realm does not hold, which no other operation
-    /// of the transaction touches (see [`WriteTx::create_typed_object`]).
+    /// of the transaction touches (see [`WriteTx::create_typed_object`]): every value of it,
+    /// already encoded as its record.
     Create {
         realm: RealmPath,
+        class: usize,
         key: PrimaryKey,
-        object: Object,
+        record: Vec<u8>,
     },
     Move {
         from: RealmPath,
@@ -180,6 +182,8 @@ impl WriteTx {
     /// load's rows of a class the store held nothing of. The commit then writes it without
     /// noting it among the objects it touched. It still makes sure: a key not past the greatest
     /// the realm held for the class (another writer's object) is put as usual.
+    ///
+    /// Its record is encoded here, by the caller's thread, not by the commit.
     pub(crate) fn create_typed_object(
         &mut self,
         realm: &RealmPath,
@@ -187,10 +191,55 @@ impl WriteTx {
         object: Object,
     ) -> Result<(), StoreError> {
         self.check_typed(realm, &key, &object)?;
+        let class = self.store.inner.classes[&object.class];
+        let mut values = object.values;
+        fill_absent(
+            &self.store,
+            realm,
+            &self.store.inner.schema.classes[class],
+            &key,
+            &mut values,
+        )?;
+        let mut record = Vec::new();
+        encode_object_into(&values, &mut record);
         self.ops.push(Op::Create {
             realm: realm.clone(),
+            class,
             key,
-            object,
+            record,
+        });
+        Ok(())
+    }
+
+    /// [`create_typed_object`](Self::create_typed_object) of an object of `class` given as its
+    /// record: every property of the class, in name order, each value of its property's type
+    /// (the initial load encodes a row's columns so, without building the object). Debug
+    /// builds check that claim.
+    pub(crate) fn create_record(
+        &mut self,
+        realm: &RealmPath,
+        class: &str,
+        key: PrimaryKey,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        let class_def = self.store.class(class)?;
+        #[cfg(debug_assertions)]
+        {
+            let object = decode_object(class, &record).expect("a record the caller encoded");
+            assert_eq!(
+                object.values.len(),
+                class_def.properties.len(),
+                "{realm}: a record holds every property of {class}"
+            );
+            self.check_typed(realm, &key, &object)?;
+        }
+        #[cfg(not(debug_assertions))]
+        let _ = class_def;
+        self.ops.push(Op::Create {
+            realm: realm.clone(),
+            class: self.store.inner.classes[class],
+            key,
+            record,
         });
         Ok(())
     }
@@ -532,7 +581,6 @@ struct Created {
 }
 
 /// One object a commit touches: as it was before the commit and as it is now.
-
 struct Touched {
     realm: usize,
     class: usize,
@@ -671,9 +719,14 @@ impl<'t> Applier<'t> {
                 let i = self.realm(&realm, true)?.expect("created on demand");
                 self.put(i, key, object)
             }
-            Op::Create { realm, key, object } => {
+            Op::Create {
+                realm,
+                class,
+                key,
+                record,
+            } => {
                 let i = self.realm(&realm, true)?.expect("created on demand");
-                self.create(i, key, object)
+                self.create(i, class, key, record)
             }
             Op::Delete { realm, class, key } => match self.realm(&realm, false)? {
                 Some(i) => {
@@ -879,9 +932,14 @@ impl<'t> Applier<'t> {
     /// commit began (or of a realm new in it) is new, and goes straight to the changeset and to
     /// the objects [`Applier::flush_created`] writes, without the touched-object entry a put
     /// keeps to net out later operations (the caller promised there are none). Any other is put.
-    fn create(&mut self, i: usize, key: PrimaryKey, object: Object) -> Result<(), StoreError> {
+    fn create(
+        &mut self,
+        i: usize,
+        class_index: usize,
+        key: PrimaryKey,
+        record: Vec<u8>,
+    ) -> Result<(), StoreError> {
         let store = self.store;
-        let class_index = store.inner.classes[&object.class];
         let class = &store.inner.schema.classes[class_index];
         let realm_id = self.states[i].id;
         let record_key_start = self.created_bytes.len();
@@ -899,6 +957,7 @@ impl<'t> Applier<'t> {
         };
         if !past_last {
             self.created_bytes.truncate(record_key_start);
+            let object = decode_object(&class.name, &record)?;
             return self.put(i, key, object);
         }
         debug_assert!(
@@ -909,18 +968,14 @@ impl<'t> Applier<'t> {
             self.states[i].path
         );
         self.ensure_class(i, class_index)?;
-        let mut values = object.values;
-        fill_absent(store, &self.states[i].path, class, &key, &mut values)?;
-        encode_object_into(&values, &mut self.record);
         let Applier {
             states,
             created_bytes,
-            record,
             locator_row,
             created,
             ..
         } = self;
-        states[i].creates.create(&class.name, &key, record);
+        states[i].creates.create(&class.name, &key, &record);
         locator_row_into(
             class.name.as_bytes(),
             &created_bytes[object_key_start..record_key.end],
@@ -928,7 +983,7 @@ impl<'t> Applier<'t> {
             locator_row,
         );
         let record_start = created_bytes.len();
-        created_bytes.extend_from_slice(record);
+        created_bytes.extend_from_slice(&record);
         let row_start = created_bytes.len();
         created_bytes.extend_from_slice(locator_row);
         created.push(Created {

@@ -26,7 +26,7 @@ use std::time::Instant;
 use chrono::Utc;
 use pgrealm_schema::{Object, PrimaryKey, Value};
 
-use super::mapping::{raw_values, Mapper, TableKind, TablePlan};
+use super::mapping::{raw_values, Mapper, RecordFields, TableKind, TablePlan};
 use super::route::Route;
 use crate::replication::{Change, ColumnValue, Lsn, OldTuple};
 use crate::store::{CommitInfo, RealmPath, Snapshot, Store, StoreError, StreamingTx, WriteTx};
@@ -966,6 +966,35 @@ impl Group {
             self.tx.put_typed_object(&target, image.key, object)?;
         }
         Ok(())
+    }
+
+    /// The initial load's row of a fresh class (see [`Group::fresh_classes`]), created from
+    /// its record (`fields` from [`Mapper::record_fields`] for `plan`) without building its
+    /// object. `false`: the row needs [`Group::change`], which applies or rejects it with its
+    /// reason (a value that does not convert, no valid realm path, a class not fresh).
+    pub(crate) fn load_row(
+        &mut self,
+        mapper: &Mapper,
+        plan: &TablePlan,
+        fields: &mut RecordFields,
+        values: &[ColumnValue],
+    ) -> Result<bool, StoreError> {
+        let TableKind::Class { class, .. } = &plan.kind else {
+            return Ok(false);
+        };
+        if self.fresh_classes.get(*class) != Some(&true) {
+            return Ok(false);
+        }
+        let Some((key, record)) = mapper.record(plan, fields, values) else {
+            return Ok(false);
+        };
+        let Ok(Route::Path(target)) = mapper.route(plan, values) else {
+            return Ok(false);
+        };
+        self.counts.changes += 1;
+        let class = &mapper.schema.classes[*class].name;
+        self.tx.create_record(&target, class, key, record)?;
+        Ok(true)
     }
 
     /// Whether a row's values hold every property of its class, in remote mode: the values

@@ -237,6 +237,8 @@ pub(crate) async fn initial_load(
             }
             _ => None,
         };
+        // Rows of a fresh class whose every property has a column go in as records.
+        let mut fields = mapper.record_fields(&plan);
         let mut batch: Vec<Vec<ColumnValue>> = Vec::new();
         let mut ended = false;
         while !ended {
@@ -288,11 +290,17 @@ pub(crate) async fn initial_load(
             }
             let lines = batch.len() as u64;
             for values in batch.drain(..) {
-                let change = Change::Insert {
-                    relation: relation.clone(),
-                    new: values,
+                let loaded = match &mut fields {
+                    Some(fields) => group.load_row(mapper, &plan, fields, &values)?,
+                    None => false,
                 };
-                group.change(mapper, &mut log, &plan, &change)?;
+                if !loaded {
+                    let change = Change::Insert {
+                        relation: relation.clone(),
+                        new: values,
+                    };
+                    group.change(mapper, &mut log, &plan, &change)?;
+                }
                 rows_in_group += 1;
                 if rows_in_group >= ROWS_PER_COMMIT {
                     rows_in_group = 0;

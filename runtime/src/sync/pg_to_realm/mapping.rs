@@ -12,7 +12,7 @@ use pgrealm_schema::pgtext::{parse_key_pg_text, parse_pg_text, PgType};
 use pgrealm_schema::{Class, ListItem, PrimaryKey, PropertyType, ScalarType, Schema, Value};
 
 use crate::replication::{ColumnValue, Relation};
-use crate::store::RealmPath;
+use crate::store::{RealmPath, RecordWriter};
 use crate::template::PathTemplate;
 
 use super::route::{PgRow, RealmRouter, Route};
@@ -161,6 +161,22 @@ pub(crate) struct RowImage {
     pub(crate) values: BTreeMap<String, Value>,
     /// Properties whose TOASTed value did not change (not carried).
     pub(crate) unchanged: Vec<String>,
+}
+
+/// Where each property of a class-table row's record comes from, in property-name order (see
+/// [`Mapper::record_fields`]).
+#[derive(Debug, Clone)]
+pub(crate) struct RecordFields {
+    fields: Vec<(String, Field)>,
+    /// The length of the last record written: the next one's first guess.
+    last_len: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Key,
+    /// An index into the plan's other columns.
+    Column(usize),
 }
 
 /// Why a row cannot be applied.
@@ -512,6 +528,86 @@ impl Mapper {
             out.values.insert(column.property.clone(), value);
         }
         Ok(out)
+    }
+
+    /// How rows of `plan`'s table make records without a map of their values: when a column
+    /// feeds every property of the class (none a list, which has no column) and the table's
+    /// shape is usable.
+    pub(crate) fn record_fields(&self, plan: &TablePlan) -> Option<RecordFields> {
+        let TableKind::Class {
+            class,
+            key,
+            columns,
+        } = &plan.kind
+        else {
+            return None;
+        };
+        if plan.broken.is_some() {
+            return None;
+        }
+        let mut fields = Vec::new();
+        for (index, property) in self.schema.classes[*class].properties.iter().enumerate() {
+            let field = if key.property_index == index {
+                Field::Key
+            } else {
+                Field::Column(columns.iter().position(|c| c.property_index == index)?)
+            };
+            fields.push((property.name.clone(), field));
+        }
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(RecordFields {
+            fields,
+            last_len: 0,
+        })
+    }
+
+    /// A class-table row (`fields` from [`Mapper::record_fields`] for its plan) as its key and
+    /// its object's record, each value converted and checked as [`Mapper::row_image`] does;
+    /// `None` when that finds anything to say (a value that does not convert, a NULL its
+    /// property refuses, an unchanged TOAST value): `row_image` then says it.
+    pub(crate) fn record(
+        &self,
+        plan: &TablePlan,
+        fields: &mut RecordFields,
+        values: &[ColumnValue],
+    ) -> Option<(PrimaryKey, Vec<u8>)> {
+        let TableKind::Class {
+            class,
+            key: key_plan,
+            columns,
+        } = &plan.kind
+        else {
+            return None;
+        };
+        let class = &self.schema.classes[*class];
+        let key = read_key(key_plan, values).ok()?;
+        let mut record = RecordWriter::new(fields.last_len, fields.fields.len());
+        for (name, field) in &fields.fields {
+            let value = match *field {
+                Field::Key => key.to_value(),
+                Field::Column(c) => {
+                    let column = &columns[c];
+                    let value = values.get(column.index).unwrap_or(&ColumnValue::Null);
+                    match read_value(column, value).ok()? {
+                        Value::Null => {
+                            let property = &class.properties[column.property_index];
+                            pgrealm_schema::value::check_value(
+                                &self.schema,
+                                class,
+                                property,
+                                Value::Null,
+                            )
+                            .ok()?
+                        }
+                        value => value,
+                    }
+                }
+            };
+            record.push(name, &value);
+        }
+        let record = record.finish();
+        fields.last_len = record.len();
+        Some((key, record))
     }
 
     /// The key of a class-table tuple (an old key tuple of a delete or key change).
