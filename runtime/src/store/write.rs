@@ -440,6 +440,13 @@ impl WriteTx {
     }
 }
 
+/// Sort rows by key, unless one pass finds them sorted already.
+fn sort_unless_sorted<V>(rows: &mut [(&[u8], V)]) {
+    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    }
+}
+
 /// A new object's values: the given ones (already checked) plus NULL or the empty list for
 /// every property not given, which a required property refuses.
 fn fill_absent(
@@ -575,6 +582,8 @@ pub(super) struct RealmState {
 /// An object created by this commit, waiting for [`Applier::flush_created`]: where its key,
 /// its record and its locator row are in `Applier::created_bytes`.
 struct Created {
+    /// The realm's index in `Applier::states`.
+    realm: usize,
     key: std::ops::Range<usize>,
     record: std::ops::Range<usize>,
     locator_row: std::ops::Range<usize>,
@@ -987,6 +996,7 @@ impl<'t> Applier<'t> {
         let row_start = created_bytes.len();
         created_bytes.extend_from_slice(locator_row);
         created.push(Created {
+            realm: i,
             key: record_key,
             record: record_start..row_start,
             locator_row: row_start..created_bytes.len(),
@@ -1022,6 +1032,7 @@ impl<'t> Applier<'t> {
                 let middle = self.created_bytes.len();
                 self.created_bytes.extend_from_slice(&self.locator_row);
                 self.created.push(Created {
+                    realm: touched.realm,
                     key: key_start..start,
                     record: start..middle,
                     locator_row: middle..self.created_bytes.len(),
@@ -1102,19 +1113,28 @@ impl<'t> Applier<'t> {
             return Ok(());
         }
         let bytes = &self.created_bytes;
-        let mut objects: Vec<(&[u8], &[u8])> = self
-            .created
-            .iter()
-            .map(|c| (&bytes[c.key.clone()], &bytes[c.record.clone()]))
-            .collect();
-        objects.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        // New objects usually come in key order within each realm (a table's rows, new rows of
+        // a serial key), and an object's key begins with its realm's id: gathered realm by
+        // realm in id order, they are usually sorted already, and the locator rows (by object
+        // key, then realm) in the order they came. Only rows not in order are sorted.
+        let mut by_realm: Vec<Vec<(&[u8], &[u8])>> = vec![Vec::new(); self.states.len()];
+        for c in &self.created {
+            by_realm[c.realm].push((&bytes[c.key.clone()], &bytes[c.record.clone()]));
+        }
+        let mut realms: Vec<usize> = (0..self.states.len()).collect();
+        realms.sort_unstable_by_key(|i| self.states[*i].id);
+        let mut objects = Vec::with_capacity(self.created.len());
+        for i in realms {
+            objects.append(&mut by_realm[i]);
+        }
+        sort_unless_sorted(&mut objects);
         self.objects.insert_sorted(&objects)?;
         let mut rows: Vec<(&[u8], ())> = self
             .created
             .iter()
             .map(|c| (&bytes[c.locator_row.clone()], ()))
             .collect();
-        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        sort_unless_sorted(&mut rows);
         self.locator.open()?.insert_sorted(&rows)?;
         self.created.clear();
         self.created_bytes.clear();
