@@ -101,6 +101,12 @@ pub enum PathError {
 }
 
 impl RealmPath {
+    /// Whether `other` is a clone of this very path (one pointer comparison; two equal paths
+    /// parsed apart are not).
+    pub(crate) fn is_clone_of(&self, other: &RealmPath) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Parse a path that must not contain `~` (no user is known).
     pub fn parse(path: &str) -> Result<RealmPath, PathError> {
         Self::parse_inner(path, None)
