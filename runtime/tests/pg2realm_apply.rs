@@ -424,20 +424,7 @@ async fn bad_rows_are_rejected_kept_and_healed_while_the_stream_goes_on() {
     let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 100).unwrap();
     assert_eq!(rejected.len(), cases.len() + 1, "{rejected:#?}");
     for (key, _, reason) in &cases {
-        let r = rejected
-            .iter()
-            .find(|r| r.key.as_deref() == Some(&key.to_string()))
-            .unwrap_or_else(|| panic!("no rejection of bus {key}: {rejected:#?}"));
-        assert!(r.reason.contains(reason), "bus {key}: {}", r.reason);
-        assert_eq!(r.table.as_deref(), Some("public.bus"));
-        assert_eq!(r.class.as_deref(), Some("Bus"));
-        assert!(r.lsn.is_some());
-        assert_eq!(r.raw["id"], serde_json::json!(key.to_string()));
-        assert!(f
-            .store
-            .locate("Bus", &PrimaryKey::Int(*key))
-            .unwrap()
-            .is_empty());
+        assert_bus_rejected(&f, &rejected, *key, reason);
     }
     let label = rejected
         .iter()

@@ -168,17 +168,7 @@ async fn the_initial_load_rejects_the_rows_it_cannot_apply_and_loads_the_rest() 
     let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 100).unwrap();
     assert_eq!(rejected.len(), cases.len(), "{rejected:#?}");
     for (key, _, reason) in &cases {
-        let r = rejected
-            .iter()
-            .find(|r| r.key.as_deref() == Some(&key.to_string()))
-            .unwrap_or_else(|| panic!("no rejection of bus {key}: {rejected:#?}"));
-        assert!(r.reason.contains(reason), "bus {key}: {}", r.reason);
-        assert_eq!(r.raw["id"], serde_json::json!(key.to_string()));
-        assert!(f
-            .store
-            .locate("Bus", &PrimaryKey::Int(*key))
-            .unwrap()
-            .is_empty());
+        assert_bus_rejected(&f, &rejected, *key, reason);
     }
     let buses = f.objects("Bus");
     assert_eq!(buses.len(), 1_000);

@@ -12,6 +12,7 @@ use pgrealm_runtime::replication::PgConnectOptions;
 use pgrealm_runtime::sync::pg_to_realm::{
     PgToRealm, PgToRealmError, PgToRealmOptions, PgToRealmStats, Progress, SetupReport,
 };
+use pgrealm_runtime::sync::rejections::Rejection;
 use pgrealm_runtime::testing::{PgCluster, TestDb};
 use pgrealm_runtime::{RealmPath, Store, StoreOptions};
 use pgrealm_schema::{
@@ -292,6 +293,25 @@ impl Running {
 
 pub fn text(v: &str) -> Value {
     Value::String(v.into())
+}
+
+/// Bus `key`'s rejection among `rejected`: it says `reason`, names the table, class and LSN,
+/// keeps the raw row, and no realm holds the bus.
+pub fn assert_bus_rejected(f: &Fixture, rejected: &[Rejection], key: i64, reason: &str) {
+    let r = rejected
+        .iter()
+        .find(|r| r.key.as_deref() == Some(&key.to_string()))
+        .unwrap_or_else(|| panic!("no rejection of bus {key}: {rejected:#?}"));
+    assert!(r.reason.contains(reason), "bus {key}: {}", r.reason);
+    assert_eq!(r.table.as_deref(), Some("public.bus"));
+    assert_eq!(r.class.as_deref(), Some("Bus"));
+    assert!(r.lsn.is_some());
+    assert_eq!(r.raw["id"], serde_json::json!(key.to_string()));
+    assert!(f
+        .store
+        .locate("Bus", &PrimaryKey::Int(key))
+        .unwrap()
+        .is_empty());
 }
 
 /// Wait until `holds` (a counter of the applier: they are updated just after a commit is
