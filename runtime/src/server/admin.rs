@@ -120,6 +120,8 @@ enum Read {
     MetadataMany { keys: Vec<String> },
     /// The realms holding an object → `{"realms":[path]}`.
     Locate { class: String, key: Json },
+    /// Whether any realm holds an object of a class → `{"holds_any": bool}`.
+    HoldsAny { class: String },
     /// The realms holding each of several objects of one class, in the order of `keys` (at
     /// most [`MAX_LOCATE_KEYS`]) → `{"realms":[[path]]}`.
     LocateMany { class: String, keys: Vec<Json> },
@@ -323,6 +325,11 @@ pub(super) async fn read(
             let name = class.name.clone();
             let realms = blocking(move || Ok(store.locate(&name, &key)?)).await?;
             json!({ "realms": realms.iter().map(RealmPath::as_str).collect::<Vec<_>>() })
+        }
+        Read::HoldsAny { class: name } => {
+            let name = class(&server, &name)?.name.clone();
+            let held = blocking(move || Ok(store.snapshot()?.holds_any(&name)?)).await?;
+            json!({ "holds_any": held })
         }
         Read::LocateMany { class: name, keys } => {
             let (name, keys) = locate_many_keys(&server, &name, &keys)?;

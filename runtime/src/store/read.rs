@@ -49,6 +49,12 @@ impl LocateTables {
     /// row of the class sorts before it: a key past the greatest held, such as a new row of a
     /// serial key (most inserts), is answered without a walk of the locator.
     fn past_last_row(&self, index: usize, class: &str, prefix: &[u8]) -> Result<bool, StoreError> {
+        let last = self.last_row(index, class)?;
+        Ok(last.is_none_or(|last| prefix > last))
+    }
+
+    /// The greatest locator row of `class` (index `index`), read once per snapshot.
+    fn last_row(&self, index: usize, class: &str) -> Result<Option<&[u8]>, StoreError> {
         let last = match self.last_rows[index].get() {
             Some(last) => last,
             None => {
@@ -65,7 +71,7 @@ impl LocateTables {
                 self.last_rows[index].get_or_init(|| last)
             }
         };
-        Ok(last.as_deref().is_none_or(|last| prefix > last))
+        Ok(last.as_deref())
     }
 }
 
@@ -257,6 +263,17 @@ impl Snapshot {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Whether any realm holds an object of `class`: one look at the end of the class's rows
+    /// in the locator (on a remote store, one request), not a count of any realm's objects.
+    pub fn holds_any(&self, class: &str) -> Result<bool, StoreError> {
+        self.store.class(class)?;
+        if let Some(remote) = self.store.remote() {
+            return remote.holds_any(class);
+        }
+        let index = self.store.inner.classes[class];
+        Ok(self.locate_tables()?.last_row(index, class)?.is_some())
     }
 
     /// The realms holding each of several objects of `class`, in the order of `keys`: what

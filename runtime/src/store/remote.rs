@@ -326,6 +326,17 @@ impl RemoteBackend {
         self.locations_in(&answer)
     }
 
+    /// Whether any realm holds an object of `class`.
+    pub(super) fn holds_any(&self, class: &str) -> Result<bool, StoreError> {
+        let answer = self.read(
+            "asking whether a class has objects",
+            json!({"holds_any": {"class": class}}),
+        )?;
+        answer["holds_any"]
+            .as_bool()
+            .ok_or_else(|| self.unexpected("whether a class has objects", &answer.to_string()))
+    }
+
     /// The realm paths of a locate's answer.
     pub(super) fn locations_in(&self, answer: &Json) -> Result<Vec<RealmPath>, StoreError> {
         self.paths_in(&answer["realms"])

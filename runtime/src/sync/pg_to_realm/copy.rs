@@ -388,21 +388,16 @@ async fn finish(
 /// For each class of the schema, whether the store holds no object of it in any realm.
 fn fresh_classes(store: &Store, mapper: &Mapper) -> Result<Vec<bool>, StoreError> {
     let snapshot = store.snapshot()?;
-    let realms = snapshot.realms()?;
-    let mut fresh = Vec::with_capacity(mapper.schema.classes.len());
-    for class in &mapper.schema.classes {
-        let mut empty = true;
-        for info in &realms {
-            if let Some(view) = snapshot.realm(&info.path)? {
-                if view.count(&class.name)? > 0 {
-                    empty = false;
-                    break;
-                }
-            }
-        }
-        fresh.push(empty);
+    if snapshot.realms()?.is_empty() {
+        // A first load: no realm yet (on a remote store, one request for every class).
+        return Ok(vec![true; mapper.schema.classes.len()]);
     }
-    Ok(fresh)
+    mapper
+        .schema
+        .classes
+        .iter()
+        .map(|class| Ok(!snapshot.holds_any(&class.name)?))
+        .collect()
 }
 
 /// The shape of `public.<table>` as a pgoutput Relation would give it.
