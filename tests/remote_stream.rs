@@ -562,6 +562,17 @@ async fn a_dead_engines_commit_landing_late_is_not_applied_again_by_its_successo
         .batch_execute(&db.name, "INSERT INTO bus (id, name) VALUES (3, 'bus 3')")
         .unwrap();
     wait_for_bus(&server, 3, "the row after the late commit").await;
+    // The engine counts a commit's transactions just after it is durable, so the store can show
+    // bus 3 a moment before the count does (every earlier commit was counted before bus 3's
+    // began). Wait for the count to hold bus 3's transaction, then give that moment time.
+    while counter(&stats.transactions) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "bus 3's transaction never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // Exactly one of the two commits holding the transaction landed; the other was refused.
     let successor_applied_it = counter(&stats.transactions) - 1;
