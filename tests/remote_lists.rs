@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrealm_runtime::testing::PgCluster;
 use remote_support::lists::{apply, assert_lists_match_postgresql};
-use remote_support::{run_engine, setup_engine, RemoteServer};
+use remote_support::{run_engine, setup_engine, wait_for, RemoteServer};
 
 /// Routes with lists, and entries each.
 const OWNERS: i64 = 2_000;
@@ -182,10 +182,13 @@ async fn lists_of_many_owners_are_read_in_batches_and_end_as_postgresql_holds_th
         taken <= OWNERS as u64 / 20,
         "{taken} admin reads for the streamed transaction"
     );
-    assert!(
-        counter(&server.metrics.admin_streams_committed) >= 2,
-        "the setup and the last transaction streamed"
-    );
+    // The server counts a stream once its thread ends, a moment after the commit the marker
+    // showed.
+    let streams = server.metrics.clone();
+    wait_for("the setup and the last transaction streamed", move || {
+        (counter(&streams.admin_streams_committed) >= 2).then_some(())
+    })
+    .await;
     assert_lists_match_postgresql(&db, &server, "the streamed transaction").await;
 
     assert_eq!(counter(&engine.stats.rejections), 0, "every change applies");

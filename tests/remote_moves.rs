@@ -14,7 +14,8 @@ use pgrealm_runtime::RealmPath;
 use pgrealm_schema::{Object, PrimaryKey, Value};
 use remote_support::lists::{apply, assert_lists_match_postgresql};
 use remote_support::{
-    engine_options, run_engine, setup_engine, setup_engine_as, setup_engine_with, RemoteServer,
+    engine_options, run_engine, setup_engine, setup_engine_as, setup_engine_with, wait_for,
+    RemoteServer,
 };
 
 /// Routes with lists, and entries each.
@@ -160,10 +161,13 @@ async fn rows_with_lists_moving_or_changing_keys_read_their_objects_in_batches()
         taken <= FEW_READS,
         "{taken} admin reads for {OWNERS} key changes"
     );
-    assert!(
-        counter(&server.metrics.admin_streams_committed) >= 2,
-        "the setup and the key changes streamed"
-    );
+    // The server counts a stream once its thread ends, a moment after the commit the marker
+    // showed.
+    let streams = server.metrics.clone();
+    wait_for("the setup and the key changes streamed", move || {
+        (counter(&streams.admin_streams_committed) >= 2).then_some(())
+    })
+    .await;
     assert_lists_match_postgresql(&db, &server, "the key changes").await;
     assert_names_match_postgresql(&db, &server, "the key changes").await;
 
