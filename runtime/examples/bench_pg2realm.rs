@@ -53,6 +53,16 @@ fn rows() -> i64 {
     item_bench::rows(200_000)
 }
 
+/// `BENCH_USERS` (default 8): the distinct `user_id`s of (a)'s rows, which the load also
+/// copies; each is a realm (`/{user_id}/bench`).
+fn users() -> i64 {
+    std::env::var("BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(8)
+}
+
 struct Bench {
     cluster: &'static PgCluster,
     db: TestDb,
@@ -359,13 +369,14 @@ async fn main() {
     println!("PostgreSQL → realm benchmark, {n} changes per workload\n");
 
     // (a) 1,000-row transactions (when only the load runs, they are its rows).
+    let users = users();
     let write_a = || async {
         for start in (0..n).step_by(1000) {
             b.sql
                 .execute(
-                    "INSERT INTO item SELECT i, 'item ' || i, i, 'u' || (i % 8) \
+                    "INSERT INTO item SELECT i, 'item ' || i, i, 'u' || (i % $2) \
                      FROM generate_series($1::bigint, $1::bigint + 999) i",
-                    &[&start],
+                    &[&start, &users],
                 )
                 .await
                 .unwrap();

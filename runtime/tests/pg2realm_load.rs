@@ -179,3 +179,38 @@ async fn the_initial_load_rejects_the_rows_it_cannot_apply_and_loads_the_rest() 
     assert_eq!(bus.get("counter"), Some(&Value::Int(0)));
     running.stop().await;
 }
+
+/// A load spread over many realms (one per user) commits larger chunks once it sees how many
+/// realms a commit changes: each commit costs something per realm. 100,000 rows over 2,000
+/// realms go in as 20,000, 20,000 (the second is handed over before the first says it changed
+/// 2,000 realms), then the other 60,000 at once: every realm gets version 3, not 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_over_many_realms_commits_larger_chunks() {
+    const BUSES: i64 = 100_000;
+    const USERS: i64 = 2_000;
+    let f = Fixture::new().await;
+    f.exec(&format!(
+        "INSERT INTO bus (id, name, seats, user_id)
+             SELECT i, 'bus ' || i, i % 100, 'u' || (i % {USERS}) FROM generate_series(1, {BUSES}) i"
+    ))
+    .await;
+    let mut options = f.options();
+    options.initialize_realm_from_postgres = true;
+    let running = f.start(options).await;
+    let load = running.setup.load.expect("the load ran");
+    assert_eq!((load.rows, load.rejections), (BUSES as u64, 0), "{load:?}");
+    let realms = f.store.snapshot().unwrap().realms().unwrap();
+    assert_eq!(realms.len(), USERS as usize);
+    let versions: std::collections::BTreeSet<u64> = realms.iter().map(|r| r.version).collect();
+    assert_eq!(
+        versions,
+        [3].into(),
+        "versions of the realms after the load"
+    );
+    assert_eq!(f.objects("Bus").len(), BUSES as usize);
+    let bus = f
+        .object("/u7/transit", "Bus", 4_007)
+        .expect("bus 4007 loaded");
+    assert_eq!(bus.get("name"), Some(&text("bus 4007")));
+    running.stop().await;
+}
