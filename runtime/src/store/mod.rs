@@ -461,10 +461,16 @@ impl Store {
     }
 
     fn class(&self, name: &str) -> Result<&Class, StoreError> {
+        self.class_index(name)
+            .map(|i| &self.inner.schema.classes[i])
+    }
+
+    /// The index of class `name` in the compiled schema.
+    fn class_index(&self, name: &str) -> Result<usize, StoreError> {
         self.inner
             .classes
             .get(name)
-            .map(|i| &self.inner.schema.classes[*i])
+            .copied()
             .ok_or_else(|| StoreError::UnknownClass {
                 class: name.to_owned(),
                 known: self.known_classes(),

@@ -222,22 +222,20 @@ impl WriteTx {
         key: PrimaryKey,
         record: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let class_def = self.store.class(class)?;
+        let index = self.store.class_index(class)?;
         #[cfg(debug_assertions)]
         {
             let object = decode_object(class, &record).expect("a record the caller encoded");
             assert_eq!(
                 object.values.len(),
-                class_def.properties.len(),
+                self.store.inner.schema.classes[index].properties.len(),
                 "{realm}: a record holds every property of {class}"
             );
             self.check_typed(realm, &key, &object)?;
         }
-        #[cfg(not(debug_assertions))]
-        let _ = class_def;
         self.ops.push(Op::Create {
             realm: realm.clone(),
-            class: self.store.inner.classes[class],
+            class: index,
             key,
             record,
         });
