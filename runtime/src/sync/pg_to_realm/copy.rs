@@ -212,9 +212,13 @@ pub(crate) async fn initial_load(
         let relation = Arc::new(relation_of(&sql, table).await?);
         let type_names = column_types(&sql, table).await?;
         let plan = mapper.plan(&relation, &|oid| type_names.get(&oid).cloned());
-        if matches!(plan.kind, TableKind::List { .. }) && !lists_begun {
+        if matches!(plan.kind, TableKind::List { .. })
+            && !lists_begun
+            && group.fresh_classes.contains(&true)
+        {
             // List rows locate their owners, which the overlay does not hold when their class
             // was fresh (see `Group::fresh_classes`): the store answers once they are durable.
+            // (The overlay holds the others, or the store once the overlay grew large.)
             lists_begun = true;
             rows_in_group = 0;
             report.rejections += group.counts.rejections;
