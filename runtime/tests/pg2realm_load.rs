@@ -10,6 +10,7 @@ use std::sync::Arc;
 use pg2realm_support::*;
 use pgrealm_runtime::sync::pg_to_realm::stored_checkpoint;
 use pgrealm_runtime::sync::rejections::{self, Direction};
+use pgrealm_runtime::Instruction;
 use pgrealm_schema::{PrimaryKey, Value};
 
 const ROWS: i64 = 30_000;
@@ -180,12 +181,11 @@ async fn the_initial_load_rejects_the_rows_it_cannot_apply_and_loads_the_rest() 
     running.stop().await;
 }
 
-/// A load spread over many realms (one per user) commits larger chunks once it sees how many
-/// realms a commit changes: each commit costs something per realm. 100,000 rows over 2,000
-/// realms go in as 20,000, 20,000 (the second is handed over before the first says it changed
-/// 2,000 realms), then the other 60,000 at once: every realm gets version 3, not 5.
+/// A load into the embedded store is one store commit, however many realms it fills and however
+/// many chunks it was mapped in: 100,000 rows over 2,000 realms (chunks of 20,000, 20,000, then
+/// the other 60,000) leave every realm at version 1, its one changeset creating its 50 buses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_load_over_many_realms_commits_larger_chunks() {
+async fn a_load_over_many_realms_is_one_store_commit() {
     const BUSES: i64 = 100_000;
     const USERS: i64 = 2_000;
     let f = Fixture::new().await;
@@ -204,9 +204,17 @@ async fn a_load_over_many_realms_commits_larger_chunks() {
     let versions: std::collections::BTreeSet<u64> = realms.iter().map(|r| r.version).collect();
     assert_eq!(
         versions,
-        [3].into(),
+        [1].into(),
         "versions of the realms after the load"
     );
+    let changes = f.store.changes(&path("/u7/transit"), 0, 10).unwrap();
+    assert_eq!(changes.len(), 1);
+    let creates = changes[0]
+        .instructions
+        .iter()
+        .filter(|i| matches!(i, Instruction::Create { .. }))
+        .count();
+    assert_eq!(creates, (BUSES / USERS) as usize);
     assert_eq!(f.objects("Bus").len(), BUSES as usize);
     let bus = f
         .object("/u7/transit", "Bus", 4_007)

@@ -115,6 +115,15 @@ impl StreamingTx {
         Ok(StreamingTx { inner })
     }
 
+    /// How many realms the batches applied so far changed (0 on a remote store, which does not
+    /// say).
+    pub(crate) fn realms(&self) -> usize {
+        match &self.inner {
+            Inner::Local(local) => local.states.len(),
+            Inner::Remote(_) => 0,
+        }
+    }
+
     /// The origin tag this transaction's changesets carry.
     pub fn origin(&self) -> &str {
         match &self.inner {

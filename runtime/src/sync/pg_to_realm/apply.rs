@@ -395,6 +395,30 @@ impl Group {
         }
     }
 
+    /// The initial load into an embedded store (`copy.rs`): take the operations collected so
+    /// far, to be applied to the load's streamed store transaction while the group goes on
+    /// collecting. The overlay starts afresh: every row of a class table comes once, so no later
+    /// row of one looks up what it noted, and the list rows, which locate their owners, read
+    /// the streamed transaction itself (see [`Group::stream_into`]).
+    pub(crate) fn take_batch(&mut self, store: &Store) -> WriteTx {
+        debug_assert!(!self.in_tx && self.streaming.is_none());
+        self.counts = GroupCounts::default();
+        self.overlay.clear();
+        self.patched = 0;
+        std::mem::replace(&mut self.tx, store.begin_write(ORIGIN))
+    }
+
+    /// The initial load into an embedded store: from now on the group reads through `streaming`
+    /// (every batch taken so far applied to it) and applies its operations to it itself, every
+    /// [`STREAM_BATCH`]; its last batch goes with the commit it hands over.
+    pub(crate) fn stream_into(&mut self, streaming: StreamingTx) {
+        debug_assert!(self.streaming.is_none());
+        self.streaming = Some(streaming);
+        self.overlay.clear();
+        self.patched = 0;
+        self.clear_read_ahead();
+    }
+
     /// Make room in the overlay for `objects` more touched objects at once, rather than growing
     /// it by rehashing while rows arrive (the initial load knows about how many will).
     pub(crate) fn reserve_overlay(&mut self, objects: usize) {

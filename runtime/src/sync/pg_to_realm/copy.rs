@@ -1,19 +1,22 @@
 //! The initial load (`initialize_realm_from_postgres`): every mapped table copied inside the
 //! exported snapshot of a newly created slot, streamed (`COPY … TO STDOUT`, text format) and
-//! applied through the same mapping as the stream, in store commits of bounded size; the last
-//! commit stores the slot's consistent point as the checkpoint, so streaming resumes exactly
-//! after the snapshot: no row missed, none twice.
+//! applied through the same mapping as the stream, in chunks of bounded size. Into an embedded
+//! store the chunks go into one streamed store transaction, committed with the slot's consistent
+//! point as the checkpoint; into a remote object server, each in a commit of its own, the last
+//! with the checkpoint (see [`Chunks`]). Streaming resumes exactly after the snapshot: no row
+//! missed, none twice.
 //!
-//! Commits are pipelined as in streaming: while one chunk commits on the blocking pool, the next
-//! is read and mapped (reading through the group's overlay of what is in flight).
+//! The chunks are pipelined: while one is applied (or committed) on the blocking pool, the
+//! next is read and mapped. A load spread over many realms takes larger chunks ([`chunk_rows`]).
 //!
 //! List entries come only from the list subtables, copied after every class table: each starts
 //! with a TRUNCATE (a new generation, every owner's list empty) and writes every owner's list
 //! from PostgreSQL's rows, so an object created before reads no entries from the store (in
 //! remote mode that was one request per object of a class with lists).
 //!
-//! A crash before that last commit leaves no checkpoint: the next start drops the slot and loads
-//! again from a new snapshot (rows are upserts, so the repeat converges).
+//! A crash before the last commit leaves no checkpoint (and, embedded, nothing of the load):
+//! the next start drops the slot and loads again from a new snapshot (rows are upserts, so the
+//! repeat converges).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -24,33 +27,33 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{pin_mut, TryStreamExt};
 use tokio_postgres::Client;
 
-use super::apply::{Group, UpdateAhead, PATCH_LIMIT};
+use super::apply::{stream_owner, Group, UpdateAhead, ORIGIN, PATCH_LIMIT};
 use super::mapping::{Mapper, TableKind};
 use super::PgToRealmError;
 use crate::replication::{
     import_snapshot, Change, ColumnValue, Lsn, PgConnectOptions, Relation, RelationColumn,
     ReplicaIdentity, SnapshotSlot, StreamOptions,
 };
-use crate::store::{CommitInfo, Store, StoreError};
+use crate::store::{CommitInfo, Store, StoreError, StreamingTx};
 use crate::sync::rejections::RejectionLog;
 
-/// Rows per store commit during the load, at least.
+/// Rows per chunk of the load (a commit, or a batch of its streamed transaction), at least.
 const ROWS_PER_COMMIT: usize = 20_000;
 
-/// Rows per store commit during the load, at most: this bounds the memory a chunk takes (its
-/// operations while it is mapped, then its commit's buffers and redb's dirty pages: about
-/// 250 bytes a row). Over many realms larger chunks were faster and, since each commit rewrites
-/// pages all over the objects table, left less in redb's cache: 1,000,000 rows over 10,000
-/// realms loaded at 81,973 rows/s with at most 100,000 rows a commit (peak RSS 1,209 MiB),
-/// 147,334 with 250,000 (696 MiB), 165,616 with 500,000 (558 MiB).
+/// Rows per chunk of the load, at most: this bounds the memory a chunk takes (its operations
+/// while it is mapped, then their application's buffers: about 250 bytes a row). Over many
+/// realms larger chunks were faster; committed one by one, each also rewrote pages all over the
+/// objects table, which filled redb's cache: 1,000,000 rows over 10,000 realms loaded at 81,973
+/// rows/s with at most 100,000 rows a commit (peak RSS 1,209 MiB), 147,334 with 250,000 (696
+/// MiB), 165,616 with 500,000 (558 MiB). BENCHMARKS.md has these figures.
 const MAX_ROWS_PER_COMMIT: usize = 250_000;
 
-/// Rows per realm a load commit aims at. A commit costs something per realm it changes (the
-/// realm's next version, its changeset, the B-tree path down to its objects, which sit apart
-/// from every other realm's), so a load spread over many realms (one per user) commits larger
-/// chunks: the commits after the first hold this many rows for each realm the last one changed,
-/// within [`ROWS_PER_COMMIT`]..=[`MAX_ROWS_PER_COMMIT`]. With 10,000 realms, chunks of 20,000
-/// rows (two per realm) loaded a third as fast as chunks of 100,000.
+/// Rows per realm a chunk of the load aims at. A chunk costs something per realm it changes
+/// (the realm's changeset part, or its next version when committed, and the B-tree path down to
+/// its objects, which sit apart from every other realm's), so a load spread over many realms
+/// (one per user) takes larger chunks: this many rows for each realm changed so far (streamed)
+/// or by the last commit, within [`ROWS_PER_COMMIT`]..=[`MAX_ROWS_PER_COMMIT`]. With 10,000
+/// realms, commits of 20,000 rows (two per realm) loaded a third as fast as commits of 100,000.
 const ROWS_PER_REALM: usize = 64;
 
 /// Rows of a class the store already holds that a remote load locates at once (and whose stored
@@ -60,8 +63,8 @@ const ROWS_PER_REALM: usize = 64;
 /// those rows again, one at a time).
 const LOCATE_BATCH: usize = 5_000;
 
-/// The rows of the load's next commit, after one that changed `realms` realms: see
-/// [`ROWS_PER_REALM`]. A multiple of [`LOCATE_BATCH`].
+/// The rows of the load's next chunk, with `realms` realms changed: see [`ROWS_PER_REALM`]. A
+/// multiple of [`LOCATE_BATCH`].
 fn chunk_rows(realms: usize) -> usize {
     let rows = realms
         .saturating_mul(ROWS_PER_REALM)
@@ -196,7 +199,14 @@ pub(crate) async fn initial_load(
     if group.fresh_classes.contains(&false) {
         group.reserve_overlay((total.max(0) as usize).min(PATCH_LIMIT + MAX_ROWS_PER_COMMIT));
     }
-    let mut inflight: Option<Inflight> = None;
+    let mut chunks = if store.remote_url().is_none() {
+        Chunks::Streamed {
+            idle: Some(store.begin_streaming_as(ORIGIN, stream_owner(slot))?),
+            applying: None,
+        }
+    } else {
+        Chunks::Committed { inflight: None }
+    };
     group.begin(consistent_point, None, 0);
     // Class tables first, so list entries find their owners.
     let mut ordered: Vec<&String> = tables
@@ -216,17 +226,13 @@ pub(crate) async fn initial_load(
         let relation = Arc::new(relation_of(&sql, table).await?);
         let type_names = column_types(&sql, table).await?;
         let plan = mapper.plan(&relation, &|oid| type_names.get(&oid).cloned());
-        if matches!(plan.kind, TableKind::List { .. })
-            && !lists_begun
-            && group.fresh_classes.contains(&true)
-        {
-            // List rows locate their owners, which the overlay does not hold when their class
-            // was fresh (see `Group::fresh_classes`): the store answers once they are durable.
-            // (The overlay holds the others, or the store once the overlay grew large.)
+        if matches!(plan.kind, TableKind::List { .. }) && !lists_begun {
             lists_begun = true;
             rows_in_group = 0;
             report.rejections += group.counts.rejections;
-            commit_chunk(&mut group, mapper, store, &mut log, &mut inflight, true).await?;
+            chunks
+                .lists_begin(&mut group, mapper, store, &mut log)
+                .await?;
             group.begin(consistent_point, None, 0);
         }
         if matches!(plan.kind, TableKind::List { .. }) {
@@ -335,12 +341,11 @@ pub(crate) async fn initial_load(
                 if rows_in_group >= rows_per_commit {
                     rows_in_group = 0;
                     report.rejections += group.counts.rejections;
-                    let afresh = group.overlay_is_large();
-                    let before =
-                        commit_chunk(&mut group, mapper, store, &mut log, &mut inflight, afresh)
-                            .await?;
-                    if let Some(before) = before {
-                        rows_per_commit = chunk_rows(before.versions.len());
+                    let realms = chunks
+                        .hand_over(&mut group, mapper, store, &mut log)
+                        .await?;
+                    if let Some(realms) = realms {
+                        rows_per_commit = chunk_rows(realms);
                     }
                     group.begin(consistent_point, None, 0);
                 }
@@ -360,14 +365,7 @@ pub(crate) async fn initial_load(
         .map_err(PgToRealmError::sql("ending the snapshot transaction"))?;
     report.rejections += group.counts.rejections;
     group.commit(mapper, &mut log, consistent_point)?;
-    finish(inflight.take(), store, &mut log).await?;
-    let handover = group.take_commit(store);
-    finish(
-        Some(tokio::task::spawn_blocking(move || handover.commit())),
-        store,
-        &mut log,
-    )
-    .await?;
+    chunks.finish(&mut group, store, &mut log).await?;
     reporter.finish();
     // The snapshot is no longer needed; the slot stays and `run` streams from its consistent
     // point.
@@ -378,27 +376,162 @@ pub(crate) async fn initial_load(
 /// A chunk's store commit running on the blocking pool.
 type Inflight = tokio::task::JoinHandle<Result<CommitInfo, StoreError>>;
 
-/// End the group's chunk and hand it to a commit on the blocking pool, after the one in flight
-/// (commits stay in order: one in flight at most), and say what that one committed. With
-/// `afresh`, wait for the new one too and start the group afresh from the store, which then
-/// holds every row loaded so far.
-async fn commit_chunk(
-    group: &mut Group,
-    mapper: &Mapper,
-    store: &Store,
-    log: &mut RejectionLog,
-    inflight: &mut Option<Inflight>,
-    afresh: bool,
-) -> Result<Option<CommitInfo>, PgToRealmError> {
-    group.end_chunk(mapper, log)?;
-    let before = finish(inflight.take(), store, log).await?;
-    let handover = group.take_commit(store);
-    *inflight = Some(tokio::task::spawn_blocking(move || handover.commit()));
-    if afresh {
-        finish(inflight.take(), store, log).await?;
-        group.refresh(store)?;
+/// A batch applied to the load's streamed transaction on the blocking pool.
+type Applying = tokio::task::JoinHandle<Result<StreamingTx, StoreError>>;
+
+/// Where the load's chunks go.
+// One per load, and the idle transaction is its large part: boxing it would only add an
+// indirection.
+#[allow(clippy::large_enum_variant)]
+enum Chunks {
+    /// An embedded store: into one streamed store transaction ([`StreamingTx`]), committed
+    /// once at the end with the checkpoint. Every page of the store is then written once, not
+    /// once per chunk (a chunk over many realms touched pages all over the objects table), and
+    /// no reader sees part of the load. Holding the store's write lock meanwhile costs nothing:
+    /// the engine loads before its object server listens. The transaction is `idle`, or
+    /// `applying` a batch while the next is mapped, or the group's (from the list subtables on).
+    Streamed {
+        idle: Option<StreamingTx>,
+        applying: Option<Applying>,
+    },
+    /// A remote store, which apps keep writing to during the load: a commit per chunk, one in
+    /// flight at most (the object server would hold a streamed transaction's write lock for
+    /// the whole load).
+    Committed { inflight: Option<Inflight> },
+}
+
+impl Chunks {
+    /// End the group's chunk and hand it over: to the streamed transaction once it has
+    /// applied the chunk before, or to a commit after the one in flight. Says how many realms
+    /// the transaction (or the commit before) changed, if known, to size the next chunks.
+    async fn hand_over(
+        &mut self,
+        group: &mut Group,
+        mapper: &Mapper,
+        store: &Store,
+        log: &mut RejectionLog,
+    ) -> Result<Option<usize>, PgToRealmError> {
+        group.end_chunk(mapper, log)?;
+        match self {
+            Chunks::Streamed { .. } => {
+                // From the list subtables on, the group applies its batches itself.
+                let Some(streaming) = self.stream(store, log).await? else {
+                    return Ok(None);
+                };
+                let realms = streaming.realms();
+                let mut batch = group.take_batch(store);
+                if let Chunks::Streamed { applying, .. } = self {
+                    *applying = Some(tokio::task::spawn_blocking(move || {
+                        streaming.apply(&mut batch)
+                    }));
+                }
+                Ok(Some(realms))
+            }
+            Chunks::Committed { inflight } => {
+                let before = finish(inflight.take(), store, log).await?;
+                let handover = group.take_commit(store);
+                *inflight = Some(tokio::task::spawn_blocking(move || handover.commit()));
+                if group.overlay_is_large() {
+                    finish(inflight.take(), store, log).await?;
+                    group.refresh(store)?;
+                }
+                Ok(before.map(|info| info.versions.len()))
+            }
+        }
     }
-    Ok(before)
+
+    /// Before the first list subtable: its rows locate their owners, which the group must then
+    /// read. Streamed, the group takes the transaction, every class row applied to it. Else,
+    /// when some class was fresh (its rows are not in the overlay, see
+    /// `Group::fresh_classes`), commit and start afresh from the store; the overlay holds the
+    /// others' rows, or the store once the overlay grew large.
+    async fn lists_begin(
+        &mut self,
+        group: &mut Group,
+        mapper: &Mapper,
+        store: &Store,
+        log: &mut RejectionLog,
+    ) -> Result<(), PgToRealmError> {
+        match self {
+            Chunks::Streamed { .. } => {
+                self.hand_over(group, mapper, store, log).await?;
+                if let Some(streaming) = self.stream(store, log).await? {
+                    group.stream_into(streaming);
+                }
+            }
+            Chunks::Committed { inflight } => {
+                if group.fresh_classes.contains(&true) {
+                    group.end_chunk(mapper, log)?;
+                    finish(inflight.take(), store, log).await?;
+                    let handover = group.take_commit(store);
+                    finish(
+                        Some(tokio::task::spawn_blocking(move || handover.commit())),
+                        store,
+                        log,
+                    )
+                    .await?;
+                    group.refresh(store)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The streamed transaction, once it has applied the batch in hand, unless the group
+    /// holds it (`None`, as for a remote store's commits).
+    async fn stream(
+        &mut self,
+        store: &Store,
+        log: &mut RejectionLog,
+    ) -> Result<Option<StreamingTx>, PgToRealmError> {
+        let Chunks::Streamed { idle, applying } = self else {
+            return Ok(None);
+        };
+        if let Some(streaming) = idle.take() {
+            return Ok(Some(streaming));
+        }
+        let Some(applying) = applying.take() else {
+            return Ok(None);
+        };
+        match applying
+            .await
+            .map_err(|e| PgToRealmError::Task(e.to_string()))?
+        {
+            Ok(streaming) => Ok(Some(streaming)),
+            Err(e) => {
+                log.reload(store)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Commit what the group holds (its last operations and the checkpoint), with every
+    /// chunk before it, and return once it is durable.
+    async fn finish(
+        mut self,
+        group: &mut Group,
+        store: &Store,
+        log: &mut RejectionLog,
+    ) -> Result<(), PgToRealmError> {
+        match &mut self {
+            Chunks::Streamed { .. } => {
+                if let Some(streaming) = self.stream(store, log).await? {
+                    group.stream_into(streaming);
+                }
+            }
+            Chunks::Committed { inflight } => {
+                finish(inflight.take(), store, log).await?;
+            }
+        }
+        let handover = group.take_commit(store);
+        finish(
+            Some(tokio::task::spawn_blocking(move || handover.commit())),
+            store,
+            log,
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Wait for the commit in flight, if any, and say what it committed.
