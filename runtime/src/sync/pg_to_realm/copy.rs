@@ -229,7 +229,7 @@ pub(crate) async fn initial_load(
         if matches!(plan.kind, TableKind::List { .. }) && !lists_begun {
             lists_begun = true;
             rows_in_group = 0;
-            report.rejections += group.counts.rejections;
+            report.rejections += std::mem::take(&mut group.counts).rejections;
             chunks
                 .lists_begin(&mut group, mapper, store, &mut log)
                 .await?;
@@ -340,7 +340,7 @@ pub(crate) async fn initial_load(
                 rows_in_group += 1;
                 if rows_in_group >= rows_per_commit {
                     rows_in_group = 0;
-                    report.rejections += group.counts.rejections;
+                    report.rejections += std::mem::take(&mut group.counts).rejections;
                     let realms = chunks
                         .hand_over(&mut group, mapper, store, &mut log)
                         .await?;
@@ -363,7 +363,7 @@ pub(crate) async fn initial_load(
     sql.batch_execute("COMMIT")
         .await
         .map_err(PgToRealmError::sql("ending the snapshot transaction"))?;
-    report.rejections += group.counts.rejections;
+    report.rejections += std::mem::take(&mut group.counts).rejections;
     group.commit(mapper, &mut log, consistent_point)?;
     chunks.finish(&mut group, store, &mut log).await?;
     reporter.finish();
