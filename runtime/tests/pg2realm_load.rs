@@ -222,3 +222,36 @@ async fn a_load_over_many_realms_is_one_store_commit() {
     assert_eq!(bus.get("name"), Some(&text("bus 4007")));
     running.stop().await;
 }
+
+/// A list subtable of more rows than a chunk loads whole (the group applies them to the load's
+/// transaction itself, batch by batch), and the route refused for its realm path is counted
+/// once, as the one rejection kept; its list rows have no owner to go to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_longer_than_a_chunk_loads_whole() {
+    const ENTRIES: i64 = 45_000;
+    let f = Fixture::new().await;
+    f.exec(&format!(
+        "INSERT INTO route (id, name, user_id) VALUES ('r1', 'one', 'u1'), ('bad', 'bad', '..');
+         INSERT INTO bus (id, name, user_id) SELECT i, 'bus ' || i, 'u1' FROM generate_series(1, 10) i;
+         INSERT INTO route_buses SELECT 'r1', i, 1 + i % 10 FROM generate_series(1, {ENTRIES}) i;
+         INSERT INTO route_buses SELECT 'bad', i, 1 + i % 10 FROM generate_series(1, 3) i;"
+    ))
+    .await;
+    let mut options = f.options();
+    options.initialize_realm_from_postgres = true;
+    let running = f.start(options).await;
+    let load = running.setup.load.expect("the load ran");
+    let rejected = rejections::recent(&f.store, Direction::PostgresToRealm, 100).unwrap();
+    assert_eq!((load.rejections, rejected.len()), (1, 1), "{rejected:#?}");
+    assert_eq!(load.rows, 2 + 10 + ENTRIES as u64 + 3, "{load:?}");
+    match f.object("/u1/transit", "Route", "r1").unwrap().get("buses") {
+        Some(Value::List(items)) => {
+            // In idx order: entry i links bus 1 + i % 10.
+            assert_eq!(items.len(), ENTRIES as usize);
+            assert_eq!(items[0], Value::Link(PrimaryKey::Int(2)));
+            assert_eq!(items[ENTRIES as usize - 1], Value::Link(PrimaryKey::Int(1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    running.stop().await;
+}
