@@ -463,13 +463,7 @@ impl Chunks {
                 if group.fresh_classes.contains(&true) {
                     group.end_chunk(mapper, log)?;
                     finish(inflight.take(), store, log).await?;
-                    let handover = group.take_commit(store);
-                    finish(
-                        Some(tokio::task::spawn_blocking(move || handover.commit())),
-                        store,
-                        log,
-                    )
-                    .await?;
+                    commit_now(group, store, log).await?;
                     group.refresh(store)?;
                 }
             }
@@ -523,15 +517,21 @@ impl Chunks {
                 finish(inflight.take(), store, log).await?;
             }
         }
-        let handover = group.take_commit(store);
-        finish(
-            Some(tokio::task::spawn_blocking(move || handover.commit())),
-            store,
-            log,
-        )
-        .await?;
-        Ok(())
+        commit_now(group, store, log).await
     }
+}
+
+/// Commit what the group holds, on the blocking pool, and return once it is durable (nothing
+/// else in flight).
+async fn commit_now(
+    group: &mut Group,
+    store: &Store,
+    log: &mut RejectionLog,
+) -> Result<(), PgToRealmError> {
+    let handover = group.take_commit(store);
+    let committing = tokio::task::spawn_blocking(move || handover.commit());
+    finish(Some(committing), store, log).await?;
+    Ok(())
 }
 
 /// Wait for the commit in flight, if any, and say what it committed.
