@@ -445,6 +445,16 @@ async fn main() {
         rate(total as f64, copy),
         copy.as_secs_f64() / load.as_secs_f64()
     );
+        let on_disk: u64 = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        println!(
+            "  store on disk        {:>10.1} MiB ({:.0} bytes/row)",
+            on_disk as f64 / (1 << 20) as f64,
+            on_disk as f64 / total as f64
+        );
     }
     if runs("lag") {
         lag(&b, dir.path()).await;

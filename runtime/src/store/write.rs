@@ -132,6 +132,12 @@ impl WriteTx {
         &self.origin
     }
 
+    /// Make room for `ops` more operations at once (the initial load knows how many rows a
+    /// chunk takes), rather than growing the list while they are added.
+    pub(crate) fn reserve(&mut self, ops: usize) {
+        self.ops.reserve(ops);
+    }
+
     /// Operations collected so far.
     pub fn len(&self) -> usize {
         self.ops.len()
@@ -586,8 +592,25 @@ struct Created {
     /// The realm's index in `Applier::states`.
     realm: usize,
     key: std::ops::Range<usize>,
-    record: std::ops::Range<usize>,
+    record: CreatedRecord,
     locator_row: std::ops::Range<usize>,
+}
+
+/// Where a created object's record is.
+enum CreatedRecord {
+    /// In `Applier::created_bytes` (encoded by the commit).
+    InBytes(std::ops::Range<usize>),
+    /// As the operation gave it ([`Op::Create`]): kept, not copied.
+    Given(Vec<u8>),
+}
+
+impl Created {
+    fn record<'b>(&'b self, bytes: &'b [u8]) -> &'b [u8] {
+        match &self.record {
+            CreatedRecord::InBytes(range) => &bytes[range.clone()],
+            CreatedRecord::Given(record) => record,
+        }
+    }
 }
 
 /// One object a commit touches: as it was before the commit and as it is now.
@@ -1001,14 +1024,12 @@ impl<'t> Applier<'t> {
             realm_id,
             locator_row,
         );
-        let record_start = created_bytes.len();
-        created_bytes.extend_from_slice(&record);
         let row_start = created_bytes.len();
         created_bytes.extend_from_slice(locator_row);
         created.push(Created {
             realm: i,
             key: record_key,
-            record: record_start..row_start,
+            record: CreatedRecord::Given(record),
             locator_row: row_start..created_bytes.len(),
         });
         Ok(())
@@ -1044,7 +1065,7 @@ impl<'t> Applier<'t> {
                 self.created.push(Created {
                     realm: touched.realm,
                     key: key_start..start,
-                    record: start..middle,
+                    record: CreatedRecord::InBytes(start..middle),
                     locator_row: middle..self.created_bytes.len(),
                 });
             }
@@ -1129,7 +1150,7 @@ impl<'t> Applier<'t> {
         // key, then realm) in the order they came. Only rows not in order are sorted.
         let mut by_realm: Vec<Vec<(&[u8], &[u8])>> = vec![Vec::new(); self.states.len()];
         for c in &self.created {
-            by_realm[c.realm].push((&bytes[c.key.clone()], &bytes[c.record.clone()]));
+            by_realm[c.realm].push((&bytes[c.key.clone()], c.record(bytes)));
         }
         let mut realms: Vec<usize> = (0..self.states.len()).collect();
         realms.sort_unstable_by_key(|i| self.states[*i].id);

@@ -419,6 +419,12 @@ impl Group {
         self.clear_read_ahead();
     }
 
+    /// Make room in the transaction in hand for `rows` more rows, one operation each (the
+    /// initial load's chunk size).
+    pub(crate) fn reserve_rows(&mut self, rows: usize) {
+        self.tx.reserve(rows);
+    }
+
     /// Make room in the overlay for `objects` more touched objects at once, rather than growing
     /// it by rehashing while rows arrive (the initial load knows about how many will).
     pub(crate) fn reserve_overlay(&mut self, objects: usize) {

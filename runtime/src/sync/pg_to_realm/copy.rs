@@ -208,6 +208,9 @@ pub(crate) async fn initial_load(
         Chunks::Committed { inflight: None }
     };
     group.begin(consistent_point, None, 0);
+    // Room for the first chunk's operations (no more than the tables are estimated to hold).
+    let estimated = total.max(0) as usize;
+    group.reserve_rows(estimated.min(ROWS_PER_COMMIT));
     // Class tables first, so list entries find their owners.
     let mut ordered: Vec<&String> = tables
         .iter()
@@ -289,11 +292,12 @@ pub(crate) async fn initial_load(
                 Some(chunk) => {
                     let mut data = lines_of.push(chunk);
                     while let Some(line) = CopyLines::next_line(&mut data) {
-                        let values =
-                            parse_copy_line(&line).map_err(|message| PgToRealmError::Copy {
+                        let values = parse_copy_line(&line, width).map_err(|message| {
+                            PgToRealmError::Copy {
                                 table: table.clone(),
                                 message,
-                            })?;
+                            }
+                        })?;
                         if values.len() != width {
                             return Err(PgToRealmError::Copy {
                                 table: table.clone(),
@@ -348,6 +352,8 @@ pub(crate) async fn initial_load(
                         rows_per_commit = chunk_rows(realms);
                     }
                     group.begin(consistent_point, None, 0);
+                    let left = estimated.saturating_sub(report.rows as usize);
+                    group.reserve_rows(left.min(rows_per_commit));
                 }
             }
             report.rows += lines;
@@ -665,8 +671,8 @@ impl CopyLines {
 
 /// One line of `COPY … TO STDOUT` text format (without its newline) into column values. A
 /// field without escapes is a slice of `line` (no copy).
-pub(crate) fn parse_copy_line(line: &Bytes) -> Result<Vec<ColumnValue>, String> {
-    let mut out = Vec::new();
+pub(crate) fn parse_copy_line(line: &Bytes, width: usize) -> Result<Vec<ColumnValue>, String> {
+    let mut out = Vec::with_capacity(width);
     let mut start = 0;
     for field in line.split(|b| *b == b'\t') {
         let range = start..start + field.len();
@@ -759,28 +765,31 @@ mod tests {
 
     #[test]
     fn copy_text_lines_unescape_exactly() {
-        let values =
-            parse_copy_line(&Bytes::from_static(b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x42\t")).unwrap();
+        let values = parse_copy_line(
+            &Bytes::from_static(b"1\t\\N\ta\\tb\\\\c\\nd\t\\101\\x42\t"),
+            5,
+        )
+        .unwrap();
         assert_eq!(values.len(), 5);
         assert_eq!(text(&values[0]), b"1");
         assert_eq!(values[1], ColumnValue::Null);
         assert_eq!(text(&values[2]), b"a\tb\\c\nd");
         assert_eq!(text(&values[3]), b"AB");
         assert_eq!(text(&values[4]), b"");
-        assert!(parse_copy_line(&Bytes::from_static(b"x\\")).is_err());
+        assert!(parse_copy_line(&Bytes::from_static(b"x\\"), 1).is_err());
         // Every field, the first and the last included, is cut at its own bounds.
-        let values = parse_copy_line(&Bytes::from_static(b"\tab\t\\N\tcd")).unwrap();
+        let values = parse_copy_line(&Bytes::from_static(b"\tab\t\\N\tcd"), 4).unwrap();
         assert_eq!(values.len(), 4);
         assert_eq!(text(&values[0]), b"");
         assert_eq!(text(&values[1]), b"ab");
         assert_eq!(values[2], ColumnValue::Null);
         assert_eq!(text(&values[3]), b"cd");
-        let one = parse_copy_line(&Bytes::from_static(b"only")).unwrap();
+        let one = parse_copy_line(&Bytes::from_static(b"only"), 1).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(text(&one[0]), b"only");
         // Escapes: the other control characters, octal of 1 to 3 digits, `\x` without digits.
         let values =
-            parse_copy_line(&Bytes::from_static(b"\\b\\f\\r\\v\\7\\0128\\xg\\x4a")).unwrap();
+            parse_copy_line(&Bytes::from_static(b"\\b\\f\\r\\v\\7\\0128\\xg\\x4a"), 1).unwrap();
         assert_eq!(text(&values[0]), b"\x08\x0c\r\x0b\x07\n8xgJ");
     }
 
