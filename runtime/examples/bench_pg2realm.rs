@@ -437,7 +437,8 @@ async fn main() {
         let started = Instant::now();
         let report = sync.setup().await.unwrap();
         let load = started.elapsed();
-        let loaded = report.load.unwrap().rows;
+        let phases = report.load.unwrap();
+        let loaded = phases.rows;
         assert_eq!(loaded as i64, total);
         println!(
         "initial load: {total} rows\n  pgrealm            {:>10.0} rows/s\n  \\copy to /dev/null {:>10.0} rows/s   → pgrealm / \\copy = {:.2}×",
@@ -445,6 +446,12 @@ async fn main() {
         rate(total as f64, copy),
         copy.as_secs_f64() / load.as_secs_f64()
     );
+        println!(
+            "  of which: before the slot {:>6.1} ms, slot to every row copied {:>6.1} ms, last commit {:>6.1} ms",
+            (load - phases.copied_in - phases.committed_in).as_secs_f64() * 1000.0,
+            phases.copied_in.as_secs_f64() * 1000.0,
+            phases.committed_in.as_secs_f64() * 1000.0
+        );
         let on_disk: u64 = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok()?.metadata().ok())

@@ -55,10 +55,19 @@ async fn the_initial_load_is_consistent_under_concurrent_writes() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut options = f.options();
     options.initialize_realm_from_postgres = true;
+    let started = std::time::Instant::now();
     let running = f.start(options).await;
+    let elapsed = started.elapsed();
     let load = running.setup.load.expect("the load ran");
     assert!(load.rows >= ROWS as u64, "{load:?}");
     assert_eq!(load.rejections, 0);
+    // The report times its two phases, both within the whole setup.
+    assert!(
+        !load.copied_in.is_zero()
+            && !load.committed_in.is_zero()
+            && load.copied_in + load.committed_in <= elapsed,
+        "{load:?}, setup took {elapsed:?}"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let writes = writer.await.unwrap();

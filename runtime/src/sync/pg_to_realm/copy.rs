@@ -89,6 +89,7 @@ struct Reporter {
     log: bool,
     rows: u64,
     total: u64,
+    started: Instant,
     last_log: Instant,
 }
 
@@ -109,6 +110,7 @@ impl Reporter {
             bar,
             rows: 0,
             total,
+            started: Instant::now(),
             last_log: Instant::now(),
         }
     }
@@ -135,11 +137,32 @@ impl Reporter {
         }
     }
 
-    fn finish(&self) {
+    /// Every row is copied; the load's last commit makes it durable (for a large load, a
+    /// visible part of its time: every page it wrote goes to disk then).
+    fn committing(&self) {
         if let Some(bar) = &self.bar {
-            bar.finish_with_message("done");
+            bar.set_message("writing to disk");
         } else if self.log {
-            tracing::info!(rows = self.rows, "initial load: done");
+            tracing::info!(
+                rows = self.rows,
+                seconds = self.started.elapsed().as_secs_f64(),
+                "initial load: every row copied; writing to disk"
+            );
+        }
+    }
+
+    fn finish(&self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let rows_per_second = (self.rows as f64 / seconds.max(1e-9)).round();
+        if let Some(bar) = &self.bar {
+            bar.finish_with_message(format!("done in {seconds:.1} s"));
+        } else if self.log {
+            tracing::info!(
+                rows = self.rows,
+                seconds,
+                rows_per_second,
+                "initial load: done"
+            );
         }
     }
 }
@@ -153,6 +176,11 @@ pub struct LoadReport {
     pub rejections: u64,
     /// Where streaming starts.
     pub consistent_point: Lsn,
+    /// From creating the slot until every row was copied and mapped.
+    pub copied_in: Duration,
+    /// From then until the load's last commit was durable: the last chunk's apply, then the
+    /// commit (into an embedded store, every page the load wrote goes to disk then).
+    pub committed_in: Duration,
 }
 
 /// Create `slot` with an exported snapshot, copy every mapped table inside it, and store the
@@ -165,6 +193,7 @@ pub(crate) async fn initial_load(
     publication: &str,
     progress: Progress,
 ) -> Result<LoadReport, PgToRealmError> {
+    let started = Instant::now();
     let snapshot_slot = SnapshotSlot::create(pg, &StreamOptions::new(slot, publication)).await?;
     let consistent_point = snapshot_slot.consistent_point();
     let sql = pg.connect_sql().await?;
@@ -187,6 +216,8 @@ pub(crate) async fn initial_load(
         rows: 0,
         rejections: 0,
         consistent_point,
+        copied_in: Duration::ZERO,
+        committed_in: Duration::ZERO,
     };
     let mut group = Group::new(store, slot)?;
     group.fresh_classes = fresh_classes(store, mapper)?;
@@ -371,7 +402,10 @@ pub(crate) async fn initial_load(
         .map_err(PgToRealmError::sql("ending the snapshot transaction"))?;
     report.rejections += std::mem::take(&mut group.counts).rejections;
     group.commit(mapper, &mut log, consistent_point)?;
+    report.copied_in = started.elapsed();
+    reporter.committing();
     chunks.finish(&mut group, store, &mut log).await?;
+    report.committed_in = started.elapsed() - report.copied_in;
     reporter.finish();
     // The snapshot is no longer needed; the slot stays and `run` streams from its consistent
     // point.
