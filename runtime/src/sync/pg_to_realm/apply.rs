@@ -402,7 +402,7 @@ impl Group {
     /// the streamed transaction itself (see [`Group::stream_into`]).
     pub(crate) fn take_batch(&mut self, store: &Store) -> WriteTx {
         debug_assert!(!self.in_tx && self.streaming.is_none());
-        self.counts = GroupCounts::default();
+        // The group's counts are the caller's to take (`copy.rs` adds them to its report).
         self.overlay.clear();
         self.patched = 0;
         std::mem::replace(&mut self.tx, store.begin_write(ORIGIN))
