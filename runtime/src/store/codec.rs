@@ -25,6 +25,7 @@ pub struct CodecError {
     pub reason: String,
 }
 
+#[derive(Default)]
 pub(crate) struct Encoder {
     pub(crate) buf: Vec<u8>,
 }
@@ -523,6 +524,7 @@ pub(crate) fn decode_object(class: &str, bytes: &[u8]) -> Result<Object, CodecEr
 /// values of a `Create` are encoded exactly as an object record).
 ///
 /// The record is: commit time (µs since the epoch), origin, instruction count, instructions.
+#[derive(Default)]
 pub(crate) struct LogWriter {
     body: Encoder,
     count: u64,
@@ -539,6 +541,11 @@ impl LogWriter {
     /// How many instructions were written.
     pub(crate) fn len(&self) -> u64 {
         self.count
+    }
+
+    /// How many bytes the instructions take.
+    pub(crate) fn bytes(&self) -> usize {
+        self.body.buf.len()
     }
 
     pub(crate) fn push(&mut self, ins: &Instruction) {
@@ -558,6 +565,10 @@ impl LogWriter {
 
     /// `other`'s instructions after these.
     pub(crate) fn append(&mut self, other: LogWriter) {
+        if self.count == 0 {
+            *self = other;
+            return;
+        }
         self.body.buf.extend_from_slice(&other.body.buf);
         self.count += other.count;
     }

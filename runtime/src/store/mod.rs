@@ -152,6 +152,9 @@ struct Inner {
     file: PathBuf,
     schema: Schema,
     classes: HashMap<String, usize>,
+    /// Each compiled class's definition as `realm_classes` holds it (JSON), by class number:
+    /// most realms hold exactly the compiled classes.
+    class_json: Vec<String>,
     options: StoreOptions,
     feed: broadcast::Sender<Committed>,
     commits: group::CommitQueue,
@@ -246,6 +249,7 @@ impl Store {
             inner: Arc::new(Inner {
                 backend: Backend::Local(db),
                 file,
+                class_json: class_json(&schema),
                 schema,
                 classes,
                 options,
@@ -283,6 +287,7 @@ impl Store {
             inner: Arc::new(Inner {
                 backend: Backend::Remote(backend),
                 file: PathBuf::new(),
+                class_json: class_json(&schema),
                 schema,
                 classes,
                 options,
@@ -293,6 +298,19 @@ impl Store {
                 complete_classes: Mutex::default(),
             }),
         })
+    }
+
+    /// `class`'s definition as `realm_classes` holds it (JSON); computed once for a compiled
+    /// class.
+    pub(super) fn class_definition(&self, class: &Class) -> std::borrow::Cow<'_, str> {
+        match self.inner.classes.get(&class.name) {
+            Some(&i) if self.inner.schema.classes[i] == *class => {
+                std::borrow::Cow::Borrowed(&self.inner.class_json[i])
+            }
+            _ => std::borrow::Cow::Owned(
+                serde_json::to_string(class).expect("a class serializes to JSON"),
+            ),
+        }
     }
 
     /// The remote object server's URL when this store is one ([`Store::connect_remote`]).
@@ -674,6 +692,15 @@ fn locator_row_into(class: &[u8], object_key: &[u8], realm_id: u64, out: &mut Ve
 fn locator_row_realm(prefix: &[u8], row: &[u8]) -> Option<u64> {
     let id = row.strip_prefix(prefix)?;
     Some(u64::from_be_bytes(id.try_into().ok()?))
+}
+
+/// Each class's definition as `realm_classes` holds it (see [`Store::class_definition`]).
+fn class_json(schema: &Schema) -> Vec<String> {
+    schema
+        .classes
+        .iter()
+        .map(|c| serde_json::to_string(c).expect("a class serializes to JSON"))
+        .collect()
 }
 
 #[cfg(test)]

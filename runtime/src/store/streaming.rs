@@ -9,9 +9,12 @@
 //! Nothing is visible to readers before [`StreamingTx::commit`] returns, and nothing survives a
 //! crash before it: the commit is as atomic as any other.
 //!
-//! The changeset of a realm is written in parts as the batches settle (table `log_parts`,
-//! `(realm id, version, part)` → a log record whose instructions lead the changeset), and the
-//! version's own log record, written at the commit, holds the header. Readers
+//! The changeset of a realm is built as the batches settle. Its instructions stay in memory
+//! until the stream holds [`PENDING_LOG_BYTES`] of them, all realms together; then each realm's
+//! go out as its next part (table `log_parts`, `(realm id, version, part)` → a log record whose
+//! instructions lead the changeset). The version's own log record, written at the commit, holds
+//! the header and the instructions held since the last part (all of them, when the stream
+//! never wrote parts, as for most loads over many realms). Readers
 //! ([`Snapshot::changes`](super::Snapshot::changes), the feed) put the parts back in front of
 //! the record's instructions. Within one part each object's instructions are its net change;
 //! an object touched in several batches gets instructions in each (a create then a set, say),
@@ -40,6 +43,7 @@ use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
 use super::remote_stream::RemoteStream;
+use super::wal::{Logged, Tag};
 use super::write::{check_expected, Applier, Collected, CommitInfo, RealmState, WriteTx};
 use super::{
     locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
@@ -253,20 +257,37 @@ struct LocalStream {
     states: Vec<RealmState>,
     by_path: HashMap<RealmPath, usize>,
     next_id: Option<u64>,
-    /// Per realm (same index as `states`): changeset parts written, and how many of their
-    /// instructions change objects (a realm whose only instructions are schema additions gets
-    /// no version, as in [`WriteTx::commit`]).
+    /// Per realm (same index as `states`): its changeset so far, as parts written and
+    /// instructions not yet written (see [`PENDING_LOG_BYTES`]).
     written: Vec<Written>,
+    /// The bytes of every realm's instructions not yet written, and how many it may hold
+    /// ([`PENDING_LOG_BYTES`]; less in tests).
+    pending_bytes: usize,
+    pending_limit: usize,
     metadata_set: bool,
     /// Classes found whole in realms (see `Applier`), for the store once this commits.
     learned: RefCell<Vec<(u64, usize)>>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+/// A realm's changeset as the batches build it.
+#[derive(Default)]
 struct Written {
+    /// Parts written to `log_parts`.
     parts: u64,
+    /// How many of its instructions change objects (a realm whose only instructions are schema
+    /// additions gets no version, as in [`WriteTx::commit`]).
     object_instructions: u64,
+    /// Instructions of the batches since the last part, in order: written as the next part
+    /// when the stream holds too many (see [`PENDING_LOG_BYTES`]), or else as the version's own
+    /// log record at the commit.
+    pending: LogWriter,
 }
+
+/// The changeset instructions a stream holds in memory, all realms together, before writing
+/// them as parts. A batch over many realms changes a few objects in each: writing a part per
+/// realm per batch would cost an insert each, scattered over `log_parts`; held, most realms
+/// write none, their changeset going whole into the version's log record at the commit.
+const PENDING_LOG_BYTES: usize = 16 << 20;
 
 impl LocalStream {
     fn new(store: Store, origin: String) -> Result<Self, StoreError> {
@@ -280,6 +301,8 @@ impl LocalStream {
             by_path: HashMap::new(),
             next_id: None,
             written: Vec::new(),
+            pending_bytes: 0,
+            pending_limit: PENDING_LOG_BYTES,
             metadata_set: false,
             learned: RefCell::default(),
         })
@@ -316,20 +339,16 @@ impl LocalStream {
                 self.next_id = apply.next_id;
                 settled
             };
-            self.written.resize(self.states.len(), Written::default());
-            self.refresh_last_keys()?;
-            let now = Utc::now();
-            let mut parts = self.txn.open_table(LOG_PARTS)?;
+            self.written
+                .resize_with(self.states.len(), Written::default);
             for (i, object_instructions, log) in settled {
-                let state = &self.states[i];
                 let written = &mut self.written[i];
-                let record = log.finish(now, &self.origin);
-                parts.insert(
-                    (state.id, state.version + 1, written.parts),
-                    record.as_slice(),
-                )?;
-                written.parts += 1;
+                self.pending_bytes += log.bytes();
+                written.pending.append(log);
                 written.object_instructions += object_instructions;
+            }
+            if self.pending_bytes > self.pending_limit {
+                self.write_parts()?;
             }
         }
         if !metadata.is_empty() {
@@ -342,26 +361,26 @@ impl LocalStream {
         Ok(self)
     }
 
-    /// The greatest object key of each realm and class as the next batch begins. `write.rs`
-    /// reads them once per commit and takes a key past them (or any key of a realm new in the
-    /// commit) as a new object without a lookup; across batches that would miss the objects
-    /// earlier batches created.
-    fn refresh_last_keys(&mut self) -> Result<(), StoreError> {
-        let objects = self.txn.open_table(OBJECTS)?;
-        for state in &mut self.states {
-            state.last_keys.clear();
-            for class in &self.store.inner.schema.classes {
-                let prefix = object_prefix(state.id, &class.name);
-                let mut end = prefix.clone();
-                *end.last_mut().expect("the prefix ends with a separator") += 1;
-                let last = objects
-                    .range(prefix.as_slice()..end.as_slice())?
-                    .next_back()
-                    .transpose()?
-                    .map(|(k, _)| k.value().to_vec());
-                state.last_keys.push(Some(last));
-            }
+    /// Write every realm's pending instructions as its changeset's next part, in realm id
+    /// order (the order of `log_parts`' keys).
+    fn write_parts(&mut self) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut order: Vec<usize> = (0..self.written.len())
+            .filter(|i| self.written[*i].pending.len() > 0)
+            .collect();
+        order.sort_unstable_by_key(|i| self.states[*i].id);
+        let mut parts = self.txn.open_table(LOG_PARTS)?;
+        for i in order {
+            let state = &self.states[i];
+            let written = &mut self.written[i];
+            let record = std::mem::take(&mut written.pending).finish(now, &self.origin);
+            parts.insert(
+                (state.id, state.version + 1, written.parts),
+                record.as_slice(),
+            )?;
+            written.parts += 1;
         }
+        self.pending_bytes = 0;
         Ok(())
     }
 
@@ -465,33 +484,30 @@ impl LocalStream {
         let retention = store.inner.options.log_retention.max(1);
         let mut info = CommitInfo::default();
         {
-            let mut realms = txn.open_table(REALMS)?;
-            let mut realm_paths = txn.open_table(REALM_PATHS)?;
-            let mut realm_classes = txn.open_table(REALM_CLASSES)?;
             let mut log = txn.open_table(LOG)?;
             let mut parts = txn.open_table(LOG_PARTS)?;
             let mut meta = txn.open_table(META)?;
             let mut any_new = false;
             let mut any_parts = false;
-            for (state, written) in states.iter_mut().zip(written) {
+            // Each realm's version record; what a new version changes in the realm tables is
+            // written below, each table's rows in key order (over many realms, runs through
+            // one cursor rather than a walk from the root per row).
+            let mut records = Vec::with_capacity(states.len());
+            for (i, (state, written)) in states.iter_mut().zip(written).enumerate() {
                 let next = state.version + 1;
                 if written.object_instructions == 0 {
                     // Nothing happened to any object: no version, and the realm's schema stays
                     // as it was.
-                    remove_parts(&mut parts, state.id, next..next + 1)?;
+                    if written.parts > 0 {
+                        remove_parts(&mut parts, state.id, next..next + 1)?;
+                    }
                     continue;
                 }
                 any_parts |= written.parts > 0;
-                for name in &state.changed_classes {
-                    let class = state.classes[name]
-                        .as_ref()
-                        .expect("a changed class is known");
-                    let def = serde_json::to_string(class).expect("a class serializes to JSON");
-                    realm_classes.insert((state.id, name.as_str()), def.as_str())?;
-                }
+                any_new |= state.is_new;
                 state.version = next;
-                let record = LogWriter::new().finish(now, &origin);
-                log.insert((state.id, state.version), record.as_slice())?;
+                // The last instructions, after those of the parts.
+                records.push((i, written.pending.finish(now, &origin)));
                 let keep_from = (state.version + 1).saturating_sub(retention).max(1);
                 while state.oldest < keep_from {
                     log.remove((state.id, state.oldest))?;
@@ -499,14 +515,44 @@ impl LocalStream {
                 }
                 // Also the parts of versions an ordinary commit pruned (it does not look for
                 // parts): they are never read, this only gives their space back.
-                remove_parts(&mut parts, state.id, 0..state.oldest)?;
-                realms.insert(state.path.as_str(), (state.id, state.version, state.oldest))?;
+                if !state.is_new {
+                    remove_parts(&mut parts, state.id, 0..state.oldest)?;
+                }
+            }
+            drop((log, parts));
+            let mut log_rows = Vec::with_capacity(records.len());
+            let mut realm_rows = Vec::with_capacity(records.len());
+            let mut path_rows = Vec::new();
+            let mut class_rows = Vec::new();
+            for (i, record) in &records {
+                let state = &states[*i];
+                for name in &state.changed_classes {
+                    let class = state.classes[name]
+                        .as_ref()
+                        .expect("a changed class is known");
+                    class_rows.push(((state.id, name.as_str()), store.class_definition(class)));
+                }
+                log_rows.push(((state.id, state.version), record.as_slice()));
+                realm_rows.push((state.path.as_str(), (state.id, state.version, state.oldest)));
                 if state.is_new {
-                    realm_paths.insert(state.id, state.path.as_str())?;
-                    any_new = true;
+                    path_rows.push((state.id, state.path.as_str()));
                 }
                 info.versions.push((state.path.clone(), state.version));
             }
+            // Realms are in id order but for those the store held, first touched first.
+            sort_by_key(&mut log_rows);
+            sort_by_key(&mut path_rows);
+            sort_by_key(&mut class_rows);
+            sort_by_key(&mut realm_rows);
+            let class_rows: Vec<_> = class_rows
+                .iter()
+                .map(|(key, def)| (*key, def.as_ref()))
+                .collect();
+            Logged::open(&txn, LOG, Tag::Log, None)?.insert_sorted(&log_rows)?;
+            Logged::open(&txn, REALMS, Tag::Realms, None)?.insert_sorted(&realm_rows)?;
+            Logged::open(&txn, REALM_PATHS, Tag::RealmPaths, None)?.insert_sorted(&path_rows)?;
+            Logged::open(&txn, REALM_CLASSES, Tag::RealmClasses, None)?
+                .insert_sorted(&class_rows)?;
             if any_new {
                 meta.insert("next_realm_id", next_id.expect("a new realm took an id"))?;
             }
@@ -536,6 +582,13 @@ impl LocalStream {
             });
         }
         Ok(info)
+    }
+}
+
+/// Sort table rows by key, unless they are already.
+fn sort_by_key<K: Ord + Copy, V>(rows: &mut [(K, V)]) {
+    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
+        rows.sort_unstable_by_key(|r| r.0);
     }
 }
 
@@ -630,6 +683,28 @@ mod tests {
             .with("n", Value::Int(n))
     }
 
+    /// `streaming` writes its instructions as parts once it holds more than `limit` bytes.
+    fn hold_at_most(streaming: &mut StreamingTx, limit: usize) {
+        match &mut streaming.inner {
+            Inner::Local(local) => local.pending_limit = limit,
+            Inner::Remote(_) => unreachable!("a local store"),
+        }
+    }
+
+    /// The keys of `log_parts`.
+    fn parts_of(store: &Store) -> Vec<(u64, u64, u64)> {
+        let read = redb::ReadableDatabase::begin_read(store.db()).unwrap();
+        match read.open_table(LOG_PARTS) {
+            Ok(parts) => parts
+                .iter()
+                .unwrap()
+                .map(|row| row.unwrap().0.value())
+                .collect(),
+            Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     fn stored_format(store: &Store) -> u64 {
         let read = redb::ReadableDatabase::begin_read(store.db()).unwrap();
         let meta = read.open_table(META).unwrap();
@@ -639,10 +714,18 @@ mod tests {
 
     #[test]
     fn batches_read_their_own_writes_and_commit_as_one_version() {
+        // Each batch's instructions written as a part, or all held for the version's record.
+        for (limit, parts) in [(0, vec![(1, 1, 0), (1, 1, 1)]), (PENDING_LOG_BYTES, vec![])] {
+            batches_read_their_own_writes(limit, parts);
+        }
+    }
+
+    fn batches_read_their_own_writes(limit: usize, parts: Vec<(u64, u64, u64)>) {
         let dir = tempfile::tempdir().unwrap();
         let store = store(dir.path(), 100);
         let realm = RealmPath::parse("/r").unwrap();
         let mut streaming = store.begin_streaming("test").unwrap();
+        hold_at_most(&mut streaming, limit);
         let mut batch = store.begin_write("ignored");
         for id in 0..5 {
             batch.put_object(&realm, bus(id, 0)).unwrap();
@@ -671,9 +754,10 @@ mod tests {
         let info = streaming.commit().unwrap();
         assert_eq!(info.version_of(&realm), Some(1));
         assert_eq!(stored_format(&store), FORMAT_VERSION);
+        assert_eq!(parts_of(&store), parts);
 
-        // The parts come back in order, in front of the record's own (empty) instructions,
-        // and replay to what the realm holds.
+        // The parts come back in order, in front of the record's own instructions, and replay
+        // to what the realm holds.
         let changes = store.changes(&realm, 0, 10).unwrap();
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].origin, "test");
@@ -684,6 +768,79 @@ mod tests {
         assert_eq!(replica.len(), 4);
         let replayed = &replica[&("Bus".to_owned(), PrimaryKey::Int(1))];
         assert_eq!(replayed.get("n"), Some(&Value::Int(7)));
+    }
+
+    /// A batch takes a key past the greatest its realm held as new, without a lookup: that
+    /// greatest key must include the objects earlier batches created, put or created alike, in
+    /// a new realm and in one the store held. A key an earlier batch wrote is then an update.
+    #[test]
+    fn a_later_batch_updates_the_objects_earlier_batches_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let (new, held) = (
+            RealmPath::parse("/new").unwrap(),
+            RealmPath::parse("/held").unwrap(),
+        );
+        let mut batch = store.begin_write("test");
+        batch.put_object(&held, bus(10, 0)).unwrap();
+        batch.commit().unwrap();
+        let create = |batch: &mut WriteTx, realm: &RealmPath, id: i64, n: i64| {
+            batch
+                .create_typed_object(realm, PrimaryKey::Int(id), bus(id, n))
+                .unwrap();
+        };
+
+        let mut streaming = store.begin_streaming("test").unwrap();
+        let mut batch = store.begin_write("ignored");
+        batch.put_object(&new, bus(5, 0)).unwrap();
+        create(&mut batch, &new, 2, 0);
+        create(&mut batch, &held, 11, 0);
+        streaming = streaming.apply(&mut batch).unwrap();
+        create(&mut batch, &new, 3, 0);
+        create(&mut batch, &new, 5, 1);
+        create(&mut batch, &held, 11, 1);
+        streaming = streaming.apply(&mut batch).unwrap();
+        create(&mut batch, &new, 2, 2);
+        create(&mut batch, &new, 6, 0);
+        streaming.apply(&mut batch).unwrap().commit().unwrap();
+
+        let ops = |realm: &RealmPath, version: u64| -> Vec<String> {
+            let changes = store.changes(realm, version - 1, 1).unwrap();
+            changes[0]
+                .instructions
+                .iter()
+                .filter_map(|i| match i {
+                    Instruction::Create { key, .. } => Some(format!("create {key}")),
+                    Instruction::Set { key, new, .. } => Some(format!("set {key} {new:?}")),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            ops(&new, 1),
+            [
+                "create 5",
+                "create 2",
+                "create 3",
+                "set 5 Int(1)",
+                "set 2 Int(2)",
+                "create 6"
+            ]
+        );
+        assert_eq!(ops(&held, 2), ["create 11", "set 11 Int(1)"]);
+        for (realm, id) in [(&new, 2), (&new, 5), (&held, 11)] {
+            assert_eq!(
+                store.locate("Bus", &PrimaryKey::Int(id)).unwrap(),
+                std::slice::from_ref(realm),
+                "one locator row for {id}"
+            );
+        }
+        let view = store.realm(&new).unwrap().unwrap();
+        assert_eq!(view.count("Bus").unwrap(), 4);
+        assert_eq!(
+            view.object("Bus", &PrimaryKey::Int(2)).unwrap().unwrap(),
+            bus(2, 2)
+        );
     }
 
     #[test]
@@ -704,18 +861,12 @@ mod tests {
 
         for n in 0..3 {
             batch.put_object(&realm, bus(1, n)).unwrap();
-            let streaming = store.begin_streaming("test").unwrap();
+            let mut streaming = store.begin_streaming("test").unwrap();
+            hold_at_most(&mut streaming, 0);
             streaming.apply(&mut batch).unwrap().commit().unwrap();
         }
         // Retention 1: only version 3 and its one part remain.
-        let read = redb::ReadableDatabase::begin_read(store.db()).unwrap();
-        let parts = read.open_table(LOG_PARTS).unwrap();
-        let left: Vec<_> = parts
-            .iter()
-            .unwrap()
-            .map(|row| row.unwrap().0.value())
-            .collect();
-        assert_eq!(left, vec![(1, 3, 0)]);
+        assert_eq!(parts_of(&store), vec![(1, 3, 0)]);
         assert!(matches!(
             store.changes(&realm, 1, 10),
             Err(StoreError::Pruned { .. })

@@ -145,7 +145,7 @@ impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
     }
 }
 
-impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
+impl<'t, K: Key + 'static, V: Value + 'static> Logged<'t, K, V> {
     /// Insert `entries`, sorted by key, run by run: the entries that fall into one gap between
     /// the table's keys (new rows of a serial key, the usual bulk insert; one run per realm
     /// when several realms take rows) go in through one cursor, without a walk from the root
@@ -153,9 +153,9 @@ impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
     /// goes in the ordinary way (overwriting an equal key) and the next run starts after it.
     /// When runs turn out short (new keys scattered among existing ones, or keys that exist),
     /// the rest goes in one by one, since each run costs a cursor.
-    pub(super) fn insert_sorted<'v>(
+    pub(super) fn insert_sorted<'k, 'v>(
         &mut self,
-        entries: &[(&[u8], V::SelfType<'v>)],
+        entries: &[(K::SelfType<'k>, V::SelfType<'v>)],
     ) -> Result<(), redb::StorageError> {
         /// Runs tried before judging their length, and the mean length that keeps them.
         const RUNS_TRIED: usize = 16;
@@ -166,20 +166,23 @@ impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
         while i < entries.len() {
             if runs >= RUNS_TRIED && in_runs < runs * SHORTEST_MEAN_RUN {
                 for (key, value) in &entries[i..] {
-                    self.insert(*key, value)?;
+                    self.insert(key, value)?;
                 }
                 return Ok(());
             }
             {
                 let mut cursor = self
                     .table
-                    .lower_bound_mut(std::ops::Bound::Included(entries[i].0))?;
+                    .lower_bound_mut(std::ops::Bound::Included(&entries[i].0))?;
                 while let Some((key, value)) = entries.get(i) {
-                    match cursor.insert_before(*key, value) {
+                    match cursor.insert_before(key, value) {
                         Ok(()) => {
                             if let Some(redo) = self.redo {
-                                redo.borrow_mut()
-                                    .put(self.tag, key, V::as_bytes(value).as_ref());
+                                redo.borrow_mut().put(
+                                    self.tag,
+                                    K::as_bytes(key).as_ref(),
+                                    V::as_bytes(value).as_ref(),
+                                );
                             }
                             i += 1;
                             in_runs += 1;
@@ -193,7 +196,7 @@ impl<'t, V: Value + 'static> Logged<'t, &'static [u8], V> {
             }
             runs += 1;
             if let Some((key, value)) = entries.get(i) {
-                self.insert(*key, value)?;
+                self.insert(key, value)?;
                 i += 1;
             }
         }

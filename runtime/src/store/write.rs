@@ -572,7 +572,9 @@ pub(super) struct RealmState {
     /// is one lookup.
     ensured: Vec<bool>,
     /// Per compiled class (by index), once read: the greatest object key the realm held when
-    /// the commit began (`Some(None)`: none). A streaming write forgets them after each batch.
+    /// the commit began (`Some(None)`: none), and then those it created
+    /// ([`Applier::flush_created`]), for a streaming write's later batches. It may stay greater
+    /// than the greatest key after a delete: a key not past it is only looked up.
     pub(super) last_keys: Vec<Option<Option<Vec<u8>>>>,
     /// Classes whose definition this commit extends, and the instructions saying so.
     pub(super) changed_classes: Vec<String>,
@@ -589,8 +591,9 @@ const FEW_REALMS: usize = 16;
 /// An object created by this commit, waiting for [`Applier::flush_created`]: where its key,
 /// its record and its locator row are in `Applier::created_bytes`.
 struct Created {
-    /// The realm's index in `Applier::states`.
+    /// The realm's index in `Applier::states`, and the class number.
     realm: usize,
+    class: usize,
     key: std::ops::Range<usize>,
     record: CreatedRecord,
     locator_row: std::ops::Range<usize>,
@@ -852,7 +855,8 @@ impl<'t> Applier<'t> {
     }
 
     /// The greatest object key the realm holds for class number `class` as the commit began
-    /// (nothing is written before [`Applier::finish`]), read once per commit.
+    /// (nothing is written before [`Applier::finish`]), read once per commit; in a streaming
+    /// write, as the batch began.
     fn last_key(&mut self, realm: usize, class: usize) -> Result<Option<&[u8]>, StoreError> {
         let state = &mut self.states[realm];
         if state.last_keys.len() <= class {
@@ -897,11 +901,15 @@ impl<'t> Applier<'t> {
             return Ok(());
         }
         if !state.classes.contains_key(&class.name) {
-            let stored = self
-                .realm_classes
-                .open()?
-                .get((state.id, class.name.as_str()))?
-                .map(|g| serde_json::from_str::<Class>(g.value()));
+            // A realm new in this commit holds no class yet.
+            let stored = match state.is_new {
+                true => None,
+                false => self
+                    .realm_classes
+                    .open()?
+                    .get((state.id, class.name.as_str()))?
+                    .map(|g| serde_json::from_str::<Class>(g.value())),
+            };
             let stored = match stored {
                 None => None,
                 Some(Ok(c)) => Some(c),
@@ -1028,6 +1036,7 @@ impl<'t> Applier<'t> {
         created_bytes.extend_from_slice(locator_row);
         created.push(Created {
             realm: i,
+            class: class_index,
             key: record_key,
             record: CreatedRecord::Given(record),
             locator_row: row_start..created_bytes.len(),
@@ -1064,6 +1073,7 @@ impl<'t> Applier<'t> {
                 self.created_bytes.extend_from_slice(&self.locator_row);
                 self.created.push(Created {
                     realm: touched.realm,
+                    class: touched.class,
                     key: key_start..start,
                     record: CreatedRecord::InBytes(start..middle),
                     locator_row: middle..self.created_bytes.len(),
@@ -1144,6 +1154,27 @@ impl<'t> Applier<'t> {
             return Ok(());
         }
         let bytes = &self.created_bytes;
+        // The greatest keys, past which a later batch of a stream takes a key as new without a
+        // lookup, now include these (kept only where known: one not read yet is read when
+        // needed, then from the objects written here).
+        for c in &self.created {
+            let state = &mut self.states[c.realm];
+            if state.last_keys.len() <= c.class {
+                state.last_keys.resize(c.class + 1, None);
+            }
+            let key = &bytes[c.key.clone()];
+            match &mut state.last_keys[c.class] {
+                Some(Some(last)) if key > &last[..] => {
+                    last.clear();
+                    last.extend_from_slice(key);
+                }
+                Some(Some(_)) => {}
+                // The realm held none of the class, or is new in this commit.
+                slot @ Some(None) => *slot = Some(Some(key.to_vec())),
+                slot @ None if state.is_new => *slot = Some(Some(key.to_vec())),
+                None => {}
+            }
+        }
         // New objects usually come in key order within each realm (a table's rows, new rows of
         // a serial key), and an object's key begins with its realm's id: gathered realm by
         // realm in id order, they are usually sorted already, and the locator rows (by object
@@ -1190,10 +1221,10 @@ impl<'t> Applier<'t> {
                 let class = state.classes[name]
                     .as_ref()
                     .expect("a changed class is known");
-                let def = serde_json::to_string(class).expect("a class serializes to JSON");
+                let def = self.store.class_definition(class);
                 self.realm_classes
                     .open()?
-                    .insert((state.id, name.as_str()), def.as_str())?;
+                    .insert((state.id, name.as_str()), def.as_ref())?;
             }
             state.version += 1;
             let record = log.finish(now, origin);

@@ -49,8 +49,8 @@ const ROWS_PER_COMMIT: usize = 20_000;
 const MAX_ROWS_PER_COMMIT: usize = 250_000;
 
 /// Rows per realm a chunk of the load aims at. A chunk costs something per realm it changes
-/// (the realm's changeset part, or its next version when committed, and the B-tree path down to
-/// its objects, which sit apart from every other realm's), so a load spread over many realms
+/// (the B-tree path down to its objects, which sit apart from every other realm's, and, when
+/// committed, its next version), so a load spread over many realms
 /// (one per user) takes larger chunks: this many rows for each realm changed so far (streamed)
 /// or by the last commit, within [`ROWS_PER_COMMIT`]..=[`MAX_ROWS_PER_COMMIT`]. With 10,000
 /// realms, commits of 20,000 rows (two per realm) loaded a third as fast as commits of 100,000.
