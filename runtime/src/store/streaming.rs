@@ -10,8 +10,8 @@
 //! crash before it: the commit is as atomic as any other.
 //!
 //! The changeset of a realm is built as the batches settle. Its instructions stay in memory
-//! until the stream holds [`PENDING_LOG_BYTES`] of them, all realms together; then each realm's
-//! go out as its next part (table `log_parts`, `(realm id, version, part)` → a log record whose
+//! until they reach [`PART_BYTES`], or until the stream holds [`PENDING_LOG_BYTES`] of them, all
+//! realms together; then they go out as the realm's next part (table `log_parts`, `(realm id, version, part)` → a log record whose
 //! instructions lead the changeset). The version's own log record, written at the commit, holds
 //! the header and the instructions held since the last part (all of them, when the stream
 //! never wrote parts, as for most loads over many realms). Readers
@@ -289,6 +289,10 @@ struct Written {
 /// write none, their changeset going whole into the version's log record at the commit.
 const PENDING_LOG_BYTES: usize = 16 << 20;
 
+/// A realm's held instructions reaching this size go out as its next part at once: a load over
+/// a few realms writes parts of about this size, as before, and its commit no large records.
+const PART_BYTES: usize = 64 << 10;
+
 impl LocalStream {
     fn new(store: Store, origin: String) -> Result<Self, StoreError> {
         let mut txn = store.db().begin_write()?;
@@ -347,9 +351,10 @@ impl LocalStream {
                 written.pending.append(log);
                 written.object_instructions += object_instructions;
             }
-            if self.pending_bytes > self.pending_limit {
-                self.write_parts()?;
-            }
+            // Past the stream's budget every realm writes its part; else a realm holding a
+            // large part already (a load over few realms) writes it now.
+            let all = self.pending_bytes > self.pending_limit;
+            self.write_parts(|pending| all || pending.bytes() >= PART_BYTES)?;
         }
         if !metadata.is_empty() {
             let mut table = self.txn.open_table(METADATA)?;
@@ -361,26 +366,33 @@ impl LocalStream {
         Ok(self)
     }
 
-    /// Write every realm's pending instructions as its changeset's next part, in realm id
-    /// order (the order of `log_parts`' keys).
-    fn write_parts(&mut self) -> Result<(), StoreError> {
+    /// Write the pending instructions of each realm `chosen` picks as its changeset's next
+    /// part, in realm id order (the order of `log_parts`' keys).
+    fn write_parts(&mut self, chosen: impl Fn(&LogWriter) -> bool) -> Result<(), StoreError> {
         let now = Utc::now();
         let mut order: Vec<usize> = (0..self.written.len())
-            .filter(|i| self.written[*i].pending.len() > 0)
+            .filter(|i| {
+                let pending = &self.written[*i].pending;
+                pending.len() > 0 && chosen(pending)
+            })
             .collect();
+        if order.is_empty() {
+            return Ok(());
+        }
         order.sort_unstable_by_key(|i| self.states[*i].id);
         let mut parts = self.txn.open_table(LOG_PARTS)?;
         for i in order {
             let state = &self.states[i];
             let written = &mut self.written[i];
-            let record = std::mem::take(&mut written.pending).finish(now, &self.origin);
+            let pending = std::mem::take(&mut written.pending);
+            self.pending_bytes -= pending.bytes();
+            let record = pending.finish(now, &self.origin);
             parts.insert(
                 (state.id, state.version + 1, written.parts),
                 record.as_slice(),
             )?;
             written.parts += 1;
         }
-        self.pending_bytes = 0;
         Ok(())
     }
 
@@ -768,6 +780,39 @@ mod tests {
         assert_eq!(replica.len(), 4);
         let replayed = &replica[&("Bus".to_owned(), PrimaryKey::Int(1))];
         assert_eq!(replayed.get("n"), Some(&Value::Int(7)));
+    }
+
+    /// A realm whose held instructions reach [`PART_BYTES`] writes them as a part at once; the
+    /// others hold theirs for the version's record. Both replay to what the realms hold.
+    #[test]
+    fn a_realm_holding_a_large_part_writes_it_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        let (large, small) = (
+            RealmPath::parse("/large").unwrap(),
+            RealmPath::parse("/small").unwrap(),
+        );
+        let mut streaming = store.begin_streaming("test").unwrap();
+        let mut batch = store.begin_write("ignored");
+        for id in 0..5_000 {
+            batch.put_object(&large, bus(id, 0)).unwrap();
+        }
+        batch.put_object(&small, bus(1_000_000, 0)).unwrap();
+        streaming = streaming.apply(&mut batch).unwrap();
+        batch.put_object(&large, bus(5_000, 0)).unwrap();
+        batch.put_object(&small, bus(1_000_001, 0)).unwrap();
+        streaming.apply(&mut batch).unwrap().commit().unwrap();
+        // `/large` is realm 1, `/small` realm 2.
+        assert_eq!(parts_of(&store), vec![(1, 1, 0)]);
+        for (realm, count) in [(&large, 5_001), (&small, 2)] {
+            let changes = store.changes(realm, 0, 10).unwrap();
+            assert_eq!(changes.len(), 1);
+            let mut replica = crate::store::RealmObjects::new();
+            crate::store::apply(&mut replica, &changes[0].instructions).unwrap();
+            assert_eq!(replica.len(), count);
+            let view = store.realm(realm).unwrap().unwrap();
+            assert_eq!(view.count("Bus").unwrap(), count);
+        }
     }
 
     /// A batch takes a key past the greatest its realm held as new, without a lookup: that
