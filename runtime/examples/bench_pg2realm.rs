@@ -434,9 +434,11 @@ async fn main() {
         let copy = started.elapsed();
         let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
         let sync = b.applier("load", store, true);
+        let written_before = written_bytes();
         let started = Instant::now();
         let report = sync.setup().await.unwrap();
         let load = started.elapsed();
+        let written = written_bytes().saturating_sub(written_before);
         let phases = report.load.unwrap();
         let loaded = phases.rows;
         assert_eq!(loaded as i64, total);
@@ -458,9 +460,13 @@ async fn main() {
             .map(|m| m.len())
             .sum();
         println!(
-            "  store on disk        {:>10.1} MiB ({:.0} bytes/row)",
+            "  store on disk        {:>10.1} MiB, the file's length (redb grows it in steps)",
             on_disk as f64 / (1 << 20) as f64,
-            on_disk as f64 / total as f64
+        );
+        println!(
+            "  written by the load  {:>10.1} MiB ({:.0} bytes/row; /proc/self/io write_bytes)",
+            written as f64 / (1 << 20) as f64,
+            written as f64 / total as f64
         );
     }
     if runs("lag") {
@@ -696,6 +702,18 @@ fn thread_cpu() -> HashMap<String, u64> {
         }
     }
     threads
+}
+
+/// Bytes this process has sent (or dirtied in the page cache) for storage so far.
+fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("write_bytes: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// CPU time of the processes this one has waited for (`pg_recvlogical`, `psql`).
