@@ -10,11 +10,12 @@
 //! crash before it: the commit is as atomic as any other.
 //!
 //! The changeset of a realm is built as the batches settle. Its instructions stay in memory
-//! until they reach [`PART_BYTES`], or until the stream holds [`PENDING_LOG_BYTES`] of them, all
-//! realms together; then they go out as the realm's next part (table `log_parts`, `(realm id, version, part)` → a log record whose
-//! instructions lead the changeset). The version's own log record, written at the commit, holds
-//! the header and the instructions held since the last part (all of them, when the stream
-//! never wrote parts, as for most loads over many realms). Readers
+//! until they reach [`PART_BYTES`], or until the stream holds [`PENDING_LOG_BYTES`] of them,
+//! all realms together; then they go out as the realm's next part (table `log_parts`,
+//! `(realm id, version, part)` → a log record whose instructions lead the changeset). The
+//! version's own log record, written at the commit, holds the header and the instructions held
+//! since the last part (all of them when the realm wrote no part, as in most loads over many
+//! realms). Readers
 //! ([`Snapshot::changes`](super::Snapshot::changes), the feed) put the parts back in front of
 //! the record's instructions. Within one part each object's instructions are its net change;
 //! an object touched in several batches gets instructions in each (a create then a set, say),
@@ -258,7 +259,7 @@ struct LocalStream {
     by_path: HashMap<RealmPath, usize>,
     next_id: Option<u64>,
     /// Per realm (same index as `states`): its changeset so far, as parts written and
-    /// instructions not yet written (see [`PENDING_LOG_BYTES`]).
+    /// instructions not yet written.
     written: Vec<Written>,
     /// The bytes of every realm's instructions not yet written, and how many it may hold
     /// ([`PENDING_LOG_BYTES`]; less in tests).
@@ -278,8 +279,8 @@ struct Written {
     /// additions gets no version, as in [`WriteTx::commit`]).
     object_instructions: u64,
     /// Instructions of the batches since the last part, in order: written as the next part
-    /// when the stream holds too many (see [`PENDING_LOG_BYTES`]), or else as the version's own
-    /// log record at the commit.
+    /// once they reach [`PART_BYTES`] or the stream holds [`PENDING_LOG_BYTES`], or else as
+    /// the version's own log record at the commit.
     pending: LogWriter,
 }
 
