@@ -20,8 +20,11 @@
 //! 1,000,000). `BENCH_ONLY=a,b,load,lag,big` runs only the workloads named (the initial load
 //! copies what (a) and (b) wrote). `BENCH_LAG_DETAIL=1` also prints the 40 worst lags with
 //! when their commit happened (stalls show as clusters). `BENCH_THREADS=1` prints, for (a) and
-//! (b), how busy each thread of the applier was (thread id, share of one core). Uses a private cluster from the test
-//! harness (127.0.0.1 only). Not a test: figures go in BENCHMARKS.md.
+//! (b), how busy each thread of the applier was (thread id, share of one core).
+//! `BENCH_REPEAT=n` runs (a) and (b) n times over the same WAL (`pg_recvlogical`, then
+//! pgrealm, each on a slot of its own) and prints each round's ratio and the median. Uses a
+//! private cluster from the test harness (127.0.0.1 only). Not a test: figures go in
+//! BENCHMARKS.md.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -47,6 +50,16 @@ fn runs(workload: &str) -> bool {
         Ok(only) => only.split(',').any(|w| w.trim() == workload),
         Err(_) => true,
     }
+}
+
+/// `BENCH_REPEAT` (default 1): rounds of (a) and (b), each `pg_recvlogical` then pgrealm on
+/// slots of their own over the same WAL; the machine's swings show as the rounds' spread.
+fn repeats() -> usize {
+    std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1)
 }
 
 fn rows() -> i64 {
@@ -296,12 +309,20 @@ async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future
         .next()
         .unwrap()
         .trim_matches(|c| c == '(' || c == ')');
-    let slots = [
-        format!("ours_{tag}"),
-        format!("recv_{tag}"),
-        format!("peek_{tag}"),
-    ];
-    for slot in &slots {
+    // One slot for pgrealm and one for pg_recvlogical per round, all on the same WAL.
+    let rounds = repeats();
+    let round_slots: Vec<[String; 2]> = (0..rounds)
+        .map(|r| {
+            let suffix = if r == 0 {
+                String::new()
+            } else {
+                format!("_{r}")
+            };
+            [format!("ours_{tag}{suffix}"), format!("recv_{tag}{suffix}")]
+        })
+        .collect();
+    let peek_slot = format!("peek_{tag}");
+    for slot in round_slots.iter().flatten().chain([&peek_slot]) {
         b.slot(slot).await;
     }
     let before: i64 = b
@@ -319,27 +340,45 @@ async fn stream_workload(b: &Bench, label: &str, write: impl std::future::Future
         .unwrap()
         .get(0);
     let changes = (after - before) as f64;
-    let (recv, recv_cpu) = b.recvlogical(&slots[1], end);
-    let peek = b.peek(&slots[2], end).await;
-    let (ours, stats, cpu) = b.ours(&slots[0], end).await;
-    let applied = stats.changes.load(Ordering::Relaxed) as f64;
-    assert_eq!(applied, changes, "every change applied");
-    println!(
-        "{label}: {changes} changes in {} transactions, {} store commits\n  \
-         pgrealm            {:>10.0} changes/s   ({}; own = all its threads)\n  \
-         pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×   ({})\n  \
-         peek (decode only) {:>10.0} changes/s   → pgrealm / peek = {:.2}×",
-        stats.transactions.load(Ordering::Relaxed),
-        stats.store_commits.load(Ordering::Relaxed),
-        rate(changes, ours),
-        cpu.per_change(changes),
-        rate(changes, recv),
-        recv.as_secs_f64() / ours.as_secs_f64(),
-        recv_cpu.per_change(changes),
-        rate(changes, peek),
-        peek.as_secs_f64() / ours.as_secs_f64(),
-    );
-    for slot in &slots {
+    let peek = b.peek(&peek_slot, end).await;
+    let mut ratios = Vec::new();
+    for (round, [ours_slot, recv_slot]) in round_slots.iter().enumerate() {
+        let (recv, recv_cpu) = b.recvlogical(recv_slot, end);
+        let (ours, stats, cpu) = b.ours(ours_slot, end).await;
+        let applied = stats.changes.load(Ordering::Relaxed) as f64;
+        assert_eq!(applied, changes, "every change applied");
+        let round_label = if rounds > 1 {
+            format!("{label}, round {} of {rounds}", round + 1)
+        } else {
+            label.to_owned()
+        };
+        println!(
+            "{round_label}: {changes} changes in {} transactions, {} store commits\n  \
+             pgrealm            {:>10.0} changes/s   ({}; own = all its threads)\n  \
+             pg_recvlogical     {:>10.0} changes/s   → pgrealm / pg_recvlogical = {:.2}×   ({})\n  \
+             peek (decode only) {:>10.0} changes/s   → pgrealm / peek = {:.2}×",
+            stats.transactions.load(Ordering::Relaxed),
+            stats.store_commits.load(Ordering::Relaxed),
+            rate(changes, ours),
+            cpu.per_change(changes),
+            rate(changes, recv),
+            recv.as_secs_f64() / ours.as_secs_f64(),
+            recv_cpu.per_change(changes),
+            rate(changes, peek),
+            peek.as_secs_f64() / ours.as_secs_f64(),
+        );
+        ratios.push(recv.as_secs_f64() / ours.as_secs_f64());
+    }
+    if rounds > 1 {
+        let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}×")).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{label}: pgrealm / pg_recvlogical by round {}; median {:.2}×",
+            shown.join(", "),
+            ratios[ratios.len() / 2]
+        );
+    }
+    for slot in round_slots.iter().flatten().chain([&peek_slot]) {
         b.sql
             .execute("SELECT pg_drop_replication_slot($1)", &[slot])
             .await
