@@ -55,11 +55,7 @@ fn runs(workload: &str) -> bool {
 /// `BENCH_REPEAT` (default 1): rounds of (a) and (b), each `pg_recvlogical` then pgrealm on
 /// slots of their own over the same WAL; the machine's swings show as the rounds' spread.
 fn repeats() -> usize {
-    std::env::var("BENCH_REPEAT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1)
+    positive_env("BENCH_REPEAT", 1) as usize
 }
 
 fn rows() -> i64 {
@@ -69,11 +65,16 @@ fn rows() -> i64 {
 /// `BENCH_USERS` (default 8): the distinct `user_id`s of (a)'s rows, which the load also
 /// copies; each is a realm (`/{user_id}/bench`).
 fn users() -> i64 {
-    std::env::var("BENCH_USERS")
+    positive_env("BENCH_USERS", 8)
+}
+
+/// The positive number in the environment variable `name`, or `default`.
+fn positive_env(name: &str, default: i64) -> i64 {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(8)
+        .unwrap_or(default)
 }
 
 struct Bench {

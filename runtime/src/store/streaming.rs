@@ -45,7 +45,9 @@ use super::path::RealmPath;
 use super::read::complete;
 use super::remote_stream::RemoteStream;
 use super::wal::{Logged, Tag};
-use super::write::{check_expected, Applier, Collected, CommitInfo, RealmState, WriteTx};
+use super::write::{
+    check_expected, sort_unless_sorted, Applier, Collected, CommitInfo, RealmState, WriteTx,
+};
 use super::{
     locator_prefix, locator_row_realm, object_key, object_prefix, Committed, Store, FORMAT_VERSION,
     LOCATOR, LOG, LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS,
@@ -553,10 +555,10 @@ impl LocalStream {
                 info.versions.push((state.path.clone(), state.version));
             }
             // Realms are in id order but for those the store held, first touched first.
-            sort_by_key(&mut log_rows);
-            sort_by_key(&mut path_rows);
-            sort_by_key(&mut class_rows);
-            sort_by_key(&mut realm_rows);
+            sort_unless_sorted(&mut log_rows);
+            sort_unless_sorted(&mut path_rows);
+            sort_unless_sorted(&mut class_rows);
+            sort_unless_sorted(&mut realm_rows);
             let class_rows: Vec<_> = class_rows
                 .iter()
                 .map(|(key, def)| (*key, def.as_ref()))
@@ -595,13 +597,6 @@ impl LocalStream {
             });
         }
         Ok(info)
-    }
-}
-
-/// Sort table rows by key, unless they are already.
-fn sort_by_key<K: Ord + Copy, V>(rows: &mut [(K, V)]) {
-    if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
-        rows.sort_unstable_by_key(|r| r.0);
     }
 }
 

@@ -444,10 +444,10 @@ impl WriteTx {
     }
 }
 
-/// Sort rows by key, unless one pass finds them sorted already.
-fn sort_unless_sorted<V>(rows: &mut [(&[u8], V)]) {
+/// Sort table rows by key, unless they are already (rows usually come in key order).
+pub(super) fn sort_unless_sorted<K: Ord + Copy, V>(rows: &mut [(K, V)]) {
     if !rows.is_sorted_by(|a, b| a.0 <= b.0) {
-        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        rows.sort_unstable_by_key(|r| r.0);
     }
 }
 
