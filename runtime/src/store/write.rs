@@ -132,6 +132,32 @@ impl WriteTx {
         &self.origin
     }
 
+    /// Turn the [`create_record`](Self::create_record) at `index` into an ordinary put of the
+    /// same object, so that later operations of this transaction may touch the object (the
+    /// sync engine's stream, when a row it created so changes again). Any other operation is
+    /// left as it is.
+    pub(crate) fn demote_create(&mut self, index: usize) -> Result<(), StoreError> {
+        let Some(op) = self.ops.get_mut(index) else {
+            return Ok(());
+        };
+        if let Op::Create {
+            realm,
+            class,
+            key,
+            record,
+        } = op
+        {
+            let name = &self.store.inner.schema.classes[*class].name;
+            let object = decode_object(name, record)?;
+            *op = Op::Put {
+                realm: realm.clone(),
+                key: key.clone(),
+                object,
+            };
+        }
+        Ok(())
+    }
+
     /// Make room for `ops` more operations at once (the initial load knows how many rows a
     /// chunk takes), rather than growing the list while they are added.
     pub(crate) fn reserve(&mut self, ops: usize) {

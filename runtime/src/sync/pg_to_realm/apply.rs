@@ -75,6 +75,9 @@ struct Located {
     base_from_snapshot: bool,
     /// What the group set on it; `None` when past [`PATCH_LIMIT`] (unknown).
     patch: Option<Patch>,
+    /// Created by the operation at this index of the write transaction of this generation
+    /// (see [`Group::create_inserted`]), which no other operation touches yet.
+    created: Option<(u64, usize)>,
 }
 
 /// Values a group set on an object, by the property's index in its class, one entry per
@@ -234,6 +237,9 @@ impl Handover {
 /// still becomes one atomic, durable store commit holding its LSN.
 pub(crate) struct Group {
     tx: WriteTx,
+    /// Moves on whenever `tx` is taken or its operations are applied: an operation's index in
+    /// it is valid for one generation.
+    tx_generation: u64,
     streaming: Option<StreamingTx>,
     /// Operations in one PostgreSQL transaction past which the group streams (on a remote
     /// store too: the object server then holds the store transaction open, see
@@ -308,6 +314,7 @@ impl Group {
     pub(crate) fn new(store: &Store, slot: &str) -> Result<Self, StoreError> {
         Ok(Group {
             tx: store.begin_write(ORIGIN),
+            tx_generation: 0,
             streaming: None,
             stream_after: usize::MAX,
             fresh_classes: Vec::new(),
@@ -377,6 +384,7 @@ impl Group {
             "a group is committed only between transactions"
         );
         self.started = Instant::now();
+        self.tx_generation += 1;
         let mut tx = std::mem::replace(&mut self.tx, store.begin_write(ORIGIN));
         if self.expected_checkpoint.is_some() && self.end_lsn.is_some() {
             // A streamed group checked it with its first batch: its own earlier batches may
@@ -405,6 +413,7 @@ impl Group {
         // The group's counts are the caller's to take (`copy.rs` adds them to its report).
         self.overlay.clear();
         self.patched = 0;
+        self.tx_generation += 1;
         std::mem::replace(&mut self.tx, store.begin_write(ORIGIN))
     }
 
@@ -482,6 +491,7 @@ impl Group {
         self.write_dirty_lists(mapper, log)?;
         let streaming = self.streaming.take().expect("checked above");
         self.streaming = Some(streaming.apply(&mut self.tx)?);
+        self.tx_generation += 1;
         self.overlay.clear();
         self.patched = 0;
         self.lists.clear();
@@ -748,6 +758,7 @@ impl Group {
                     realms,
                     base_from_snapshot: !replace,
                     patch: keep_patch.then(|| patch_of(values)),
+                    created: None,
                 });
             }
         }
@@ -787,6 +798,81 @@ impl Group {
         self.counts.rejections += 1;
     }
 
+    /// An inserted row of a class table that no realm holds and that the group has not touched:
+    /// created from its record, without building the map of its values or noting it among the
+    /// objects the commit touches ([`WriteTx::create_record`]), as the initial load does. Only
+    /// in an embedded store, for a table whose columns feed every property of the class, and a
+    /// row that converts and routes without a word to say. `false`: the row takes the general
+    /// way (which also gives the reason it is refused, if it is).
+    ///
+    /// A later change of the same object in the same write transaction first turns the create
+    /// into an ordinary put ([`Group::touch_created`]), so no other operation touches an object
+    /// created so, as `create_record` requires.
+    fn create_inserted(
+        &mut self,
+        mapper: &Mapper,
+        plan: &TablePlan,
+        class: usize,
+        new: &[ColumnValue],
+    ) -> Result<bool, StoreError> {
+        if self.remote || self.fresh_classes.get(class) == Some(&true) {
+            return Ok(false);
+        }
+        let Some(fields) = &plan.record_fields else {
+            return Ok(false);
+        };
+        let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
+        let mut patch = Patch::new();
+        let record = mapper.record(plan, fields, new, |index, value| {
+            // Every property has a column: what `patch_of` keeps is the long values.
+            if keep_patch && may_stay_out_of_line(value) {
+                patch.push((index, value.clone()));
+            }
+        });
+        let Some((key, record)) = record else {
+            return Ok(false);
+        };
+        let Ok(Route::Path(target)) = mapper.route(plan, new) else {
+            return Ok(false);
+        };
+        let overlay_key = (class, key);
+        if self.overlay.contains_key(&overlay_key)
+            || !self.base_locate(mapper, class, &overlay_key.1)?.is_empty()
+        {
+            return Ok(false);
+        }
+        let index = self.tx.len();
+        let name = &mapper.schema.classes[class].name;
+        self.tx
+            .create_record(&target, name, overlay_key.1.clone(), record)?;
+        self.patched += 1;
+        self.overlay.insert(
+            overlay_key,
+            Located {
+                realms: vec![target],
+                base_from_snapshot: false,
+                patch: keep_patch.then_some(patch),
+                created: Some((self.tx_generation, index)),
+            },
+        );
+        Ok(true)
+    }
+
+    /// Before a change of an object: if [`Group::create_inserted`] created it in the write
+    /// transaction in hand, that operation becomes an ordinary put, which later operations of
+    /// the same transaction may follow.
+    fn touch_created(&mut self, class: usize, key: &PrimaryKey) -> Result<(), StoreError> {
+        let Some(found) = self.overlay.get_mut(&(class, key.clone())) else {
+            return Ok(());
+        };
+        if let Some((generation, index)) = found.created.take() {
+            if generation == self.tx_generation {
+                self.tx.demote_create(index)?;
+            }
+        }
+        Ok(())
+    }
+
     /// An insert, or an update (`old` is the old key when the key changed).
     fn upsert(
         &mut self,
@@ -797,6 +883,9 @@ impl Group {
         old: Option<&OldTuple>,
         new: &[ColumnValue],
     ) -> Result<(), StoreError> {
+        if old.is_none() && self.create_inserted(mapper, plan, class, new)? {
+            return Ok(());
+        }
         let image = match mapper.row_image(plan, new) {
             Ok(image) => image,
             Err(e) => {
@@ -832,6 +921,10 @@ impl Group {
         let old_key = old
             .and_then(|o| mapper.key_of(plan, o.values()).ok())
             .filter(|k| *k != image.key);
+        self.touch_created(class, &image.key)?;
+        if let Some(old_key) = &old_key {
+            self.touch_created(class, old_key)?;
+        }
         let mut base: Option<BTreeMap<String, Value>> = None;
         let mut previous_realms = Vec::new();
         let complete = self.carries_everything(mapper, class, &image.values);
@@ -1006,7 +1099,7 @@ impl Group {
         &mut self,
         mapper: &Mapper,
         plan: &TablePlan,
-        fields: &mut RecordFields,
+        fields: &RecordFields,
         values: &[ColumnValue],
     ) -> Result<bool, StoreError> {
         let TableKind::Class { class, .. } = &plan.kind else {
@@ -1015,7 +1108,7 @@ impl Group {
         if self.fresh_classes.get(*class) != Some(&true) {
             return Ok(false);
         }
-        let Some((key, record)) = mapper.record(plan, fields, values) else {
+        let Some((key, record)) = mapper.record(plan, fields, values, |_, _| {}) else {
             return Ok(false);
         };
         let Ok(Route::Path(target)) = mapper.route(plan, values) else {
@@ -1045,6 +1138,7 @@ impl Group {
     }
 
     fn delete(&mut self, mapper: &Mapper, class: usize, key: PrimaryKey) -> Result<(), StoreError> {
+        self.touch_created(class, &key)?;
         let realms = self.locate(mapper, class, &key)?;
         let name = &mapper.schema.classes[class].name;
         for realm in &realms {

@@ -308,7 +308,7 @@ pub(crate) async fn initial_load(
             _ => None,
         };
         // Rows of a fresh class whose every property has a column go in as records.
-        let mut fields = mapper.record_fields(&plan);
+        let fields = plan.record_fields.as_ref();
         let mut batch: Vec<Vec<ColumnValue>> = Vec::new();
         let mut ended = false;
         while !ended {
@@ -361,7 +361,7 @@ pub(crate) async fn initial_load(
             }
             let lines = batch.len() as u64;
             for values in batch.drain(..) {
-                let loaded = match &mut fields {
+                let loaded = match fields {
                     Some(fields) => group.load_row(mapper, &plan, fields, &values)?,
                     None => false,
                 };

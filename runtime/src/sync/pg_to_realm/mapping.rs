@@ -6,6 +6,7 @@
 //! [`RowError`] with the reason and the raw values, which the apply step turns into a rejection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pgrealm_schema::pgtext::{parse_key_pg_text, parse_pg_text, PgType};
@@ -84,6 +85,9 @@ pub(crate) struct TablePlan {
     pub(crate) route_columns: Vec<(String, Option<usize>)>,
     /// The realm paths rendered for this table's rows so far.
     pub(crate) paths: PathCache,
+    /// How a row of this class table makes its object's record directly, when it can (see
+    /// [`Mapper::record_fields`]).
+    pub(crate) record_fields: Option<RecordFields>,
 }
 
 impl TablePlan {
@@ -168,11 +172,21 @@ pub(crate) struct RowImage {
 
 /// Where each property of a class-table row's record comes from, in property-name order (see
 /// [`Mapper::record_fields`]).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct RecordFields {
-    fields: Vec<(String, Field)>,
+    /// Each property's name, where its value comes from, and its index in the class.
+    fields: Vec<(String, Field, usize)>,
     /// The length of the last record written: the next one's first guess.
-    last_len: usize,
+    last_len: AtomicUsize,
+}
+
+impl Clone for RecordFields {
+    fn clone(&self) -> Self {
+        RecordFields {
+            fields: self.fields.clone(),
+            last_len: AtomicUsize::new(self.last_len.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -243,6 +257,7 @@ impl Mapper {
             broken: None,
             route_columns: Vec::new(),
             paths: PathCache::default(),
+            record_fields: None,
         };
         if let RealmRouter::Template(template) = &self.router {
             plan.route_columns = template
@@ -282,6 +297,7 @@ impl Mapper {
                         plan.broken = Some(reason);
                     }
                 }
+                plan.record_fields = self.record_fields(&plan);
                 return plan;
             }
             for property in class.list_properties() {
@@ -555,24 +571,26 @@ impl Mapper {
             } else {
                 Field::Column(columns.iter().position(|c| c.property_index == index)?)
             };
-            fields.push((property.name.clone(), field));
+            fields.push((property.name.clone(), field, index));
         }
         fields.sort_by(|a, b| a.0.cmp(&b.0));
         Some(RecordFields {
             fields,
-            last_len: 0,
+            last_len: AtomicUsize::new(0),
         })
     }
 
     /// A class-table row (`fields` from [`Mapper::record_fields`] for its plan) as its key and
     /// its object's record, each value converted and checked as [`Mapper::row_image`] does;
     /// `None` when that finds anything to say (a value that does not convert, a NULL its
-    /// property refuses, an unchanged TOAST value): `row_image` then says it.
+    /// property refuses, an unchanged TOAST value): `row_image` then says it. `seen` is given
+    /// each value with its property's index in the class.
     pub(crate) fn record(
         &self,
         plan: &TablePlan,
-        fields: &mut RecordFields,
+        fields: &RecordFields,
         values: &[ColumnValue],
+        mut seen: impl FnMut(usize, &Value),
     ) -> Option<(PrimaryKey, Vec<u8>)> {
         let TableKind::Class {
             class,
@@ -584,8 +602,9 @@ impl Mapper {
         };
         let class = &self.schema.classes[*class];
         let key = read_key(key_plan, values).ok()?;
-        let mut record = RecordWriter::new(fields.last_len, fields.fields.len());
-        for (name, field) in &fields.fields {
+        let mut record =
+            RecordWriter::new(fields.last_len.load(Ordering::Relaxed), fields.fields.len());
+        for (name, field, index) in &fields.fields {
             let value = match *field {
                 Field::Key => key.to_value(),
                 Field::Column(c) => {
@@ -606,10 +625,11 @@ impl Mapper {
                     }
                 }
             };
+            seen(*index, &value);
             record.push(name, &value);
         }
         let record = record.finish();
-        fields.last_len = record.len();
+        fields.last_len.store(record.len(), Ordering::Relaxed);
         Some((key, record))
     }
 
