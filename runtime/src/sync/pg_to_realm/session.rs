@@ -127,7 +127,17 @@ impl PgToRealm {
                         let inflight = s.inflight.take().expect("guarded");
                         self.finished(s, inflight, done)?;
                         if !s.group.in_transaction() && !s.group.is_empty() {
-                            // What arrived while that commit ran goes now, as one commit.
+                            // What arrived while that commit ran goes now, as one commit;
+                            // unless more is waiting already and the group has room: then the
+                            // group takes it, and the next transaction's end hands it over.
+                            // Under a backlog, groups so stay as large as their bounds allow,
+                            // however fast a commit runs.
+                            if !stopping && !self.group_full(s) {
+                                if let Some(next) = s.stream.next_event().now_or_never() {
+                                    ahead.push(next?);
+                                    continue;
+                                }
+                            }
                             self.hand_over(s).await?;
                         }
                         continue;
@@ -201,9 +211,7 @@ impl PgToRealm {
                 StreamEvent::Message(_) => {}
                 StreamEvent::Commit(commit) => {
                     s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
-                    let full = s.group.counts.changes >= self.options.group_max_changes
-                        || s.group.started.elapsed() >= self.options.group_max_delay;
-                    if !full && !stopping && !s.group.is_streaming() {
+                    if !self.group_full(s) && !stopping && !s.group.is_streaming() {
                         // More already waiting? Then it joins this store commit.
                         if !ahead.is_empty() {
                             continue;
@@ -223,6 +231,12 @@ impl PgToRealm {
                 }
             }
         }
+    }
+
+    /// Whether the group reached a bound of its own (`group_max_changes`, `group_max_delay`).
+    fn group_full(&self, s: &Session) -> bool {
+        s.group.counts.changes >= self.options.group_max_changes
+            || s.group.started.elapsed() >= self.options.group_max_delay
     }
 
     /// Start committing the group on the blocking pool, after the previous commit finished
