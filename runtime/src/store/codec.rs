@@ -251,6 +251,15 @@ pub(crate) fn key_into(key: &PrimaryKey, out: &mut Vec<u8>) {
     }
 }
 
+/// How many bytes [`key_into`] writes for `key`.
+pub(crate) fn key_len(key: &PrimaryKey) -> usize {
+    match key {
+        PrimaryKey::Int(_) => 9,
+        PrimaryKey::String(s) => 1 + s.len(),
+        PrimaryKey::Uuid(_) => 17,
+    }
+}
+
 /// Read a primary key written by [`key_into`], spanning all of `bytes`.
 pub(crate) fn key_from(bytes: &[u8]) -> Result<PrimaryKey, CodecError> {
     let bad = |reason: &str| CodecError {
@@ -704,6 +713,20 @@ mod tests {
         };
         assert!(enc(-2) < enc(-1) && enc(-1) < enc(0) && enc(0) < enc(1));
         assert_eq!(key_from(&enc(-9)).unwrap(), PrimaryKey::Int(-9));
+    }
+
+    #[test]
+    fn key_len_is_what_key_into_writes() {
+        for key in [
+            PrimaryKey::Int(-3),
+            PrimaryKey::String("bus 7".into()),
+            PrimaryKey::String(String::new()),
+            PrimaryKey::Uuid(Uuid::from_u128(9)),
+        ] {
+            let mut v = Vec::new();
+            key_into(&key, &mut v);
+            assert_eq!(key_len(&key), v.len(), "{key}");
+        }
     }
 
     #[test]

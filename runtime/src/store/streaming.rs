@@ -327,6 +327,7 @@ impl LocalStream {
         if !ops.is_empty() {
             let settled = {
                 let mut apply = Applier::open(&self.store, &self.txn, None, &self.learned)?;
+                apply.reserve(&ops);
                 apply.states = std::mem::take(&mut self.states);
                 apply.by_path = std::mem::take(&mut self.by_path);
                 apply.next_id = self.next_id;

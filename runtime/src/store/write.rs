@@ -451,8 +451,7 @@ impl WriteTx {
             Err(e) => return Err(ApplyError::Storage(e)),
         }
         let mut apply = Applier::open(store, txn, redo, learned).map_err(ApplyError::Storage)?;
-        apply.touched.reserve(self.ops.len());
-        apply.by_record.reserve(self.ops.len());
+        apply.reserve(&self.ops);
         for op in self.ops {
             apply.op(op).map_err(ApplyError::Refused)?;
         }
@@ -724,6 +723,27 @@ impl<'t> Applier<'t> {
             created_bytes: Vec::new(),
             changes: Vec::new(),
         })
+    }
+
+    /// Make room for `ops` at once: a batch of the initial load creates tens of thousands of
+    /// objects, and growing their lists step by step copied them over and over.
+    pub(super) fn reserve(&mut self, ops: &[Op]) {
+        let created = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Create { .. }))
+            .count();
+        let touching = ops.len() - created;
+        self.touched.reserve(touching);
+        self.by_record.reserve(touching);
+        self.created.reserve(created);
+        if let Some(Op::Create { class, key, .. }) = ops.first() {
+            // The record key (realm id, class name, 0, key) and the locator row (class name,
+            // 0, the key's length in 4 bytes, key, realm id); the first create's sizes stand
+            // for the others.
+            let name = self.store.inner.schema.classes[*class].name.len();
+            let each = 2 * (8 + name + 1 + super::codec::key_len(key)) + 4;
+            self.created_bytes.reserve(created * each);
+        }
     }
 
     /// The realm's state; `create` makes a new realm when there is none.
