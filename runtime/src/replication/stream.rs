@@ -40,7 +40,10 @@ pub struct StreamOptions {
     /// keep it within the 100 ms of the last applied commit.
     pub status_interval: Duration,
     /// How many raw events the replication client buffers ahead of the consumer; with one row
-    /// per event, this bounds the memory of a transaction of any size.
+    /// per event, this bounds the memory of a transaction of any size. Few by default: a
+    /// consumer that stops reading for a moment (the sync engine while a bulk group commits)
+    /// then soon stops the client from reading the socket too, so the server's sends collect
+    /// into large ones instead of one send and wakeup per message.
     pub buffer_events: usize,
 }
 
@@ -52,7 +55,7 @@ impl StreamOptions {
             publication: publication.into(),
             resume_after: Lsn::ZERO,
             status_interval: Duration::from_millis(20),
-            buffer_events: 4096,
+            buffer_events: 256,
         }
     }
 

@@ -57,6 +57,11 @@ impl PgToRealm {
         let mut options =
             StreamOptions::new(slot.clone(), self.options.publication.clone()).resume_after(resume);
         options.status_interval = self.options.status_interval;
+        if self.store.remote_url().is_some() {
+            // Reading ahead batches its requests from the events already received: keep the
+            // client's buffer as large as before for it.
+            options.buffer_events = 4_096;
+        }
         let stream = ChangeStream::connect(&self.pg, &options).await?;
         self.stats
             .confirmed_lsn
@@ -69,6 +74,7 @@ impl PgToRealm {
             log: RejectionLog::open(&self.store, Direction::PostgresToRealm)?,
             group,
             inflight: None,
+            hold_reads: false,
         };
         let result = self
             .stream_loop(&mut session, shutdown, &sql, &mut mapper, &custom_names)
@@ -142,7 +148,7 @@ impl PgToRealm {
                         }
                         continue;
                     }
-                    event = s.stream.next_event() => {
+                    event = s.stream.next_event(), if !(s.hold_reads && s.inflight.is_some()) => {
                         ahead.received();
                         event?
                     }
@@ -226,6 +232,9 @@ impl PgToRealm {
                             // stream is read on instead of waiting.
                             continue;
                         }
+                        // Caught up with the stream. After a large group, the stream is read
+                        // again once its commit is durable (see `Session::hold_reads`).
+                        s.hold_reads = s.group.counts.changes >= BULK_GROUP_CHANGES;
                     }
                     self.hand_over(s).await?;
                 }
@@ -284,6 +293,7 @@ impl PgToRealm {
             tokio::task::JoinError,
         >,
     ) -> Result<(), PgToRealmError> {
+        s.hold_reads = false;
         let result = done.map_err(|e| PgToRealmError::Task(e.to_string()))?;
         if let Err(e) = result {
             s.log.reload(&self.store)?;
@@ -328,7 +338,17 @@ struct Session {
     group: Group,
     /// The store commit running on the blocking pool, at most one.
     inflight: Option<InFlight>,
+    /// Read no event while `inflight` runs: set when a group of at least
+    /// [`BULK_GROUP_CHANGES`] was handed over with nothing else waiting. A stream read the
+    /// moment each message arrives costs the walsender a send and a wakeup a message, and
+    /// keeps every group to one transaction; left to fill the socket while the commit runs,
+    /// it comes in large reads, and the next group takes all of it.
+    hold_reads: bool,
 }
+
+/// Changes in a group past which the stream counts as a bulk one (see `Session::hold_reads`).
+/// The lag workload's single-row transactions stay far below, so their reads are never held.
+const BULK_GROUP_CHANGES: u64 = 1_000;
 
 /// A store commit in flight, and what to confirm and count once it is durable.
 struct InFlight {
