@@ -738,6 +738,61 @@ async fn custom_postgres_types_that_do_not_fit_the_property_are_rejections() {
     running.stop().await;
 }
 
+/// Transactions of a few thousand changes one after another: the session holds its reads
+/// while each such group commits when nothing else waits (`Session::hold_reads`). Every
+/// transaction still applies, exactly once and whole, and the last is confirmed.
+#[tokio::test]
+async fn bulk_transactions_one_after_another_all_apply_and_are_confirmed() {
+    let mut f = Fixture::new().await;
+    let mut options = f.options();
+    // No group is full by its age: each one is handed over at a transaction's end with nothing
+    // else waiting, which is when reads are held.
+    options.group_max_delay = Duration::from_secs(60);
+    let running = f.start(options).await;
+    f.exec(
+        "BEGIN;
+         INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(1, 2000) i;
+         COMMIT;
+         BEGIN;
+         INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(2001, 4000) i;
+         COMMIT;
+         BEGIN;
+         UPDATE bus SET counter = counter + 1, name = 'again' WHERE id <= 2000;
+         COMMIT;
+         BEGIN;
+         DELETE FROM bus WHERE id <= 500;
+         COMMIT;
+         BEGIN;
+         UPDATE bus SET user_id = 'moved', counter = counter + 1 WHERE id BETWEEN 1501 AND 2500;
+         COMMIT;
+         BEGIN;
+         INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(4001, 6000) i;
+         COMMIT;",
+    )
+    .await;
+    f.sync_point().await;
+    let held = f.realm_buses();
+    assert_eq!(held.len(), 5_500);
+    assert_eq!(
+        f.pg_buses().await,
+        held,
+        "realms hold what PostgreSQL holds"
+    );
+    let checkpoint = stored_checkpoint(&f.store, &f.slot).unwrap().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.confirmed_flush_lsn().await < checkpoint.as_u64() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "checkpoint never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn shutdown_finishes_the_transaction_in_hand_and_confirms_it() {
     let f = Fixture::new().await;
