@@ -249,7 +249,7 @@ impl WriteTx {
     /// builds check that claim.
     pub(crate) fn create_record(
         &mut self,
-        realm: &RealmPath,
+        realm: RealmPath,
         class: &str,
         key: PrimaryKey,
         record: Vec<u8>,
@@ -263,10 +263,10 @@ impl WriteTx {
                 self.store.inner.schema.classes[index].properties.len(),
                 "{realm}: a record holds every property of {class}"
             );
-            self.check_typed(realm, &key, &object)?;
+            self.check_typed(&realm, &key, &object)?;
         }
         self.ops.push(Op::Create {
-            realm: realm.clone(),
+            realm,
             class: index,
             key,
             record,

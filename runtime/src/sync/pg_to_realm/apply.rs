@@ -844,7 +844,7 @@ impl Group {
         let index = self.tx.len();
         let name = &mapper.schema.classes[class].name;
         self.tx
-            .create_record(&target, name, overlay_key.1.clone(), record)?;
+            .create_record(target.clone(), name, overlay_key.1.clone(), record)?;
         self.patched += 1;
         self.overlay.insert(
             overlay_key,
@@ -1116,7 +1116,7 @@ impl Group {
         };
         self.counts.changes += 1;
         let class = &mapper.schema.classes[*class].name;
-        self.tx.create_record(&target, class, key, record)?;
+        self.tx.create_record(target, class, key, record)?;
         Ok(true)
     }
 

@@ -647,8 +647,6 @@ impl Mapper {
 
     /// Where a class row goes.
     pub(crate) fn route(&self, plan: &TablePlan, values: &[ColumnValue]) -> Result<Route, String> {
-        let row = PgRow::new(&plan.columns, values);
-        let table = plan.table.rsplit('.').next().unwrap_or(&plan.table);
         match &self.router {
             RealmRouter::Template(template) => {
                 // What `PgRow::get`/`is_unchanged` would find, by the positions in the plan.
@@ -667,7 +665,10 @@ impl Mapper {
                     })
                     .map(Route::Path)
             }
-            RealmRouter::Closure(f) => f(table, &row).map(Route::Path),
+            RealmRouter::Closure(f) => {
+                let table = plan.table.rsplit('.').next().unwrap_or(&plan.table);
+                f(table, &PgRow::new(&plan.columns, values)).map(Route::Path)
+            }
         }
     }
 
