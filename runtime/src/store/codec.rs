@@ -510,6 +510,13 @@ impl RecordWriter {
         self.e.value(value);
     }
 
+    /// [`push`](Self::push) of a `Value::String`, without making one.
+    pub(crate) fn push_str(&mut self, name: &str, value: &str) {
+        self.e.str(name);
+        self.e.u8(6);
+        self.e.str(value);
+    }
+
     pub(crate) fn finish(self) -> Vec<u8> {
         self.e.buf
     }
@@ -713,6 +720,17 @@ mod tests {
         };
         assert!(enc(-2) < enc(-1) && enc(-1) < enc(0) && enc(0) < enc(1));
         assert_eq!(key_from(&enc(-9)).unwrap(), PrimaryKey::Int(-9));
+    }
+
+    #[test]
+    fn push_str_writes_what_push_of_a_string_does() {
+        let mut by_value = RecordWriter::new(0, 2);
+        by_value.push("name", &Value::String("héllo".into()));
+        by_value.push("other", &Value::String(String::new()));
+        let mut by_str = RecordWriter::new(0, 2);
+        by_str.push_str("name", "héllo");
+        by_str.push_str("other", "");
+        assert_eq!(by_value.finish(), by_str.finish());
     }
 
     #[test]

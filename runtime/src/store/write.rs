@@ -243,20 +243,20 @@ impl WriteTx {
         Ok(())
     }
 
-    /// [`create_typed_object`](Self::create_typed_object) of an object of `class` given as its
-    /// record: every property of the class, in name order, each value of its property's type
-    /// (the initial load encodes a row's columns so, without building the object). Debug
-    /// builds check that claim.
+    /// [`create_typed_object`](Self::create_typed_object) of an object of the store schema's
+    /// class number `index` given as its record: every property of the class, in name order,
+    /// each value of its property's type (the initial load encodes a row's columns so, without
+    /// building the object). Debug builds check that claim.
     pub(crate) fn create_record(
         &mut self,
         realm: RealmPath,
-        class: &str,
+        index: usize,
         key: PrimaryKey,
         record: Vec<u8>,
     ) -> Result<(), StoreError> {
-        let index = self.store.class_index(class)?;
         #[cfg(debug_assertions)]
         {
+            let class = &self.store.inner.schema.classes[index].name;
             let object = decode_object(class, &record).expect("a record the caller encoded");
             assert_eq!(
                 object.values.len(),

@@ -26,7 +26,7 @@ use std::time::Instant;
 use chrono::Utc;
 use pgrealm_schema::{Object, PrimaryKey, Value};
 
-use super::mapping::{raw_values, Mapper, RecordFields, TableKind, TablePlan};
+use super::mapping::{raw_values, Mapper, RecordFields, SeenValue, TableKind, TablePlan};
 use super::route::Route;
 use crate::replication::{Change, ColumnValue, Lsn, OldTuple};
 use crate::store::{CommitInfo, RealmPath, Snapshot, Store, StoreError, StreamingTx, WriteTx};
@@ -823,12 +823,14 @@ impl Group {
         };
         let keep_patch = self.keep_values && self.patched < PATCH_LIMIT;
         let mut patch = Patch::new();
-        let record = mapper.record(plan, fields, new, |index, value| {
+        let mut keep = |index, value: &Value| {
             // Every property has a column: what `patch_of` keeps is the long values.
-            if keep_patch && may_stay_out_of_line(value) {
+            if may_stay_out_of_line(value) {
                 patch.push((index, value.clone()));
             }
-        });
+        };
+        let seen: Option<SeenValue<'_>> = if keep_patch { Some(&mut keep) } else { None };
+        let record = mapper.record(plan, fields, new, seen);
         let Some((key, record)) = record else {
             return Ok(false);
         };
@@ -842,9 +844,8 @@ impl Group {
             return Ok(false);
         }
         let index = self.tx.len();
-        let name = &mapper.schema.classes[class].name;
         self.tx
-            .create_record(target.clone(), name, overlay_key.1.clone(), record)?;
+            .create_record(target.clone(), class, overlay_key.1.clone(), record)?;
         self.patched += 1;
         self.overlay.insert(
             overlay_key,
@@ -1108,15 +1109,15 @@ impl Group {
         if self.fresh_classes.get(*class) != Some(&true) {
             return Ok(false);
         }
-        let Some((key, record)) = mapper.record(plan, fields, values, |_, _| {}) else {
+        let Some((key, record)) = mapper.record(plan, fields, values, None) else {
             return Ok(false);
         };
         let Ok(Route::Path(target)) = mapper.route(plan, values) else {
             return Ok(false);
         };
         self.counts.changes += 1;
-        let class = &mapper.schema.classes[*class].name;
-        self.tx.create_record(target, class, key, record)?;
+        // The mapper's schema is the store's (`PgToRealm::new`): the same class numbers.
+        self.tx.create_record(target, *class, key, record)?;
         Ok(true)
     }
 

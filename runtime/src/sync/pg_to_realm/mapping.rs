@@ -42,6 +42,20 @@ pub(crate) struct ColumnPlan {
     pub(crate) mismatch: Option<String>,
 }
 
+/// Given each value [`Mapper::record`] writes, with its property's index in the class.
+pub(crate) type SeenValue<'a> = &'a mut dyn FnMut(usize, &Value);
+
+impl ColumnPlan {
+    /// Whether `read_value` reads this column's text as it is: a string property that is not
+    /// a link, of no custom enum type, and readable.
+    fn is_plain_text(&self) -> bool {
+        self.read_as == ScalarType::String
+            && !self.link
+            && self.enum_labels.is_none()
+            && self.mismatch.is_none()
+    }
+}
+
 /// What a published table is to pgrealm.
 #[derive(Debug, Clone)]
 pub(crate) enum TableKind {
@@ -584,13 +598,14 @@ impl Mapper {
     /// its object's record, each value converted and checked as [`Mapper::row_image`] does;
     /// `None` when that finds anything to say (a value that does not convert, a NULL its
     /// property refuses, an unchanged TOAST value): `row_image` then says it. `seen` is given
-    /// each value with its property's index in the class.
+    /// each value with its property's index in the class; without it, plain text columns go
+    /// into the record without a `Value` made of them.
     pub(crate) fn record(
         &self,
         plan: &TablePlan,
         fields: &RecordFields,
         values: &[ColumnValue],
-        mut seen: impl FnMut(usize, &Value),
+        mut seen: Option<SeenValue<'_>>,
     ) -> Option<(PrimaryKey, Vec<u8>)> {
         let TableKind::Class {
             class,
@@ -610,6 +625,13 @@ impl Mapper {
                 Field::Column(c) => {
                     let column = &columns[c];
                     let value = values.get(column.index).unwrap_or(&ColumnValue::Null);
+                    if seen.is_none() && column.is_plain_text() {
+                        if let ColumnValue::Text(_) = value {
+                            // What `read_value` makes of it, as the record holds it.
+                            record.push_str(name, value.as_text()?);
+                            continue;
+                        }
+                    }
                     match read_value(column, value).ok()? {
                         Value::Null => {
                             let property = &class.properties[column.property_index];
@@ -625,7 +647,9 @@ impl Mapper {
                     }
                 }
             };
-            seen(*index, &value);
+            if let Some(seen) = &mut seen {
+                seen(*index, &value);
+            }
             record.push(name, &value);
         }
         let record = record.finish();
