@@ -98,14 +98,7 @@ async fn rows_route_move_link_and_keep_unchanged_toast_values() {
         .metadata(&checkpoint_key(&f.slot))
         .unwrap()
         .is_some());
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while f.confirmed_flush_lsn().await < checkpoint.as_u64() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "checkpoint never confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    f.wait_confirmed(checkpoint.as_u64()).await;
     assert_eq!(
         running
             .stats
@@ -782,14 +775,7 @@ async fn bulk_transactions_one_after_another_all_apply_and_are_confirmed() {
         "realms hold what PostgreSQL holds"
     );
     let checkpoint = stored_checkpoint(&f.store, &f.slot).unwrap().unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while f.confirmed_flush_lsn().await < checkpoint.as_u64() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "checkpoint never confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    f.wait_confirmed(checkpoint.as_u64()).await;
     running.stop().await;
 }
 

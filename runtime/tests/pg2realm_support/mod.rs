@@ -260,6 +260,18 @@ impl Fixture {
             .as_u64()
     }
 
+    /// Wait (up to [`WAIT`]) until the slot's confirmed position reaches `lsn`.
+    pub async fn wait_confirmed(&self, lsn: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.confirmed_flush_lsn().await < lsn {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the slot's confirmed position never reached {lsn}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn current_wal_lsn(&self) -> u64 {
         let text: String = self
             .sql
