@@ -217,34 +217,26 @@ impl PgToRealm {
                 StreamEvent::Message(_) => {}
                 StreamEvent::Commit(commit) => {
                     s.group.commit(mapper, &mut s.log, commit.end_lsn)?;
-                    let mut hold = false;
-                    if !stopping && !s.group.is_streaming() {
-                        let waiting = !ahead.is_empty()
-                            || match s.stream.next_event().now_or_never() {
-                                Some(next) => {
-                                    ahead.push(next?);
-                                    true
-                                }
-                                None => false,
-                            };
-                        if !self.group_full(s) {
-                            // More already waiting? Then it joins this store commit.
-                            if waiting {
-                                continue;
-                            }
-                            if s.inflight.is_some() {
-                                // A commit is running: this group is handed over the moment
-                                // that one is durable (above), with whatever arrives meanwhile,
-                                // and the stream is read on instead of waiting.
-                                continue;
-                            }
+                    if !self.group_full(s) && !stopping && !s.group.is_streaming() {
+                        // More already waiting? Then it joins this store commit.
+                        if !ahead.is_empty() {
+                            continue;
                         }
-                        // Caught up with the stream: after a large group, the stream is read
+                        if let Some(next) = s.stream.next_event().now_or_never() {
+                            ahead.push(next?);
+                            continue;
+                        }
+                        if s.inflight.is_some() {
+                            // A commit is running: this group is handed over the moment that
+                            // one is durable (above), with whatever arrives meanwhile, and the
+                            // stream is read on instead of waiting.
+                            continue;
+                        }
+                        // Caught up with the stream. After a large group, the stream is read
                         // again once its commit is durable (see `Session::hold_reads`).
-                        hold = !waiting && s.group.counts.changes >= BULK_GROUP_CHANGES;
+                        s.hold_reads = s.group.counts.changes >= BULK_GROUP_CHANGES;
                     }
                     self.hand_over(s).await?;
-                    s.hold_reads = hold;
                 }
             }
         }
