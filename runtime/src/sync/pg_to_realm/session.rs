@@ -233,8 +233,11 @@ impl PgToRealm {
                             continue;
                         }
                         // Caught up with the stream. After a large group, the stream is read
-                        // again once its commit is durable (see `Session::hold_reads`).
-                        s.hold_reads = s.group.counts.changes >= BULK_GROUP_CHANGES;
+                        // again once its commit is durable (see `Session::hold_reads`). Not on
+                        // a remote store: reading ahead batches its requests from the events
+                        // read meanwhile.
+                        s.hold_reads = self.store.remote_url().is_none()
+                            && s.group.counts.changes >= BULK_GROUP_CHANGES;
                     }
                     self.hand_over(s).await?;
                 }
@@ -342,7 +345,8 @@ struct Session {
     /// [`BULK_GROUP_CHANGES`] was handed over with nothing else waiting. A stream read the
     /// moment each message arrives costs the walsender a send and a wakeup a message, and
     /// keeps every group to one transaction; left to fill the socket while the commit runs,
-    /// it comes in large reads, and the next group takes all of it.
+    /// it comes in large reads, and the next group takes all of it. Never set for a remote
+    /// store (measured only embedded; its reading ahead wants the events read meanwhile).
     hold_reads: bool,
 }
 
