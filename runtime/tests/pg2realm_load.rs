@@ -229,7 +229,24 @@ async fn a_load_over_many_realms_is_one_store_commit() {
         .object("/u7/transit", "Bus", 4_007)
         .expect("bus 4007 loaded");
     assert_eq!(bus.get("name"), Some(&text("bus 4007")));
+    // What a crash right after the load leaves holds all of it: the load's commit is durable
+    // in the store's write-ahead log before redb writes its pages (at the next checkpoint).
+    let image = tempfile::tempdir().unwrap();
+    for name in [pgrealm_runtime::STORE_FILE, pgrealm_runtime::WAL_FILE] {
+        std::fs::copy(f.dir.path().join(name), image.path().join(name)).unwrap();
+    }
     running.stop().await;
+    let reopened = pgrealm_runtime::Store::open(
+        image.path(),
+        f.store.schema().clone(),
+        pgrealm_runtime::StoreOptions::default(),
+    )
+    .unwrap();
+    let snapshot = reopened.snapshot().unwrap();
+    assert_eq!(snapshot.realms().unwrap().len(), USERS as usize);
+    let view = snapshot.realm(&path("/u7/transit")).unwrap().unwrap();
+    assert_eq!(view.objects("Bus").unwrap().len(), (BUSES / USERS) as usize);
+    assert!(stored_checkpoint(&reopened, &f.slot).unwrap().is_some());
 }
 
 /// A list subtable of more rows than a chunk loads whole (the group applies them to the load's

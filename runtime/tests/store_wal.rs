@@ -117,3 +117,133 @@ fn a_log_left_beside_another_store_file_is_never_replayed_into_it() {
     );
     drop(store);
 }
+
+/// A streamed transaction with `log_ahead` (the initial load's): `batches` batches of 1,000
+/// buses into `/load`, then metadata, not yet committed.
+fn logged_stream(store: &Store, batches: i64) -> pgrealm_runtime::StreamingTx {
+    let realm = RealmPath::parse("/load").unwrap();
+    let mut streaming = store.begin_streaming("load").unwrap().log_ahead();
+    let mut batch = store.begin_write("load");
+    for b in 0..batches {
+        for id in b * 1_000..(b + 1) * 1_000 {
+            batch
+                .realm(&realm)
+                .put(&bus(id, &format!("loaded bus number {id}")))
+                .unwrap();
+        }
+        streaming = streaming.apply(&mut batch).unwrap();
+    }
+    batch.set_metadata("lsn", b"load".to_vec());
+    streaming.apply(&mut batch).unwrap()
+}
+
+/// A logged streamed transaction is durable through the log alone when its commit returns
+/// (the store file does not hold it yet), and a crash image replays all of it: every batch,
+/// its changeset parts, its metadata.
+#[test]
+fn a_logged_stream_is_durable_in_the_log_and_replays_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = RealmPath::parse("/load").unwrap();
+    let info = logged_stream(&store, 5).commit().unwrap();
+    assert_eq!(info.version_of(&realm), Some(1));
+    let image = crash_image(dir.path());
+
+    // The store file alone lacks it: the commit waited for the log, not for redb's pages.
+    let alone = tempfile::tempdir().unwrap();
+    std::fs::copy(image.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    assert!(open(alone.path()).realm(&realm).unwrap().is_none());
+
+    let reopened = open(image.path());
+    let view = reopened
+        .realm(&realm)
+        .unwrap()
+        .expect("replayed from the log");
+    assert_eq!(view.version(), 1);
+    for id in [0, 2_345, 4_999] {
+        assert_eq!(
+            view.get::<Bus>(id).unwrap(),
+            Some(bus(id, &format!("loaded bus number {id}")))
+        );
+    }
+    assert_eq!(view.get::<Bus>(5_000).unwrap(), None);
+    assert_eq!(reopened.metadata("lsn").unwrap(), Some(b"load".to_vec()));
+    // The changeset, parts first: the class added, then every create.
+    let changes = reopened.changes(&realm, 0, 10).unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].instructions.len(), 1 + 5_000);
+
+    // A checkpoint writes redb's pages: then the store file alone holds it.
+    store.checkpoint().unwrap();
+    let checkpointed = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.path().join(STORE_FILE),
+        checkpointed.path().join(STORE_FILE),
+    )
+    .unwrap();
+    let view = open(checkpointed.path()).realm(&realm).unwrap().unwrap();
+    assert_eq!(view.get::<Bus>(4_999).unwrap().unwrap().id, 4_999);
+    drop(store);
+}
+
+/// A crash before a logged stream's commit leaves nothing of it, and a stream abandoned before
+/// its commit is dropped from the log by the commits after it, which replay.
+#[test]
+fn a_logged_stream_cut_or_abandoned_before_its_commit_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let load = RealmPath::parse("/load").unwrap();
+    let transit = RealmPath::parse("/transit").unwrap();
+    let small = |name: &str| {
+        let mut tx = store.begin_write("app");
+        tx.realm(&transit).put(&bus(1, name)).unwrap();
+        tx.commit().unwrap();
+    };
+    small("before");
+
+    // Cut: an image taken while the stream is open, its batches in the log.
+    let streaming = logged_stream(&store, 3);
+    let cut = crash_image(dir.path());
+    let wal_len = std::fs::metadata(cut.path().join(WAL_FILE)).unwrap().len();
+    assert!(
+        wal_len > 200_000,
+        "the batches are in the log: {wal_len} bytes"
+    );
+    {
+        let reopened = open(cut.path());
+        assert!(reopened.realm(&load).unwrap().is_none());
+        let view = reopened.realm(&transit).unwrap().unwrap();
+        assert_eq!(view.get::<Bus>(1).unwrap(), Some(bus(1, "before")));
+        assert_eq!(reopened.metadata("lsn").unwrap(), None);
+    }
+
+    // Abandoned: dropped, then more small commits.
+    drop(streaming);
+    small("after");
+    small("after again");
+    let image = crash_image(dir.path());
+    let reopened = open(image.path());
+    assert!(reopened.realm(&load).unwrap().is_none());
+    let view = reopened.realm(&transit).unwrap().unwrap();
+    assert_eq!(view.version(), 3);
+    assert_eq!(view.get::<Bus>(1).unwrap(), Some(bus(1, "after again")));
+
+    // Another logged stream after the abandoned one commits and replays.
+    drop(reopened);
+    let info = logged_stream(&store, 2).commit().unwrap();
+    assert_eq!(info.version_of(&load), Some(1));
+    let image = crash_image(dir.path());
+    let reopened = open(image.path());
+    let view = reopened.realm(&load).unwrap().unwrap();
+    assert_eq!(view.get::<Bus>(1_999).unwrap().unwrap().id, 1_999);
+    assert_eq!(
+        reopened
+            .realm(&transit)
+            .unwrap()
+            .unwrap()
+            .get::<Bus>(1)
+            .unwrap(),
+        Some(bus(1, "after again"))
+    );
+    drop(store);
+}

@@ -166,29 +166,34 @@ struct Inner {
     complete_classes: Mutex<HashSet<(u64, usize)>>,
 }
 
+impl Inner {
+    /// A durable redb commit stamped with the log's last record, if the log holds any: then
+    /// the store file alone holds everything.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let (Backend::Local(db), Some(wal)) = (&self.backend, &self.wal) else {
+            return Ok(());
+        };
+        let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
+        if !wal.has_records() {
+            return Ok(());
+        }
+        let txn = db.begin_write()?;
+        wal.stamp(&txn)?;
+        txn.commit()?;
+        wal.checkpointed();
+        Ok(())
+    }
+}
+
 impl Drop for Inner {
     /// A store closed cleanly leaves nothing for the log to replay: one last durable commit,
     /// stamped. (Skipping it is safe, only slower to open.)
     fn drop(&mut self) {
-        let (Backend::Local(db), Some(wal)) = (&self.backend, &self.wal) else {
-            return;
-        };
-        let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
-        if !wal.has_records() {
-            return;
-        }
-        let result = (|| -> Result<(), StoreError> {
-            let txn = db.begin_write()?;
-            wal.stamp(&txn)?;
-            txn.commit()?;
-            Ok(())
-        })();
-        match result {
-            Ok(()) => wal.checkpointed(),
-            Err(e) => tracing::warn!(
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(
                 error = %e,
                 "realm store: the closing checkpoint failed; the next open replays the log"
-            ),
+            );
         }
     }
 }
@@ -393,6 +398,14 @@ impl Store {
     /// The options the store was opened with.
     pub fn options(&self) -> &StoreOptions {
         &self.inner.options
+    }
+
+    /// Make the store file alone hold every commit (a durable redb commit, stamped), as the
+    /// store does by itself when its write-ahead log fills and when it closes. A commit after
+    /// a logged [`StreamingTx`] (see [`StreamingTx::log_ahead`]) writes that transaction's pages
+    /// then; this does it now. Nothing to do for a remote store.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.checkpoint()
     }
 
     /// Start a write transaction. Nothing touches the file until [`WriteTx::commit`].

@@ -44,7 +44,7 @@ use super::error::StoreError;
 use super::path::RealmPath;
 use super::read::complete;
 use super::remote_stream::RemoteStream;
-use super::wal::{Logged, Tag};
+use super::wal::{Logged, Redo, Tag};
 use super::write::{
     check_expected, sort_unless_sorted, Applier, Collected, CommitInfo, RealmState, WriteTx,
 };
@@ -129,6 +129,19 @@ impl StreamingTx {
             Inner::Local(local) => local.states.len(),
             Inner::Remote(_) => 0,
         }
+    }
+
+    /// Log this transaction in the store's write-ahead log as it is applied (each batch handed
+    /// to the disk at once, without waiting), so that its commit waits only for the log's last
+    /// record; redb writes the pages at the next checkpoint. For a transaction that is mostly
+    /// new rows and ends soon, as the initial load: its commit no longer waits for every page to
+    /// reach the disk. Past [`STREAM_LOG_LIMIT`](super::wal::STREAM_LOG_LIMIT) of log it stops,
+    /// and commits durably in redb as without. A remote store ignores this.
+    pub fn log_ahead(mut self) -> Self {
+        if let Inner::Local(local) = &mut self.inner {
+            local.redo = Some(RefCell::default());
+        }
+        self
     }
 
     /// The origin tag this transaction's changesets carry.
@@ -270,6 +283,11 @@ struct LocalStream {
     metadata_set: bool,
     /// Classes found whole in realms (see `Applier`), for the store once this commits.
     learned: RefCell<Vec<(u64, usize)>>,
+    /// Set by [`StreamingTx::log_ahead`] (until the log's limit): every write is recorded, and
+    /// each batch's record appended to the write-ahead log.
+    redo: Option<RefCell<Redo>>,
+    /// Whether a batch's record is in the log.
+    logged_parts: bool,
 }
 
 /// A realm's changeset as the batches build it.
@@ -312,6 +330,8 @@ impl LocalStream {
             pending_limit: PENDING_LOG_BYTES,
             metadata_set: false,
             learned: RefCell::default(),
+            redo: None,
+            logged_parts: false,
         })
     }
 
@@ -326,7 +346,8 @@ impl LocalStream {
         check_expected(&self.txn, &expected)?;
         if !ops.is_empty() {
             let settled = {
-                let mut apply = Applier::open(&self.store, &self.txn, None, &self.learned)?;
+                let mut apply =
+                    Applier::open(&self.store, &self.txn, self.redo.as_ref(), &self.learned)?;
                 apply.reserve(&ops);
                 apply.states = std::mem::take(&mut self.states);
                 apply.by_path = std::mem::take(&mut self.by_path);
@@ -361,13 +382,35 @@ impl LocalStream {
             self.write_parts(|pending| all || pending.bytes() >= PART_BYTES)?;
         }
         if !metadata.is_empty() {
-            let mut table = self.txn.open_table(METADATA)?;
+            let mut table = Logged::open(&self.txn, METADATA, Tag::Metadata, self.redo.as_ref())?;
             for (key, value) in &metadata {
                 table.insert(key.as_str(), value.as_slice())?;
             }
             self.metadata_set = true;
         }
+        self.log_batch()?;
         Ok(self)
+    }
+
+    /// Append what the batch wrote to the write-ahead log, if this stream logs itself; past
+    /// the log's limit, stop (the commit is then durable in redb).
+    fn log_batch(&mut self) -> Result<(), StoreError> {
+        let Some(redo) = &self.redo else {
+            return Ok(());
+        };
+        if redo.borrow().is_empty() {
+            return Ok(());
+        }
+        let appended = self
+            .store
+            .wal()
+            .append_part(&mut redo.borrow_mut(), !self.logged_parts)?;
+        if appended {
+            self.logged_parts = true;
+        } else {
+            self.redo = None;
+        }
+        Ok(())
     }
 
     /// Write the pending instructions of each realm `chosen` picks as its changeset's next
@@ -384,7 +427,7 @@ impl LocalStream {
             return Ok(());
         }
         order.sort_unstable_by_key(|i| self.states[*i].id);
-        let mut parts = self.txn.open_table(LOG_PARTS)?;
+        let mut parts = Logged::open(&self.txn, LOG_PARTS, Tag::LogParts, self.redo.as_ref())?;
         for i in order {
             let state = &self.states[i];
             let written = &mut self.written[i];
@@ -488,21 +531,26 @@ impl LocalStream {
         let LocalStream {
             store,
             origin,
-            txn,
+            mut txn,
             mut states,
             next_id,
             written,
             metadata_set,
             learned,
+            redo,
+            logged_parts,
             ..
         } = self;
+        // Logged to the end? Then the commit's own writes are the closing record.
+        let redo = redo.filter(|_| logged_parts);
+        let redo = redo.as_ref();
         let now = Utc::now();
         let retention = store.inner.options.log_retention.max(1);
         let mut info = CommitInfo::default();
         {
-            let mut log = txn.open_table(LOG)?;
-            let mut parts = txn.open_table(LOG_PARTS)?;
-            let mut meta = txn.open_table(META)?;
+            let mut log = Logged::open(&txn, LOG, Tag::Log, redo)?;
+            let mut parts = Logged::open(&txn, LOG_PARTS, Tag::LogParts, redo)?;
+            let mut meta = Logged::open(&txn, META, Tag::Meta, redo)?;
             let mut any_new = false;
             let mut any_parts = false;
             // Each realm's version record; what a new version changes in the realm tables is
@@ -564,10 +612,10 @@ impl LocalStream {
                 .iter()
                 .map(|(key, def)| (*key, def.as_ref()))
                 .collect();
-            Logged::open(&txn, LOG, Tag::Log, None)?.insert_sorted(&log_rows)?;
-            Logged::open(&txn, REALMS, Tag::Realms, None)?.insert_sorted(&realm_rows)?;
-            Logged::open(&txn, REALM_PATHS, Tag::RealmPaths, None)?.insert_sorted(&path_rows)?;
-            Logged::open(&txn, REALM_CLASSES, Tag::RealmClasses, None)?
+            Logged::open(&txn, LOG, Tag::Log, redo)?.insert_sorted(&log_rows)?;
+            Logged::open(&txn, REALMS, Tag::Realms, redo)?.insert_sorted(&realm_rows)?;
+            Logged::open(&txn, REALM_PATHS, Tag::RealmPaths, redo)?.insert_sorted(&path_rows)?;
+            Logged::open(&txn, REALM_CLASSES, Tag::RealmClasses, redo)?
                 .insert_sorted(&class_rows)?;
             if any_new {
                 meta.insert("next_realm_id", next_id.expect("a new realm took an id"))?;
@@ -580,14 +628,27 @@ impl LocalStream {
             }
         }
         if info.is_empty() && !metadata_set {
+            // Any parts logged are dropped by the next record (see `wal.rs`).
             txn.abort()?;
             return Ok(info);
         }
-        // A durable redb commit: it covers every record of the write-ahead log so far.
         let mut wal = store.wal();
-        wal.stamp(&txn)?;
-        txn.commit()?;
-        wal.checkpointed();
+        if let Some(redo) = redo {
+            // Durable in the log, every batch with it; then visible in redb, whose pages the
+            // next checkpoint writes.
+            wal.append_closing(&redo.borrow())?;
+            txn.set_durability(Durability::None)?;
+            if let Err(e) = txn.commit() {
+                // As for a group commit (`group.rs`): a reopen would apply it.
+                wal.poison(&e.to_string());
+                return Err(e.into());
+            }
+        } else {
+            // A durable redb commit: it covers every record of the write-ahead log so far.
+            wal.stamp(&txn)?;
+            txn.commit()?;
+            wal.checkpointed();
+        }
         drop(wal);
         store.learn_complete_classes(learned.into_inner());
         for (path, version) in &info.versions {
@@ -603,7 +664,7 @@ impl LocalStream {
 
 /// Remove the parts of `realm`'s versions in `versions`.
 fn remove_parts(
-    parts: &mut redb::Table<'_, (u64, u64, u64), &'static [u8]>,
+    parts: &mut Logged<'_, (u64, u64, u64), &'static [u8]>,
     realm: u64,
     versions: std::ops::Range<u64>,
 ) -> Result<(), StoreError> {

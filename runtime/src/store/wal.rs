@@ -17,11 +17,20 @@
 //! repeat safely, which a crash during recovery needs.
 //!
 //! On disk: a 64-byte header (magic, format, the store's random id, so a log left beside a
-//! replaced store file is never replayed into it), then records `[payload length u32][0 u32]
+//! replaced store file is never replayed into it), then records `[payload length u32][flags u32]
 //! [sequence u64][checksum u64][payload]`. Sequence numbers increase by one; scanning stops at
 //! the first record whose checksum or sequence does not follow, which is where the last
 //! acknowledged commit ended (a torn write is never acknowledged). The file is grown with zeros
 //! ahead of use, so a sync writes data blocks and no file-size change.
+//!
+//! A [`StreamingTx`](super::StreamingTx) may log itself too (the initial load does, see
+//! [`Wal::append_part`]): each batch is a record flagged [`CONTINUED`], which a thread of its
+//! own writes (extending the file, no zeros first) and hands to the disk without waiting, and
+//! the commit's own writes are the closing record, unflagged, synced once every batch is
+//! written. The log's bytes thus reach the disk while the load still copies, and its commit
+//! waits only for the last of them; redb writes its pages later, at the next checkpoint. A
+//! replay takes a transaction's records only with its closing record; a stream abandoned
+//! before its commit is dropped by the next record, flagged [`ABORTS_OPEN`].
 
 use std::borrow::Borrow;
 use std::cell::RefCell;
@@ -30,19 +39,23 @@ use std::io::Read;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use redb::{Database, Key, ReadableDatabase, Table, TableDefinition, Value, WriteTransaction};
 
 use super::error::StoreError;
-use super::{LOCATOR, LOG, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS};
+use super::{LOCATOR, LOG, LOG_PARTS, META, METADATA, OBJECTS, REALMS, REALM_CLASSES, REALM_PATHS};
 
 /// The log's name inside the data directory.
 pub const WAL_FILE: &str = "realms.wal";
 
 const MAGIC: &[u8; 8] = b"PGRLMWAL";
-const WAL_FORMAT: u32 = 1;
+/// Format 2 added the flags (a streamed transaction's records) and the `log_parts` table.
+const WAL_FORMAT: u32 = 2;
 const HEADER_LEN: u64 = 64;
 const RECORD_HEADER: usize = 24;
+/// A record's payload up to this size is copied behind its header and written with it.
+const SMALL_RECORD: usize = 64 << 10;
 /// The file grows by this much at a time, written as zeros.
 const GROW_STEP: u64 = 1 << 20;
 /// The log is checkpointed (a durable redb commit) before it grows past this.
@@ -55,6 +68,15 @@ pub(super) const WAL_SEQ_KEY: &str = "wal_seq";
 const STORE_ID_KEY: &str = "store_id";
 /// Set on a removal in a record's table byte.
 const REMOVE: u8 = 0x80;
+/// Record flag: the transaction goes on in the next record (a streamed transaction's batch).
+const CONTINUED: u32 = 1;
+/// Record flag: the [`CONTINUED`] records right before this one belong to a streamed
+/// transaction that was abandoned: a replay drops them.
+const ABORTS_OPEN: u32 = 2;
+/// A streamed transaction stops logging itself past this many bytes of records (its commit is
+/// then a durable redb commit, as without the log): a replay reads the whole log into memory,
+/// and beyond this the log's write costs more than the sync it spares.
+pub(super) const STREAM_LOG_LIMIT: u64 = 128 << 20;
 
 /// The tables a redo record names, by number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +90,7 @@ pub(super) enum Tag {
     Log = 6,
     Locator = 7,
     Metadata = 8,
+    LogParts = 9,
 }
 
 /// The puts and removes of one group commit, in the order they were made.
@@ -86,6 +109,16 @@ impl Redo {
     fn remove(&mut self, tag: Tag, key: &[u8]) {
         self.payload.push(tag as u8 | REMOVE);
         push_bytes(&mut self.payload, key);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.payload.is_empty()
+    }
+
+    /// Take the operations recorded, leaving room for as many.
+    fn take(&mut self) -> Vec<u8> {
+        let room = self.payload.len();
+        std::mem::replace(&mut self.payload, Vec::with_capacity(room))
     }
 }
 
@@ -255,7 +288,8 @@ impl<'t, K: Key + 'static, V: Value + 'static> Deref for Logged<'t, K, V> {
 /// The open log of a local store. Only whoever holds redb's write transaction touches it.
 #[derive(Debug)]
 pub(super) struct Wal {
-    file: File,
+    /// Shared with the threads writing a streamed transaction's batches.
+    file: Arc<File>,
     path: PathBuf,
     /// Where the next record goes.
     tail: u64,
@@ -268,6 +302,11 @@ pub(super) struct Wal {
     failed: Option<String>,
     /// Scratch space for a record.
     record: Vec<u8>,
+    /// A streamed transaction has logged [`CONTINUED`] records and not its closing one: the
+    /// bytes it logged so far. Any other record marks them abandoned ([`ABORTS_OPEN`]).
+    open_stream: Option<u64>,
+    /// The threads writing a streamed transaction's batches (see [`Wal::append_part`]).
+    writing: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 /// What [`Wal::append`] did with a group's record.
@@ -293,10 +332,14 @@ impl Wal {
         match read_existing(&path).map_err(|e| wal_error(format!("cannot read it: {e}")))? {
             Some(bytes) if header_matches(&bytes, store_id) => {
                 let records = records_after(&bytes, stamped).map_err(wal_error)?;
-                if let Some(last) = records.last().map(|(seq, _)| *seq) {
-                    replay(db, &records, last)?;
+                if let Some(last) = records.last().map(|r| r.seq) {
+                    let committed = committed(&records);
+                    // Stamped with the last record read, taken or not, so that no record left
+                    // in the log counts as one to replay again.
+                    replay(db, &committed, last)?;
                     tracing::info!(
-                        records = records.len(),
+                        records = committed.len(),
+                        dropped = records.len() - committed.len(),
                         through = last,
                         "realm store: replayed the commits the write-ahead log held"
                     );
@@ -323,13 +366,15 @@ impl Wal {
         header[8..12].copy_from_slice(&WAL_FORMAT.to_le_bytes());
         header[16..24].copy_from_slice(&store_id.to_le_bytes());
         let mut wal = Wal {
-            file,
+            file: Arc::new(file),
             path: path.clone(),
             tail: HEADER_LEN,
             len: 0,
             next_seq: replayed + 1,
             failed: None,
             record: Vec::new(),
+            open_stream: None,
+            writing: Vec::new(),
         };
         let existing = wal
             .file
@@ -356,25 +401,121 @@ impl Wal {
     /// Append `redo` as the next record and make it durable, or say the group must commit
     /// durably in redb instead.
     pub(super) fn append(&mut self, redo: &Redo) -> Result<Appended, StoreError> {
-        if let Some(reason) = &self.failed {
-            return Err(self.error(format!(
-                "an earlier write of the log failed ({reason}); no commit is accepted until the \
-                 store is reopened (restart pgrealm; the log is replayed on open)"
-            )));
-        }
+        self.settle()?;
         let size = (RECORD_HEADER + redo.payload.len()) as u64;
         if size > LARGEST_RECORD || self.tail + size > CAPACITY {
             return Ok(Appended::Checkpoint);
         }
+        let flags = if self.open_stream.take().is_some() {
+            ABORTS_OPEN
+        } else {
+            0
+        };
+        self.write_record(redo, flags)?;
+        Ok(Appended::Logged)
+    }
+
+    /// Append a batch of a streamed transaction (its `first`, or the next), flagged
+    /// [`CONTINUED`], taking what `redo` recorded. A thread of its own writes it and starts its
+    /// write to the disk, without waiting for either: the stream goes on meanwhile (the
+    /// initial load's apply bounds its copy). The closing record waits for them all. False,
+    /// writing nothing, when the transaction's records would pass [`STREAM_LOG_LIMIT`]: it
+    /// must then commit durably in redb.
+    pub(super) fn append_part(&mut self, redo: &mut Redo, first: bool) -> Result<bool, StoreError> {
+        self.usable()?;
+        let size = (RECORD_HEADER + redo.payload.len()) as u64;
+        let mut flags = CONTINUED;
+        let mut logged = self.open_stream.unwrap_or(0);
+        if first && self.open_stream.is_some() {
+            // Another stream's parts, never closed.
+            flags |= ABORTS_OPEN;
+            logged = 0;
+        }
+        if logged + size > STREAM_LOG_LIMIT {
+            return Ok(false);
+        }
+        let (offset, seq) = (self.tail, self.next_seq);
+        let payload = redo.take();
+        let file = self.file.clone();
+        let write = move || -> std::io::Result<()> {
+            let mut head = [0u8; RECORD_HEADER];
+            head[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+            head[4..8].copy_from_slice(&flags.to_le_bytes());
+            head[8..16].copy_from_slice(&seq.to_le_bytes());
+            head[16..24].copy_from_slice(&checksum(seq, &payload).to_le_bytes());
+            file.write_all_at(&head, offset)?;
+            file.write_all_at(&payload, offset + RECORD_HEADER as u64)?;
+            start_writeback(&file, offset, size)
+        };
+        // The record extends the file itself: zeros written first would be as many bytes again.
+        self.tail += size;
+        self.next_seq += 1;
+        self.len = self.len.max(self.tail);
+        self.open_stream = Some(logged + size);
+        match std::thread::Builder::new()
+            .name("pgrealm-wal".into())
+            .spawn(write)
+        {
+            Ok(thread) => self.writing.push(thread),
+            Err(e) => {
+                self.failed = Some(e.to_string());
+                return Err(self.error(format!("cannot start a thread to write it: {e}")));
+            }
+        }
+        Ok(true)
+    }
+
+    /// Wait for the threads writing a streamed transaction's batches; a write that failed
+    /// fails the log (see `failed`).
+    fn settle(&mut self) -> Result<(), StoreError> {
+        for thread in self.writing.drain(..) {
+            let result = thread
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the writing thread panicked")));
+            if let Err(e) = result {
+                self.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.usable()
+    }
+
+    /// Append the closing record of the streamed transaction whose parts were logged, and make
+    /// it durable with them: then the transaction may commit non-durably in redb.
+    pub(super) fn append_closing(&mut self, redo: &Redo) -> Result<(), StoreError> {
+        self.settle()?;
+        debug_assert!(
+            self.open_stream.is_some(),
+            "a streamed transaction was logged"
+        );
+        self.open_stream = None;
+        self.write_record(redo, 0)
+    }
+
+    fn usable(&self) -> Result<(), StoreError> {
+        match &self.failed {
+            Some(reason) => Err(self.error(format!(
+                "an earlier write of the log failed ({reason}); no commit is accepted until the \
+                 store is reopened (restart pgrealm; the log is replayed on open)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn write_record(&mut self, redo: &Redo, flags: u32) -> Result<(), StoreError> {
+        let size = (RECORD_HEADER + redo.payload.len()) as u64;
         let seq = self.next_seq;
         self.record.clear();
         self.record
             .extend_from_slice(&(redo.payload.len() as u32).to_le_bytes());
-        self.record.extend_from_slice(&0u32.to_le_bytes());
+        self.record.extend_from_slice(&flags.to_le_bytes());
         self.record.extend_from_slice(&seq.to_le_bytes());
         self.record
             .extend_from_slice(&checksum(seq, &redo.payload).to_le_bytes());
-        self.record.extend_from_slice(&redo.payload);
+        // A small record goes in one write; a large one (a streamed batch) is not copied.
+        let whole = redo.payload.len() <= SMALL_RECORD;
+        if whole {
+            self.record.extend_from_slice(&redo.payload);
+        }
         let result = (|| -> std::io::Result<()> {
             // Whatever an older log left after this record has a sequence number at most the
             // stamp, or a checksum that fails: a scan stops there.
@@ -383,13 +524,17 @@ impl Wal {
                 self.grow_to(end.div_ceil(GROW_STEP) * GROW_STEP)?;
             }
             self.file.write_all_at(&self.record, self.tail)?;
+            if !whole {
+                self.file
+                    .write_all_at(&redo.payload, self.tail + RECORD_HEADER as u64)?;
+            }
             self.file.sync_data()
         })();
         match result {
             Ok(()) => {
                 self.tail += size;
                 self.next_seq += 1;
-                Ok(Appended::Logged)
+                Ok(())
             }
             Err(e) => {
                 self.failed = Some(e.to_string());
@@ -421,8 +566,19 @@ impl Wal {
 
     /// A stamped durable redb commit has landed: the log starts again from its beginning.
     pub(super) fn checkpointed(&mut self) {
+        // A stream's parts are covered by the stamp too: nothing of them is replayed. (A
+        // failed write of one is of no consequence now.)
+        for thread in self.writing.drain(..) {
+            let _ = thread.join();
+        }
+        self.open_stream = None;
         if self.tail == HEADER_LEN {
             return;
+        }
+        // A streamed transaction may have grown the log far past its capacity: give the space
+        // back (each open reads the whole log).
+        if self.len > CAPACITY + GROW_STEP && self.file.set_len(CAPACITY).is_ok() {
+            self.len = CAPACITY;
         }
         // The old records stay on disk until overwritten; their sequence numbers are at most
         // the stamp, so neither a scan nor a replay takes them. Zero the first record header
@@ -449,6 +605,34 @@ impl Wal {
             message,
         }
     }
+}
+
+/// Start writing `len` bytes of `file` at `offset` to the disk and return at once (Linux's
+/// `sync_file_range`): a later `fdatasync` then finds most of them written.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // one sync_file_range(2) call
+fn start_writeback(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on an open descriptor; it reads no memory of ours.
+    let done = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) -> std::io::Result<()> {
+    // The closing record's sync writes everything.
+    Ok(())
 }
 
 /// The store's random id (given one now if it has none) and the last record redb holds.
@@ -492,9 +676,37 @@ fn header_matches(bytes: &[u8], store_id: u64) -> bool {
         && bytes[16..24] == store_id.to_le_bytes()
 }
 
+/// One record of the log.
+#[derive(Debug, Clone, Copy)]
+struct Record<'a> {
+    seq: u64,
+    flags: u32,
+    payload: &'a [u8],
+}
+
+/// The records whose transactions committed: every ordinary record, and a streamed
+/// transaction's [`CONTINUED`] records only with the closing record after them (those a record
+/// flagged [`ABORTS_OPEN`] follows, or that end the log, are dropped).
+fn committed<'a>(records: &[Record<'a>]) -> Vec<(u64, &'a [u8])> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut open = Vec::new();
+    for record in records {
+        if record.flags & ABORTS_OPEN != 0 {
+            open.clear();
+        }
+        if record.flags & CONTINUED != 0 {
+            open.push((record.seq, record.payload));
+            continue;
+        }
+        out.append(&mut open);
+        out.push((record.seq, record.payload));
+    }
+    out
+}
+
 /// The records after sequence number `stamped`, in order: scanning stops at the first record
 /// that is torn, zeroed or not the next in sequence.
-fn records_after(bytes: &[u8], stamped: u64) -> Result<Vec<(u64, &[u8])>, String> {
+fn records_after(bytes: &[u8], stamped: u64) -> Result<Vec<Record<'_>>, String> {
     let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
     if format > WAL_FORMAT {
         return Err(format!(
@@ -508,6 +720,7 @@ fn records_after(bytes: &[u8], stamped: u64) -> Result<Vec<(u64, &[u8])>, String
     while at + RECORD_HEADER <= bytes.len() {
         let head = &bytes[at..at + RECORD_HEADER];
         let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+        let flags = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
         let seq = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
         let sum = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
         let start = at + RECORD_HEADER;
@@ -530,7 +743,11 @@ fn records_after(bytes: &[u8], stamped: u64) -> Result<Vec<(u64, &[u8])>, String
                      store as of its last durable commit"
                 ));
             }
-            out.push((seq, payload));
+            out.push(Record {
+                seq,
+                flags,
+                payload,
+            });
         }
         previous = Some(seq);
         at = start + len;
@@ -551,6 +768,7 @@ fn replay(db: &Database, records: &[(u64, &[u8])], last: u64) -> Result<(), Stor
             log: txn.open_table(LOG)?,
             locator: txn.open_table(LOCATOR)?,
             metadata: txn.open_table(METADATA)?,
+            log_parts: txn.open_table(LOG_PARTS)?,
         };
         for (seq, payload) in records {
             tables.apply(payload).map_err(|reason| {
@@ -575,6 +793,7 @@ struct ReplayTables<'t> {
     log: Table<'t, (u64, u64), &'static [u8]>,
     locator: Table<'t, &'static [u8], ()>,
     metadata: Table<'t, &'static str, &'static [u8]>,
+    log_parts: Table<'t, (u64, u64, u64), &'static [u8]>,
 }
 
 impl ReplayTables<'_> {
@@ -599,6 +818,7 @@ impl ReplayTables<'_> {
                 6 => write(&mut self.log, key, value, remove),
                 7 => write(&mut self.locator, key, value, remove),
                 8 => write(&mut self.metadata, key, value, remove),
+                9 => write(&mut self.log_parts, key, value, remove),
                 other => return Err(format!("unknown table number {other}")),
             };
             if let Err(e) = result {
@@ -660,9 +880,13 @@ mod tests {
     use super::*;
 
     fn record(seq: u64, payload: &[u8]) -> Vec<u8> {
+        flagged(seq, 0, payload)
+    }
+
+    fn flagged(seq: u64, flags: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&flags.to_le_bytes());
         out.extend_from_slice(&seq.to_le_bytes());
         out.extend_from_slice(&checksum(seq, payload).to_le_bytes());
         out.extend_from_slice(payload);
@@ -683,7 +907,7 @@ mod tests {
     #[test]
     fn a_scan_takes_the_records_after_the_stamp_and_stops_at_a_torn_or_stale_one() {
         let bytes = file(&[record(4, b"a"), record(5, b"bb"), record(6, b"ccc")]);
-        let seqs = |v: Vec<(u64, &[u8])>| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        let seqs = |v: Vec<Record>| v.into_iter().map(|r| r.seq).collect::<Vec<_>>();
         assert_eq!(seqs(records_after(&bytes, 3).unwrap()), [4, 5, 6]);
         assert_eq!(seqs(records_after(&bytes, 5).unwrap()), [6]);
         assert!(records_after(&bytes, 6).unwrap().is_empty());
@@ -835,6 +1059,48 @@ mod tests {
             assert_eq!(redo.borrow().payload.len(), new.len() * put);
         }
         txn.abort().unwrap();
+    }
+
+    /// A streamed transaction's records count only with their closing record: not when the log
+    /// ends before it, nor when the next record says they were abandoned.
+    #[test]
+    fn streamed_records_replay_only_with_their_closing_record() {
+        let taken = |records: &[Vec<u8>]| {
+            let bytes = file(records);
+            let scanned = records_after(&bytes, 0).unwrap();
+            committed(&scanned)
+                .into_iter()
+                .map(|(seq, _)| seq)
+                .collect::<Vec<_>>()
+        };
+        let part = |seq| flagged(seq, CONTINUED, b"part");
+        // Closed: every part, then the closing record.
+        assert_eq!(
+            taken(&[record(1, b"a"), part(2), part(3), record(4, b"close")]),
+            [1, 2, 3, 4]
+        );
+        // The log ends inside the transaction (a crash before its commit): none of it.
+        assert_eq!(taken(&[record(1, b"a"), part(2), part(3)]), [1]);
+        // Abandoned, then an ordinary commit: that commit alone.
+        assert_eq!(
+            taken(&[
+                record(1, b"a"),
+                part(2),
+                flagged(3, ABORTS_OPEN, b"b"),
+                record(4, b"c")
+            ]),
+            [1, 3, 4]
+        );
+        // Abandoned, then another stream that closes.
+        assert_eq!(
+            taken(&[
+                part(1),
+                part(2),
+                flagged(3, CONTINUED | ABORTS_OPEN, b"p"),
+                record(4, b"close")
+            ]),
+            [3, 4]
+        );
     }
 
     #[test]

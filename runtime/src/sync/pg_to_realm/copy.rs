@@ -232,7 +232,13 @@ pub(crate) async fn initial_load(
     }
     let mut chunks = if store.remote_url().is_none() {
         Chunks::Streamed {
-            idle: Some(store.begin_streaming_as(ORIGIN, stream_owner(slot))?),
+            // Logged as it goes: the commit then waits for the log's last batch, not for
+            // every page the load wrote (see `StreamingTx::log_ahead`).
+            idle: Some(
+                store
+                    .begin_streaming_as(ORIGIN, stream_owner(slot))?
+                    .log_ahead(),
+            ),
             applying: None,
         }
     } else {
