@@ -736,36 +736,47 @@ async fn custom_postgres_types_that_do_not_fit_the_property_are_rejections() {
 /// transaction still applies, exactly once and whole, and the last is confirmed.
 #[tokio::test]
 async fn bulk_transactions_one_after_another_all_apply_and_are_confirmed() {
-    let mut f = Fixture::new().await;
-    let mut options = f.options();
     // No group is full by its age: each one is handed over at a transaction's end with nothing
     // else waiting, which is when reads are held.
-    options.group_max_delay = Duration::from_secs(60);
+    bulk_transactions(60 * 1000, 20_000).await;
+}
+
+/// The same when every group is full (each transaction passes `group_max_changes`), so that
+/// each goes at once, whether or not anything waits.
+#[tokio::test]
+async fn full_bulk_groups_one_after_another_all_apply_and_are_confirmed() {
+    bulk_transactions(60 * 1000, 1_000).await;
+}
+
+async fn bulk_transactions(max_delay_ms: u64, max_changes: u64) {
+    let mut f = Fixture::new().await;
+    let mut options = f.options();
+    options.group_max_delay = Duration::from_millis(max_delay_ms);
+    options.group_max_changes = max_changes;
     let running = f.start(options).await;
-    f.exec(
-        "BEGIN;
-         INSERT INTO bus (id, name, user_id)
-             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(1, 2000) i;
-         COMMIT;
-         BEGIN;
-         INSERT INTO bus (id, name, user_id)
-             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(2001, 4000) i;
-         COMMIT;
-         BEGIN;
-         UPDATE bus SET counter = counter + 1, name = 'again' WHERE id <= 2000;
-         COMMIT;
-         BEGIN;
-         DELETE FROM bus WHERE id <= 500;
-         COMMIT;
-         BEGIN;
-         UPDATE bus SET user_id = 'moved', counter = counter + 1 WHERE id BETWEEN 1501 AND 2500;
-         COMMIT;
-         BEGIN;
-         INSERT INTO bus (id, name, user_id)
-             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(4001, 6000) i;
-         COMMIT;",
-    )
-    .await;
+    let transactions = [
+        "INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(1, 2000) i",
+        "INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(2001, 4000) i",
+        "UPDATE bus SET counter = counter + 1, name = 'again' WHERE id <= 2000",
+        "DELETE FROM bus WHERE id <= 500",
+        "UPDATE bus SET user_id = 'moved', counter = counter + 1 WHERE id BETWEEN 1501 AND 2500",
+        "INSERT INTO bus (id, name, user_id)
+             SELECT i, 'bulk', 'u' || (i % 3) FROM generate_series(4001, 6000) i",
+    ];
+    // Three sent at once, then one at a time, each confirmed before the next is written:
+    // nothing waits when its group is handed over.
+    let at_once: Vec<String> = transactions[..3]
+        .iter()
+        .map(|sql| format!("BEGIN; {sql}; COMMIT;"))
+        .collect();
+    f.exec(&at_once.join("\n")).await;
+    for sql in &transactions[3..] {
+        let written = f.current_wal_lsn().await;
+        f.wait_confirmed(written).await;
+        f.exec(sql).await;
+    }
     f.sync_point().await;
     let held = f.realm_buses();
     assert_eq!(held.len(), 5_500);
