@@ -39,7 +39,7 @@ use std::io::Read;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use redb::{Database, Key, ReadableDatabase, Table, TableDefinition, Value, WriteTransaction};
 
@@ -115,10 +115,9 @@ impl Redo {
         self.payload.is_empty()
     }
 
-    /// Take the operations recorded, leaving room for as many.
-    fn take(&mut self) -> Vec<u8> {
-        let room = self.payload.len();
-        std::mem::replace(&mut self.payload, Vec::with_capacity(room))
+    /// Take the operations recorded, recording on into `empty`.
+    fn take(&mut self, empty: Vec<u8>) -> Vec<u8> {
+        std::mem::replace(&mut self.payload, empty)
     }
 }
 
@@ -307,6 +306,9 @@ pub(super) struct Wal {
     open_stream: Option<u64>,
     /// The threads writing a streamed transaction's batches (see [`Wal::append_part`]).
     writing: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// Their buffers once written, for the next batches to record into: a new one of a few
+    /// megabytes would be fresh memory, every page of it faulted in again.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 /// What [`Wal::append`] did with a group's record.
@@ -375,6 +377,7 @@ impl Wal {
             record: Vec::new(),
             open_stream: None,
             writing: Vec::new(),
+            spare: Arc::default(),
         };
         let existing = wal
             .file
@@ -435,8 +438,16 @@ impl Wal {
             return Ok(false);
         }
         let (offset, seq) = (self.tail, self.next_seq);
-        let payload = redo.take();
+        let recorded = redo.payload.len();
+        let empty = self
+            .spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(recorded + recorded / 4));
+        let payload = redo.take(empty);
         let file = self.file.clone();
+        let spare = self.spare.clone();
         let write = move || -> std::io::Result<()> {
             let mut head = [0u8; RECORD_HEADER];
             head[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -445,7 +456,14 @@ impl Wal {
             head[16..24].copy_from_slice(&checksum(seq, &payload).to_le_bytes());
             file.write_all_at(&head, offset)?;
             file.write_all_at(&payload, offset + RECORD_HEADER as u64)?;
-            start_writeback(&file, offset, size)
+            start_writeback(&file, offset, size)?;
+            let mut payload = payload;
+            payload.clear();
+            let mut spare = spare.lock().unwrap_or_else(PoisonError::into_inner);
+            if spare.len() < 2 {
+                spare.push(payload);
+            }
+            Ok(())
         };
         // The record extends the file itself: zeros written first would be as many bytes again.
         self.tail += size;
@@ -483,6 +501,10 @@ impl Wal {
     /// it durable with them: then the transaction may commit non-durably in redb.
     pub(super) fn append_closing(&mut self, redo: &Redo) -> Result<(), StoreError> {
         self.settle()?;
+        self.spare
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         debug_assert!(
             self.open_stream.is_some(),
             "a streamed transaction was logged"
