@@ -753,6 +753,69 @@ mod tests {
             .with("n", Value::Int(n))
     }
 
+    /// A logged stream that reaches the log's limit stops logging and commits durably in
+    /// redb, as one not logged: the store file alone then holds it, and a later small commit
+    /// (logged) is not mistaken for the end of the stream's records.
+    #[test]
+    fn a_logged_stream_past_the_limit_commits_durably_in_redb() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), 100);
+        store.wal().limit_streams(100_000);
+        let realm = RealmPath::parse("/big").unwrap();
+        let mut streaming = store.begin_streaming("load").unwrap().log_ahead();
+        let mut batch = store.begin_write("load");
+        for b in 0..10 {
+            for id in b * 1_000..(b + 1) * 1_000 {
+                batch.realm(&realm).put_object(bus(id, b)).unwrap();
+            }
+            streaming = streaming.apply(&mut batch).unwrap();
+        }
+        match &streaming.inner {
+            Inner::Local(local) => {
+                assert!(local.logged_parts, "the first batches were logged");
+                assert!(local.redo.is_none(), "logging stopped at the limit");
+            }
+            Inner::Remote(_) => unreachable!("a local store"),
+        }
+        assert_eq!(streaming.commit().unwrap().version_of(&realm), Some(1));
+        let mut tx = store.begin_write("app");
+        tx.realm(&realm).put_object(bus(1, 77)).unwrap();
+        tx.commit().unwrap();
+
+        let copy = |names: &[&str]| {
+            let to = tempfile::tempdir().unwrap();
+            for name in names {
+                std::fs::copy(dir.path().join(name), to.path().join(name)).unwrap();
+            }
+            to
+        };
+        // The store file alone: the stream, durable in redb.
+        let alone = copy(&[crate::store::STORE_FILE]);
+        let view = store_at(alone.path()).realm(&realm).unwrap().unwrap();
+        assert_eq!(view.version(), 1);
+        assert!(view
+            .object("Bus", &PrimaryKey::Int(9_999))
+            .unwrap()
+            .is_some());
+        // With the log: the small commit after it too.
+        let both = copy(&[crate::store::STORE_FILE, crate::store::WAL_FILE]);
+        let reopened = store_at(both.path());
+        let view = reopened.realm(&realm).unwrap().unwrap();
+        assert_eq!(view.version(), 2);
+        assert_eq!(
+            view.object("Bus", &PrimaryKey::Int(1))
+                .unwrap()
+                .unwrap()
+                .get("n"),
+            Some(&Value::Int(77))
+        );
+        drop(store);
+    }
+
+    fn store_at(dir: &std::path::Path) -> Store {
+        store(dir, 100)
+    }
+
     /// `streaming` writes its instructions as parts once it holds more than `limit` bytes.
     fn hold_at_most(streaming: &mut StreamingTx, limit: usize) {
         match &mut streaming.inner {

@@ -309,6 +309,8 @@ pub(super) struct Wal {
     /// Their buffers once written, for the next batches to record into: a new one of a few
     /// megabytes would be fresh memory, every page of it faulted in again.
     spare: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// [`STREAM_LOG_LIMIT`] (smaller in tests).
+    stream_limit: u64,
 }
 
 /// What [`Wal::append`] did with a group's record.
@@ -378,6 +380,7 @@ impl Wal {
             open_stream: None,
             writing: Vec::new(),
             spare: Arc::default(),
+            stream_limit: STREAM_LOG_LIMIT,
         };
         let existing = wal
             .file
@@ -434,7 +437,7 @@ impl Wal {
             flags |= ABORTS_OPEN;
             logged = 0;
         }
-        if logged + size > STREAM_LOG_LIMIT {
+        if logged + size > self.stream_limit {
             return Ok(false);
         }
         let (offset, seq) = (self.tail, self.next_seq);
@@ -572,6 +575,12 @@ impl Wal {
             "a commit logged here failed in the store file ({reason}); its callers were told it \
              failed, but reopening the store applies it"
         ));
+    }
+
+    /// Let a streamed transaction log at most `bytes` (a test of the limit).
+    #[cfg(test)]
+    pub(super) fn limit_streams(&mut self, bytes: u64) {
+        self.stream_limit = bytes;
     }
 
     /// Whether records were appended since the last checkpoint.
