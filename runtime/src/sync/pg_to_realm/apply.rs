@@ -830,11 +830,7 @@ impl Group {
             }
         };
         let seen: Option<SeenValue<'_>> = if keep_patch { Some(&mut keep) } else { None };
-        let record = mapper.record(plan, fields, new, seen);
-        let Some((key, record)) = record else {
-            return Ok(false);
-        };
-        let Ok(Route::Path(target)) = mapper.route(plan, new) else {
+        let Some((key, record, target)) = mapper.routed_record(plan, fields, new, seen) else {
             return Ok(false);
         };
         let overlay_key = (class, key);
@@ -1109,10 +1105,7 @@ impl Group {
         if self.fresh_classes.get(*class) != Some(&true) {
             return Ok(false);
         }
-        let Some((key, record)) = mapper.record(plan, fields, values, None) else {
-            return Ok(false);
-        };
-        let Ok(Route::Path(target)) = mapper.route(plan, values) else {
+        let Some((key, record, target)) = mapper.routed_record(plan, fields, values, None) else {
             return Ok(false);
         };
         self.counts.changes += 1;

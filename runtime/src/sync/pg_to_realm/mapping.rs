@@ -657,6 +657,22 @@ impl Mapper {
         Some((key, record))
     }
 
+    /// A class row's [`record`](Self::record) and the realm it goes to; `None` when it does
+    /// not convert or route cleanly (the general way then says why).
+    pub(crate) fn routed_record(
+        &self,
+        plan: &TablePlan,
+        fields: &RecordFields,
+        values: &[ColumnValue],
+        seen: Option<SeenValue<'_>>,
+    ) -> Option<(PrimaryKey, Vec<u8>, RealmPath)> {
+        let (key, record) = self.record(plan, fields, values, seen)?;
+        let Ok(Route::Path(target)) = self.route(plan, values) else {
+            return None;
+        };
+        Some((key, record, target))
+    }
+
     /// The key of a class-table tuple (an old key tuple of a delete or key change).
     pub(crate) fn key_of(
         &self,
