@@ -247,3 +247,58 @@ fn a_logged_stream_cut_or_abandoned_before_its_commit_leaves_nothing() {
     );
     drop(store);
 }
+
+/// A checkpoint asked for while a logged stream is open waits for the stream's commit (it takes
+/// the locks in the order every writer does), and then writes it into the store file.
+#[test]
+fn a_checkpoint_asked_during_a_logged_stream_waits_for_its_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let realm = RealmPath::parse("/load").unwrap();
+    // A small commit first: the log holds a record, so the checkpoint has work to do.
+    let mut tx = store.begin_write("app");
+    tx.realm(&RealmPath::parse("/transit").unwrap())
+        .put(&bus(1, "small"))
+        .unwrap();
+    tx.commit().unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let mut streaming = store.begin_streaming("load").unwrap().log_ahead();
+    let checkpoint = {
+        let store = store.clone();
+        let done = done.clone();
+        std::thread::spawn(move || done.send(("checkpoint", store.checkpoint().is_ok())))
+    };
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The stream's batches go into the log while the checkpoint waits.
+    let stream = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let mut batch = store.begin_write("load");
+            for id in 0..2_000 {
+                batch.realm(&realm).put(&bus(id, "loaded")).unwrap();
+                if id % 1_000 == 999 {
+                    streaming = streaming.apply(&mut batch).unwrap();
+                }
+            }
+            done.send(("stream", streaming.commit().is_ok()))
+        })
+    };
+    let wait = std::time::Duration::from_secs(30);
+    let mut seen = vec![
+        finished.recv_timeout(wait).expect("no deadlock"),
+        finished.recv_timeout(wait).expect("no deadlock"),
+    ];
+    seen.sort();
+    assert_eq!(seen, [("checkpoint", true), ("stream", true)]);
+    checkpoint.join().unwrap().unwrap();
+    stream.join().unwrap().unwrap();
+    // The checkpoint ran after the stream's commit: the store file alone holds it.
+    let alone = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    let view = open(alone.path())
+        .realm(&RealmPath::parse("/load").unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.get::<Bus>(1_999).unwrap(), Some(bus(1_999, "loaded")));
+    drop(store);
+}

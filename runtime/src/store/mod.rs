@@ -173,11 +173,15 @@ impl Inner {
         let (Backend::Local(db), Some(wal)) = (&self.backend, &self.wal) else {
             return Ok(());
         };
+        // redb's write lock first, as every writer takes them (an open stream holds the one
+        // and takes the other for its batches).
+        let txn = db.begin_write()?;
         let mut wal = wal.lock().unwrap_or_else(PoisonError::into_inner);
         if !wal.has_records() {
+            drop(wal);
+            txn.abort()?;
             return Ok(());
         }
-        let txn = db.begin_write()?;
         wal.stamp(&txn)?;
         txn.commit()?;
         wal.checkpointed();
