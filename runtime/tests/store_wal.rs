@@ -22,6 +22,13 @@ fn crash_image(from: &std::path::Path) -> tempfile::TempDir {
     to
 }
 
+/// Copy the store file alone (no log), as it is on disk now, into a new directory.
+fn store_file_alone(from: &std::path::Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    std::fs::copy(from.join(STORE_FILE), to.path().join(STORE_FILE)).unwrap();
+    to
+}
+
 #[test]
 fn an_image_taken_while_open_replays_every_acknowledged_commit() {
     let dir = tempfile::tempdir().unwrap();
@@ -66,8 +73,7 @@ fn an_image_taken_while_open_replays_every_acknowledged_commit() {
     tx.realm(&realm).put(&bus(100, "after")).unwrap();
     assert_eq!(tx.commit().unwrap().version_of(&realm), Some(51));
     drop(twice);
-    let alone = tempfile::tempdir().unwrap();
-    std::fs::copy(again.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    let alone = store_file_alone(again.path());
     let reopened = open(alone.path());
     let view = reopened.realm(&realm).unwrap().unwrap();
     assert_eq!(view.version(), 51);
@@ -150,8 +156,7 @@ fn a_logged_stream_is_durable_in_the_log_and_replays_whole() {
     let image = crash_image(dir.path());
 
     // The store file alone lacks it: the commit waited for the log, not for redb's pages.
-    let alone = tempfile::tempdir().unwrap();
-    std::fs::copy(image.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    let alone = store_file_alone(image.path());
     assert!(open(alone.path()).realm(&realm).unwrap().is_none());
 
     let reopened = open(image.path());
@@ -175,12 +180,7 @@ fn a_logged_stream_is_durable_in_the_log_and_replays_whole() {
 
     // A checkpoint writes redb's pages: then the store file alone holds it.
     store.checkpoint().unwrap();
-    let checkpointed = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join(STORE_FILE),
-        checkpointed.path().join(STORE_FILE),
-    )
-    .unwrap();
+    let checkpointed = store_file_alone(dir.path());
     let view = open(checkpointed.path()).realm(&realm).unwrap().unwrap();
     assert_eq!(view.get::<Bus>(4_999).unwrap().unwrap().id, 4_999);
     drop(store);
@@ -293,8 +293,7 @@ fn a_checkpoint_asked_during_a_logged_stream_waits_for_its_commit() {
     checkpoint.join().unwrap().unwrap();
     stream.join().unwrap().unwrap();
     // The checkpoint ran after the stream's commit: the store file alone holds it.
-    let alone = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join(STORE_FILE), alone.path().join(STORE_FILE)).unwrap();
+    let alone = store_file_alone(dir.path());
     let view = open(alone.path())
         .realm(&RealmPath::parse("/load").unwrap())
         .unwrap()
