@@ -475,9 +475,14 @@ async fn main() {
         let store = Store::open(dir.path(), schema(), StoreOptions::default()).unwrap();
         let sync = b.applier("load", store.clone(), true);
         let written_before = written_bytes();
+        let (cpu_before, server_before) = (process_cpu(), cluster_cpu(b.cluster));
         let started = Instant::now();
         let report = sync.setup().await.unwrap();
         let load = started.elapsed();
+        let load_cpu = Cpu {
+            receiver: process_cpu().saturating_sub(cpu_before),
+            server: cluster_cpu(b.cluster).saturating_sub(server_before),
+        };
         let written = written_bytes().saturating_sub(written_before);
         // The load is durable in the write-ahead log; the store file gets its pages at the next
         // checkpoint (the first commit after it, or this).
@@ -499,6 +504,10 @@ async fn main() {
             (load - phases.copied_in - phases.committed_in).as_secs_f64() * 1000.0,
             phases.copied_in.as_secs_f64() * 1000.0,
             phases.committed_in.as_secs_f64() * 1000.0
+        );
+        println!(
+            "  {} (µs a row; the load's whole setup)",
+            load_cpu.per_change(total as f64)
         );
         let on_disk: u64 = std::fs::read_dir(dir.path())
             .unwrap()
