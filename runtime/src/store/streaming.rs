@@ -137,9 +137,14 @@ impl StreamingTx {
     /// new rows and ends soon, as the initial load: its commit no longer waits for every page to
     /// reach the disk. Past [`STREAM_LOG_LIMIT`](super::wal::STREAM_LOG_LIMIT) of log it stops,
     /// and commits durably in redb as without. A remote store ignores this.
+    ///
+    /// It must be asked for before the first batch: the batches applied before it were not
+    /// recorded, so a transaction that has applied any is left unlogged (it commits durably).
     pub fn log_ahead(mut self) -> Self {
         if let Inner::Local(local) = &mut self.inner {
-            local.redo = Some(RefCell::default());
+            if !local.applied {
+                local.redo = Some(RefCell::default());
+            }
         }
         self
     }
@@ -288,6 +293,8 @@ struct LocalStream {
     redo: Option<RefCell<Redo>>,
     /// Whether a batch's record is in the log.
     logged_parts: bool,
+    /// Whether a batch was applied (after which [`StreamingTx::log_ahead`] no longer logs).
+    applied: bool,
 }
 
 /// A realm's changeset as the batches build it.
@@ -332,6 +339,7 @@ impl LocalStream {
             learned: RefCell::default(),
             redo: None,
             logged_parts: false,
+            applied: false,
         })
     }
 
@@ -341,6 +349,7 @@ impl LocalStream {
             metadata,
             expected,
         } = batch.drain();
+        self.applied = true;
         // The open transaction has held the write lock since the stream began: what it reads
         // no other commit can change before this one.
         check_expected(&self.txn, &expected)?;

@@ -382,21 +382,15 @@ impl Wal {
             spare: Arc::default(),
             stream_limit: STREAM_LOG_LIMIT,
         };
-        let existing = wal
-            .file
-            .metadata()
-            .map_err(|e| wal_error(format!("cannot read its size: {e}")))?
-            .len();
-        wal.len = existing.max(HEADER_LEN);
         (|| -> std::io::Result<()> {
+            // Nothing of the old log is kept: a streamed transaction's parts are written by
+            // threads of their own, so a crash can leave later ones (numbered past the stamp)
+            // behind a part that never reached the disk, and a new record of the same length
+            // in its place would chain them on.
+            wal.file.set_len(HEADER_LEN)?;
+            wal.len = HEADER_LEN;
             wal.file.write_all_at(&header, 0)?;
-            // The first record goes right after the header: a stale record there must not look
-            // like the next one, so the first slot is zeroed.
-            wal.file.write_all_at(&[0u8; RECORD_HEADER], HEADER_LEN)?;
-            wal.len = wal.len.max(HEADER_LEN + RECORD_HEADER as u64);
-            if wal.len < HEADER_LEN + GROW_STEP {
-                wal.grow_to(HEADER_LEN + GROW_STEP)?;
-            }
+            wal.grow_to(HEADER_LEN + GROW_STEP)?;
             wal.file.sync_all()?;
             File::open(dir)?.sync_all()
         })()
@@ -562,6 +556,10 @@ impl Wal {
                 Ok(())
             }
             Err(e) => {
+                // The record may have reached the disk all the same: its number is used up, so
+                // that the next durable commit's stamp covers it and no replay takes it.
+                self.tail += size;
+                self.next_seq += 1;
                 self.failed = Some(e.to_string());
                 Err(self.error(format!("cannot write it: {e}; check the disk")))
             }
