@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use pg2realm_support::*;
-use pgrealm_runtime::sync::pg_to_realm::stored_checkpoint;
+use pgrealm_runtime::sync::pg_to_realm::{stored_checkpoint, PgToRealm};
 use pgrealm_runtime::sync::rejections::{self, Direction};
 use pgrealm_runtime::Instruction;
 use pgrealm_schema::{PrimaryKey, Value};
@@ -279,5 +279,78 @@ async fn a_list_longer_than_a_chunk_loads_whole() {
         }
         other => panic!("{other:?}"),
     }
+    running.stop().await;
+}
+
+/// A load again over realms that hold an earlier checkpoint (here the slot was dropped behind
+/// the engine's back), cut short after it created its new slot: the next start loads again,
+/// rather than streaming from the new slot as if from the old checkpoint, which would lose
+/// what was written between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_again_cut_short_is_done_again_at_the_next_start() {
+    let mut f = Fixture::new().await;
+    let mut options = f.options();
+    options.initialize_realm_from_postgres = true;
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (1, 'a', 'alice')")
+        .await;
+    let running = f.start(options.clone()).await;
+    assert!(running.setup.load.is_some());
+    running.stop().await;
+
+    // Written while the engine was stopped, and its slot dropped: only a load brings it in.
+    f.exec("INSERT INTO bus (id, name, user_id) VALUES (2, 'b', 'alice')")
+        .await;
+    f.exec(&format!("SELECT pg_drop_replication_slot('{}')", f.slot))
+        .await;
+    // The load stops at the list subtable (copied last), locked by another session, and is
+    // cut short there: its new slot exists by then.
+    let locker = pgrealm_runtime::testing::connect(&f.db.url).await.unwrap();
+    locker
+        .batch_execute("BEGIN; LOCK TABLE route_buses IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let sync = PgToRealm::new(
+        f.pg.clone(),
+        options.clone(),
+        f.store.clone(),
+        Arc::new(pgrealm_runtime::metrics::Metrics::default()),
+    );
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(3), sync.setup()).await;
+    assert!(cut.is_err(), "the load waited for the lock");
+    drop(sync);
+    let slots: i64 = f
+        .sql
+        .query_one(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1",
+            &[&f.slot],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 1, "the cut load had created its slot");
+    assert_eq!(stored_checkpoint(&f.store, &f.slot).unwrap(), None);
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    // Its replication connection is closed; PostgreSQL lets the slot go when it sees that.
+    for _ in 0..100 {
+        let active: bool = f
+            .sql
+            .query_one(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
+                &[&f.slot],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if !active {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    let running = f.start(options).await;
+    assert!(running.setup.load.is_some(), "loaded again");
+    f.sync_point().await;
+    assert!(f.object("/alice/transit", "Bus", 2).is_some());
+    assert_eq!(f.realm_buses(), f.pg_buses().await);
     running.stop().await;
 }

@@ -58,7 +58,9 @@ pub(crate) fn stream_owner(slot: &str) -> String {
 pub fn stored_checkpoint(store: &Store, slot: &str) -> Result<Option<Lsn>, super::PgToRealmError> {
     let key = checkpoint_key(slot);
     match store.metadata(&key)? {
+        // Empty: a load began over an earlier checkpoint and has not finished (see `setup`).
         None => Ok(None),
+        Some(bytes) if bytes.is_empty() => Ok(None),
         Some(bytes) => std::str::from_utf8(&bytes)
             .ok()
             .and_then(|t| Lsn::parse(t).ok())

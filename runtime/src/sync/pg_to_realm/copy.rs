@@ -14,7 +14,8 @@
 //! from PostgreSQL's rows, so an object created before reads no entries from the store (in
 //! remote mode that was one request per object of a class with lists).
 //!
-//! A crash before the last commit leaves no checkpoint (and, embedded, nothing of the load):
+//! A crash before the last commit leaves no checkpoint (a load over an earlier one blanks it
+//! first, see `PgToRealm::setup`; embedded, nothing of the load is left either):
 //! the next start drops the slot and loads again from a new snapshot (rows are upserts, so the
 //! repeat converges).
 

@@ -288,6 +288,16 @@ impl PgToRealm {
         {
             // A slot without a checkpoint is a load that never finished: start it over.
             drop_slot(&sql, slot).await?;
+            if stored.is_some() {
+                // The new slot starts past the old checkpoint: were the load cut short, the next
+                // start must load again, not stream from the new slot as if from the old
+                // checkpoint (what lies between would be lost).
+                let mut tx = self.store.begin_write(ORIGIN);
+                tx.set_metadata(checkpoint_key(slot), Vec::new());
+                tokio::task::spawn_blocking(move || tx.commit())
+                    .await
+                    .map_err(|e| PgToRealmError::Task(e.to_string()))??;
+            }
             let load = copy::initial_load(
                 &self.pg,
                 &self.store,
